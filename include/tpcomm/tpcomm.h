@@ -1,0 +1,156 @@
+/*
+ * tpcomm: intra-node all-reduce for tensor-parallel inference.
+ *
+ * This header is the specification of the C API. It is shaped like NCCL's so that code written
+ * against one reads naturally against the other: an opaque communicator, explicitly numbered result
+ * codes, a rendezvous id, and stream-ordered, graph-capturable collectives.
+ *
+ * Thread safety: different communicators may be used from different threads at once. A single
+ * communicator must not be used by two threads at the same time, and its calls must be issued in
+ * the same order on every rank (as with NCCL).
+ */
+#ifndef TPCOMM_TPCOMM_H_
+#define TPCOMM_TPCOMM_H_
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+#define TPCOMM_MAJOR 0
+#define TPCOMM_MINOR 1
+#define TPCOMM_PATCH 0
+#define TPCOMM_VERSION_CODE (TPCOMM_MAJOR * 10000 + TPCOMM_MINOR * 100 + TPCOMM_PATCH)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Opaque handle to one rank of a communicator. */
+typedef struct tpcComm* tpcComm_t;
+
+/* Names a rendezvous for the ranks of one communicator on one host: a Unix domain socket name and
+ * a random secret. Produce it once with tpcGetUniqueId and hand the same bytes to every rank. */
+#define TPC_UNIQUE_ID_BYTES 128
+typedef struct {
+  char internal[TPC_UNIQUE_ID_BYTES];
+} tpcUniqueId;
+
+/* Result codes. The numbers are part of the ABI and never change. */
+typedef enum {
+  tpcSuccess = 0,
+  tpcUnhandledCudaError = 1, /* a CUDA call failed */
+  tpcSystemError = 2,        /* a system call failed (socket, memory) */
+  tpcInternalError = 3,      /* a bug in tpcomm */
+  tpcInvalidArgument = 4,    /* a bad pointer, value or handle */
+  tpcInvalidUsage = 5,       /* a call that cannot be made in this state or setup */
+  tpcRemoteError = 6,        /* another rank failed or disagreed */
+  tpcTimeout = 7,            /* a bounded wait on a peer ran out; the communicator is unusable */
+  tpcNotSupported = 8,       /* a valid request tpcomm does not implement */
+  tpcNumResults = 9
+} tpcResult_t;
+
+/* Data types. Values match NCCL's ncclDataType_t so callers can map one onto the other. */
+typedef enum {
+  tpcInt8 = 0,
+  tpcUint8 = 1,
+  tpcInt32 = 2,
+  tpcUint32 = 3,
+  tpcInt64 = 4,
+  tpcUint64 = 5,
+  tpcFloat16 = 6,
+  tpcFloat32 = 7,
+  tpcFloat64 = 8,
+  tpcBfloat16 = 9,
+  tpcNumTypes = 10
+} tpcDataType_t;
+
+/* Reduction operations. Values match NCCL's ncclRedOp_t. */
+typedef enum {
+  tpcSum = 0,
+  tpcProd = 1,
+  tpcMax = 2,
+  tpcMin = 3,
+  tpcAvg = 4,
+  tpcNumOps = 5
+} tpcRedOp_t;
+
+/* All-reduce algorithms. tpcAlgoAuto lets tpcomm choose by world size and message size. */
+typedef enum {
+  tpcAlgoAuto = 0,
+  tpcAlgoOneShot = 1, /* every rank reads every peer's input and reduces the whole message */
+  tpcAlgoTwoShot = 2, /* reduce-scatter then all-gather: each rank reduces one slice */
+  tpcNumAlgos = 3
+} tpcAlgorithm_t;
+
+/* Communicator configuration. Always start from TPC_CONFIG_INITIALIZER: fields left at zero take
+ * the environment's value (see README) or the built-in default, and fields added in later
+ * versions go after the existing ones, so old callers keep working. Every rank must pass the
+ * same values; ranks that disagree fail tpcCommInitRank with tpcInvalidUsage. */
+typedef struct {
+  size_t size;          /* sizeof(tpcConfig_t) as the caller compiled it */
+  unsigned int magic;   /* TPC_CONFIG_MAGIC */
+  unsigned int version; /* TPCOMM_VERSION_CODE as the caller compiled it */
+  size_t stagingBytes;  /* per-rank staging buffer; larger messages go in chunks of this size */
+  int maxBlocks;        /* upper bound on thread blocks per all-reduce kernel; 0: automatic */
+  int algorithm;        /* a tpcAlgorithm_t; tpcAlgoAuto: chosen per call */
+  int timeoutMs;        /* bound on every wait for a peer, at init and inside kernels */
+} tpcConfig_t;
+
+#define TPC_CONFIG_MAGIC 0x74706331u /* "tpc1" */
+#define TPC_CONFIG_INITIALIZER \
+  { sizeof(tpcConfig_t), TPC_CONFIG_MAGIC, TPCOMM_VERSION_CODE, 0, 0, tpcAlgoAuto, 0 }
+
+/* Writes TPCOMM_VERSION_CODE of the library that is loaded (which may differ from the header). */
+tpcResult_t tpcGetVersion(int* version);
+
+/* Creates a new rendezvous name and secret. Call once, then pass the id to every rank. Each
+ * communicator needs its own id. Makes no CUDA calls. */
+tpcResult_t tpcGetUniqueId(tpcUniqueId* uniqueId);
+
+/* Creates rank `rank` of a communicator of `nranks` ranks on the calling thread's current CUDA
+ * device. Collective: blocks until every rank has joined, or fails with tpcTimeout after the
+ * configured timeout. `config` may be NULL for defaults. Several ranks may use the same device. */
+tpcResult_t tpcCommInitRank(tpcComm_t* comm, int nranks, tpcUniqueId commId, int rank,
+                            const tpcConfig_t* config);
+
+/* Creates all `nranks` ranks of a communicator in this process: comms[i] is rank i on device
+ * devices[i] (devices may repeat; NULL means devices 0..nranks-1). The caller may then drive the
+ * ranks from one thread or one thread per rank. */
+tpcResult_t tpcCommInitAll(tpcComm_t* comms, int nranks, const int* devices,
+                           const tpcConfig_t* config);
+
+/* Waits for this rank's outstanding work on its device, then frees every resource of the rank.
+ * Not collective: ranks may be destroyed one after another from one thread. The handle must not
+ * be used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. */
+tpcResult_t tpcCommDestroy(tpcComm_t comm);
+
+/* Number of ranks, this rank's index, and this rank's CUDA device. */
+tpcResult_t tpcCommCount(const tpcComm_t comm, int* count);
+tpcResult_t tpcCommUserRank(const tpcComm_t comm, int* rank);
+tpcResult_t tpcCommCuDevice(const tpcComm_t comm, int* device);
+
+/* Reports an error raised asynchronously by a kernel (a timed-out wait on a peer) without
+ * issuing any work. Sets *asyncError to tpcSuccess while the communicator is healthy. */
+tpcResult_t tpcCommGetAsyncError(tpcComm_t comm, tpcResult_t* asyncError);
+
+/* Sums `count` elements of `sendbuff` over all ranks into `recvbuff` on every rank. In place when
+ * sendbuff == recvbuff. Asynchronous and ordered on `stream`, which must belong to the
+ * communicator's device; may be captured into a CUDA graph. Every rank gets bitwise identical
+ * results: ranks are summed in rank order and 16-bit types are accumulated in float32.
+ * Supported: tpcSum over tpcFloat32, tpcFloat16 and tpcBfloat16, any count (0 does nothing) and
+ * any alignment; messages larger than the staging buffer are processed in chunks. */
+tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t datatype,
+                         tpcRedOp_t op, tpcComm_t comm, cudaStream_t stream);
+
+/* A short description of a result code. Never NULL. */
+const char* tpcGetErrorString(tpcResult_t result);
+
+/* A sentence on the most recent failure of `comm`: what failed, on which rank, and why. With
+ * comm == NULL, the most recent failure on the calling thread (for example of an init call).
+ * The text stays valid until the next call on the same communicator or thread. Never NULL. */
+const char* tpcCommGetLastError(tpcComm_t comm);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* TPCOMM_TPCOMM_H_ */

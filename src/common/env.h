@@ -1,0 +1,33 @@
+// Every environment variable tpcomm reads, in one place. Each is read once, on first use, and
+// echoed at INFO level when set. README.md documents the same list for users.
+#pragma once
+
+#include <string>
+
+namespace tpcomm {
+
+enum class EnvVar {
+  // Log level: WARN (default), INFO or TRACE; NONE silences tpcomm. Logs go to stderr.
+  kDebug,
+  // Log file instead of stderr; %h expands to the host name and %p to the process id.
+  kDebugFile,
+  // Forces an all-reduce algorithm when the config leaves it at auto: auto, oneshot or twoshot.
+  kAlgo,
+  // Per-rank staging buffer in bytes (suffixes K, M, G) when the config leaves it at 0.
+  kStagingBytes,
+  // Upper bound on thread blocks per all-reduce kernel when the config leaves it at 0.
+  kMaxBlocks,
+  // Bound in milliseconds on every wait for a peer when the config leaves it at 0.
+  kTimeoutMs,
+  kCount
+};
+
+const char* envName(EnvVar var);
+
+// The variable's value, or nullptr when it is unset or empty. Stable for the process lifetime.
+const char* envValue(EnvVar var);
+
+// Parses sizes like "4096", "64K", "16M", "1G" (powers of 1024). False on anything else.
+bool parseByteSize(const std::string& text, size_t* bytes);
+
+}  // namespace tpcomm

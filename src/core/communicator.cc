@@ -1,0 +1,283 @@
+#include "core/communicator.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+
+#include "common/cuda_util.h"
+#include "common/error.h"
+#include "core/algorithm.h"
+#include "kernels/allreduce.h"
+
+namespace tpcomm {
+
+// What every rank tells the others at init.
+struct Communicator::RankInfo {
+  BufferExport buffer;
+  uint8_t uuid[16];
+  int32_t smCount;
+  int32_t blocksPerSm;
+  int32_t pid;
+};
+
+tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
+                                 const ResolvedConfig& config, std::unique_ptr<Communicator>* out) {
+  std::unique_ptr<Communicator> comm(new Communicator(rank, nranks, config));
+  TPC_CUDA_CHECK(cudaGetDevice(&comm->device_));
+  TPC_CHECK(comm->setup(id));
+  *out = std::move(comm);
+  return tpcSuccess;
+}
+
+Communicator::~Communicator() { releaseResources(); }
+
+tpcResult_t Communicator::setup(const tpcUniqueId& id) {
+  layout_ = BufferLayout::forStaging(config_.stagingBytes);
+  Bootstrap::Options options;
+  options.rank = rank_;
+  options.nranks = nranks_;
+  options.configDigest = config_.digest();
+  options.timeout = std::chrono::milliseconds(config_.timeoutMs);
+  TPC_CHECK(Bootstrap::connect(id, options, &bootstrap_));
+
+  // From here on every rank takes part in every exchange even when its own step failed, so that
+  // a failure reaches all ranks at once instead of leaving them waiting for the timeout.
+  RankInfo mine{};
+  TPC_CHECK(agree(prepareLocal(&mine), "allocating its buffers"));
+  std::vector<std::string> blobs;
+  TPC_CHECK(bootstrap_->allGather(std::string(reinterpret_cast<const char*>(&mine), sizeof(mine)),
+                                  &blobs));
+  std::vector<RankInfo> all(nranks_);
+  for (int r = 0; r < nranks_; ++r) {
+    if (blobs[r].size() != sizeof(RankInfo)) {
+      return fail(tpcInternalError, "rank %d: rank %d sent %zu bytes of rank info, expected %zu",
+                  rank_, r, blobs[r].size(), sizeof(RankInfo));
+    }
+    std::memcpy(&all[r], blobs[r].data(), sizeof(RankInfo));
+  }
+  TPC_CHECK(agree(mapPeers(all), "mapping its peers' buffers"));
+  chooseBlockCap(all);
+  buildParams();
+  TPC_INFO("rank %d/%d on device %d ready: staging %zu bytes, at most %d blocks per kernel, %s",
+           rank_, nranks_, device_, layout_.stagingBytes, blockCap_, config_.digest().c_str());
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
+  cudaDeviceProp prop;
+  TPC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+  static_assert(sizeof(prop.uuid.bytes) == sizeof(mine->uuid), "CUDA uuid size");
+  std::memcpy(mine->uuid, prop.uuid.bytes, sizeof(mine->uuid));
+  mine->smCount = prop.multiProcessorCount;
+  int blocksPerSm = 0;
+  TPC_CUDA_CHECK(allReduceBlocksPerSm(&blocksPerSm));
+  if (blocksPerSm < 1) {
+    return fail(tpcInternalError, "rank %d: the all-reduce kernels cannot run on device %d", rank_,
+                device_);
+  }
+  mine->blocksPerSm = blocksPerSm;
+  mine->pid = static_cast<int32_t>(getpid());
+  TPC_CHECK(local_.allocate(layout_));
+  TPC_CUDA_CHECK(failure_.allocate());
+  TPC_CHECK(local_.exportTo(&mine->buffer));
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::mapPeers(const std::vector<RankInfo>& all) {
+  peers_.clear();
+  peers_.resize(nranks_);
+  for (int r = 0; r < nranks_; ++r) {
+    if (r != rank_) TPC_CHECK(peers_[r].open(rank_, r, all[r].buffer));
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::agree(tpcResult_t mine, const char* step) {
+  const int32_t code = mine;
+  std::string blob(reinterpret_cast<const char*>(&code), sizeof(code));
+  if (mine != tpcSuccess) blob += threadLastError();
+  std::vector<std::string> all;
+  TPC_CHECK(bootstrap_->allGather(blob, &all));
+  if (mine != tpcSuccess) return mine;  // the message of the local failure stands
+  for (int r = 0; r < nranks_; ++r) {
+    int32_t theirs = tpcSuccess;
+    if (all[r].size() >= sizeof(theirs)) std::memcpy(&theirs, all[r].data(), sizeof(theirs));
+    if (theirs != tpcSuccess) {
+      return fail(tpcRemoteError, "rank %d: rank %d failed while %s: %s", rank_, r, step,
+                  all[r].substr(sizeof(theirs)).c_str());
+    }
+  }
+  return tpcSuccess;
+}
+
+void Communicator::chooseBlockCap(const std::vector<RankInfo>& all) {
+  // Every rank computes the same cap from the same gathered facts, so all launch equal grids.
+  int cap = device::kMaxBlocks;
+  bool sharedDevice = false;
+  for (int r = 0; r < nranks_; ++r) {
+    int onDevice = 0;
+    for (int q = 0; q < nranks_; ++q) {
+      onDevice += std::memcmp(all[q].uuid, all[r].uuid, sizeof(all[r].uuid)) == 0;
+    }
+    sharedDevice = sharedDevice || onDevice > 1;
+    // Ranks sharing a device spin on each other: all their blocks must be resident at once.
+    cap = std::min(cap, residentBlockShare(all[r].blocksPerSm, all[r].smCount, onDevice));
+  }
+  if (!sharedDevice) cap = std::min(cap, kNvlinkMaxBlocks);
+  if (config_.maxBlocks > 0) {
+    if (config_.maxBlocks > cap) {
+      TPC_INFO("rank %d: maxBlocks %d lowered to %d so that every rank's blocks stay resident",
+               rank_, config_.maxBlocks, cap);
+    }
+    cap = std::min(cap, config_.maxBlocks);
+  }
+  blockCap_ = cap;
+}
+
+char* Communicator::bufferOf(int rank) const {
+  return rank == rank_ ? local_.base() : peers_[rank].base();
+}
+
+void Communicator::buildParams() {
+  for (int a = 0; a < device::kNumAlgorithms; ++a) {
+    device::AllReduceParams& p = params_[a];
+    p = device::AllReduceParams{};
+    for (int r = 0; r < nranks_; ++r) {
+      char* base = bufferOf(r);
+      auto* control = reinterpret_cast<ControlBlock*>(base);
+      p.staging[r] = base + layout_.stagingOffset;
+      p.scratch[r] = base + layout_.scratchOffset;
+      p.barrier.inbox[r] = control->inbox[a];
+    }
+    auto* mine = reinterpret_cast<ControlBlock*>(local_.base());
+    p.barrier.epochs = mine->epochs[a];
+    p.failure.claim = &mine->failureClaim;
+    p.failure.record = failure_.device();
+    p.failure.timeoutNs = static_cast<unsigned long long>(config_.timeoutMs) * 1000000ull;
+    p.rank = rank_;
+    p.nranks = nranks_;
+  }
+}
+
+std::string Communicator::describeFailure(const device::FailureRecord& record) const {
+  static const char* const kAlgorithms[] = {"one-shot", "two-shot"};
+  static const char* const kWaits[] = {"to copy its input", "to reduce its slice",
+                                       "to finish reading"};
+  const char* algorithm = record.algorithm >= 0 && record.algorithm < device::kNumAlgorithms
+                              ? kAlgorithms[record.algorithm]
+                              : "unknown";
+  const char* waitingFor = record.phase >= 0 && record.phase <= device::kPhasePeersDone
+                               ? kWaits[record.phase]
+                               : "to signal";
+  char text[512];
+  std::snprintf(text, sizeof(text),
+                "rank %d (device %d): %s all-reduce timed out after %.3f s in block %d waiting "
+                "for rank %d %s; the communicator can no longer be used",
+                record.rank, device_, algorithm, static_cast<double>(record.waitedNs) * 1e-9,
+                record.block, record.peer, waitingFor);
+  return text;
+}
+
+tpcResult_t Communicator::checkHealthy() {
+  if (stickyError_ == tpcSuccess && failure_.host() != nullptr && failure_.host()->ready) {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    stickyError_ = tpcTimeout;
+    stickyMessage_ = describeFailure(*failure_.host());
+  }
+  if (stickyError_ == tpcSuccess) return tpcSuccess;
+  return fail(stickyError_, "%s", stickyMessage_.c_str());
+}
+
+tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t count,
+                                    tpcDataType_t type, tpcRedOp_t op, cudaStream_t stream) {
+  TPC_CHECK(checkHealthy());
+  if (type < 0 || type >= tpcNumTypes) {
+    return fail(tpcInvalidArgument, "rank %d: datatype %d is not a tpcDataType_t", rank_,
+                static_cast<int>(type));
+  }
+  if (op < 0 || op >= tpcNumOps) {
+    return fail(tpcInvalidArgument, "rank %d: op %d is not a tpcRedOp_t", rank_,
+                static_cast<int>(op));
+  }
+  if (!kernelSupports(type) || op != tpcSum) {
+    return fail(tpcNotSupported,
+                "rank %d: all-reduce %s over %s is not supported (tpcomm sums float32, float16 "
+                "and bfloat16)",
+                rank_, opName(op), typeName(type));
+  }
+  const size_t elemBytes = typeSize(type);
+  if (count > SIZE_MAX / 2 / elemBytes) {
+    return fail(tpcInvalidArgument, "rank %d: count %zu of %zu-byte elements overflows", rank_,
+                count, elemBytes);
+  }
+  if (count == 0) return tpcSuccess;
+  if (sendbuff == nullptr || recvbuff == nullptr) {
+    return fail(tpcInvalidArgument, "rank %d: %s is NULL for a count of %zu", rank_,
+                sendbuff == nullptr ? "sendbuff" : "recvbuff", count);
+  }
+
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  int streamDevice = -1;
+  TPC_CUDA_CHECK(cudaStreamGetDevice(stream, &streamDevice));
+  if (streamDevice != device_) {
+    return fail(tpcInvalidArgument,
+                "rank %d: the stream belongs to device %d but the communicator to device %d", rank_,
+                streamDevice, device_);
+  }
+  const size_t bytes = count * elemBytes;
+  if (nranks_ == 1) {
+    if (sendbuff != recvbuff) {
+      TPC_CUDA_CHECK(cudaMemcpyAsync(recvbuff, sendbuff, bytes, cudaMemcpyDeviceToDevice, stream));
+    }
+    return tpcSuccess;
+  }
+
+  const device::Algorithm algorithm = chooseAlgorithm(config_.algorithm, nranks_, bytes);
+  device::AllReduceParams p = params_[algorithm];
+  const size_t chunkElems = layout_.stagingBytes / elemBytes;
+  for (size_t offset = 0; offset < count; offset += chunkElems) {
+    p.input = static_cast<const char*>(sendbuff) + offset * elemBytes;
+    p.output = static_cast<char*>(recvbuff) + offset * elemBytes;
+    p.count = std::min(chunkElems, count - offset);
+    p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
+    p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
+    const int blocks = gridBlocks(algorithm, nranks_, p.count, elemBytes, blockCap_);
+    TPC_CUDA_CHECK(launchAllReduce(type, algorithm, p, blocks, stream));
+  }
+  TPC_TRACE("rank %d: all-reduce of %zu bytes (%s) on stream %p", rank_, bytes,
+            algorithm == device::kOneShot ? "oneshot" : "twoshot", static_cast<void*>(stream));
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::releaseResources() {
+  tpcResult_t result = tpcSuccess;
+  for (PeerMapping& peer : peers_) {
+    if (peer.release() != tpcSuccess) result = tpcUnhandledCudaError;
+  }
+  peers_.clear();
+  if (local_.release() != tpcSuccess) result = tpcUnhandledCudaError;
+  bootstrap_.reset();
+  return result;
+}
+
+tpcResult_t Communicator::destroy() {
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  // Kernels still in flight may read or signal these buffers; peers' kernels that read this
+  // rank's memory finish before this rank's own kernels pass their last barrier.
+  const cudaError_t syncError = cudaDeviceSynchronize();
+  if (syncError != cudaSuccess) {
+    TPC_WARN("rank %d: device %d reported %s while destroying the communicator", rank_, device_,
+             cudaGetErrorString(syncError));
+    cudaGetLastError();
+  }
+  TPC_CHECK(releaseResources());
+  return tpcSuccess;
+}
+
+}  // namespace tpcomm

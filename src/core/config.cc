@@ -1,0 +1,144 @@
+#include "core/config.h"
+
+#include <strings.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/env.h"
+#include "common/error.h"
+#include "tpcomm/device/params.cuh"
+
+namespace tpcomm {
+namespace {
+
+// True when the caller's struct, of config->size bytes, contains the field at `offset`.
+bool hasField(const tpcConfig_t* config, size_t offset, size_t bytes) {
+  return config != nullptr && config->size >= offset + bytes;
+}
+#define TPC_HAS_FIELD(config, field) \
+  hasField(config, offsetof(tpcConfig_t, field), sizeof(((tpcConfig_t*)nullptr)->field))
+
+bool parsePositiveInt(const char* text, int* out) {
+  errno = 0;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || value <= 0 || value > 0x7fffffff) return false;
+  *out = static_cast<int>(value);
+  return true;
+}
+
+}  // namespace
+
+const char* algorithmName(tpcAlgorithm_t algorithm) {
+  switch (algorithm) {
+    case tpcAlgoAuto:
+      return "auto";
+    case tpcAlgoOneShot:
+      return "oneshot";
+    case tpcAlgoTwoShot:
+      return "twoshot";
+    default:
+      return "unknown";
+  }
+}
+
+bool parseAlgorithm(const char* text, tpcAlgorithm_t* out) {
+  for (int a = 0; a < tpcNumAlgos; ++a) {
+    if (strcasecmp(text, algorithmName(static_cast<tpcAlgorithm_t>(a))) == 0) {
+      *out = static_cast<tpcAlgorithm_t>(a);
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string ResolvedConfig::digest() const {
+  return "stagingBytes=" + std::to_string(stagingBytes) +
+         " maxBlocks=" + std::to_string(maxBlocks) + " algorithm=" + algorithmName(algorithm) +
+         " timeoutMs=" + std::to_string(timeoutMs);
+}
+
+tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
+  ResolvedConfig r;
+  if (config != nullptr) {
+    if (config->size < offsetof(tpcConfig_t, version) + sizeof(config->version)) {
+      return fail(tpcInvalidArgument,
+                  "config->size is %zu; initialize the config with TPC_CONFIG_INITIALIZER",
+                  config->size);
+    }
+    if (config->magic != TPC_CONFIG_MAGIC) {
+      return fail(tpcInvalidArgument,
+                  "config->magic is 0x%x, not TPC_CONFIG_MAGIC; initialize the config with "
+                  "TPC_CONFIG_INITIALIZER",
+                  config->magic);
+    }
+  }
+
+  size_t staging = TPC_HAS_FIELD(config, stagingBytes) ? config->stagingBytes : 0;
+  if (staging == 0) {
+    if (const char* text = envValue(EnvVar::kStagingBytes)) {
+      if (!parseByteSize(text, &staging) || staging == 0) {
+        return fail(tpcInvalidArgument, "%s=%s is not a byte size", envName(EnvVar::kStagingBytes),
+                    text);
+      }
+    }
+  }
+  if (staging != 0) {
+    if (staging < kMinStagingBytes || staging > kMaxStagingBytes) {
+      return fail(tpcInvalidArgument, "staging buffer of %zu bytes is outside [%zu, %zu]", staging,
+                  kMinStagingBytes, kMaxStagingBytes);
+    }
+    // Whole 16-byte vectors keep every chunk of an aligned buffer aligned.
+    r.stagingBytes = (staging + 15) / 16 * 16;
+  }
+
+  int maxBlocks = TPC_HAS_FIELD(config, maxBlocks) ? config->maxBlocks : 0;
+  if (maxBlocks == 0) {
+    if (const char* text = envValue(EnvVar::kMaxBlocks)) {
+      if (!parsePositiveInt(text, &maxBlocks)) {
+        return fail(tpcInvalidArgument, "%s=%s is not a positive number",
+                    envName(EnvVar::kMaxBlocks), text);
+      }
+    }
+  }
+  if (maxBlocks < 0 || maxBlocks > device::kMaxBlocks) {
+    return fail(tpcInvalidArgument, "maxBlocks %d is outside [1, %d] (0 for automatic)", maxBlocks,
+                device::kMaxBlocks);
+  }
+  r.maxBlocks = maxBlocks;
+
+  int algorithm = TPC_HAS_FIELD(config, algorithm) ? config->algorithm : tpcAlgoAuto;
+  if (algorithm < 0 || algorithm >= tpcNumAlgos) {
+    return fail(tpcInvalidArgument, "algorithm %d is not a tpcAlgorithm_t", algorithm);
+  }
+  if (algorithm == tpcAlgoAuto) {
+    if (const char* text = envValue(EnvVar::kAlgo)) {
+      tpcAlgorithm_t parsed;
+      if (!parseAlgorithm(text, &parsed)) {
+        return fail(tpcInvalidArgument, "%s=%s: expected auto, oneshot or twoshot",
+                    envName(EnvVar::kAlgo), text);
+      }
+      algorithm = parsed;
+    }
+  }
+  r.algorithm = static_cast<tpcAlgorithm_t>(algorithm);
+
+  int timeoutMs = TPC_HAS_FIELD(config, timeoutMs) ? config->timeoutMs : 0;
+  if (timeoutMs < 0) return fail(tpcInvalidArgument, "timeoutMs %d is negative", timeoutMs);
+  if (timeoutMs == 0) {
+    if (const char* text = envValue(EnvVar::kTimeoutMs)) {
+      if (!parsePositiveInt(text, &timeoutMs)) {
+        return fail(tpcInvalidArgument, "%s=%s is not a positive number",
+                    envName(EnvVar::kTimeoutMs), text);
+      }
+    }
+  }
+  if (timeoutMs != 0) r.timeoutMs = timeoutMs;
+
+  *out = r;
+  return tpcSuccess;
+}
+
+}  // namespace tpcomm

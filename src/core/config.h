@@ -1,0 +1,37 @@
+// The configuration a communicator runs with: the caller's tpcConfig_t, completed from the
+// environment and the built-in defaults, and checked.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+
+constexpr size_t kDefaultStagingBytes = size_t{16} << 20;
+// Below this, chunking overhead would dominate any message worth sending through tpcomm.
+constexpr size_t kMinStagingBytes = size_t{64} << 10;
+constexpr size_t kMaxStagingBytes = size_t{4} << 30;
+// Long enough for ranks that start minutes apart (model loading, compilation), short enough that
+// a dead peer is reported rather than hanging a job forever.
+constexpr int kDefaultTimeoutMs = 300 * 1000;
+
+struct ResolvedConfig {
+  size_t stagingBytes = kDefaultStagingBytes;
+  int maxBlocks = 0;  // 0: automatic
+  tpcAlgorithm_t algorithm = tpcAlgoAuto;
+  int timeoutMs = kDefaultTimeoutMs;
+
+  // A readable summary; ranks compare them at rendezvous and must agree.
+  std::string digest() const;
+};
+
+// Fills *out from `config` (may be null), then the environment, then defaults.
+tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out);
+
+const char* algorithmName(tpcAlgorithm_t algorithm);
+// Parses "auto", "oneshot", "twoshot" (case-insensitive). False on anything else.
+bool parseAlgorithm(const char* text, tpcAlgorithm_t* out);
+
+}  // namespace tpcomm

@@ -1,0 +1,111 @@
+// The device memory a rank shares with its peers, and its peers' memory mapped into this rank.
+//
+// Each rank owns one allocation: a control block of signal words at its head, then the staging
+// buffer, then the scratch buffer. Peers in other processes map it through a CUDA IPC handle;
+// peers in this process use the pointer directly (through peer access when on another device).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tpcomm/device/params.cuh"
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+
+struct ControlBlock {
+  uint32_t inbox[device::kNumAlgorithms][device::kInboxWords];
+  uint32_t epochs[device::kNumAlgorithms][device::kMaxBlocks];
+  uint32_t failureClaim;
+};
+
+struct BufferLayout {
+  size_t stagingOffset = 0;
+  size_t stagingBytes = 0;
+  size_t scratchOffset = 0;
+  size_t scratchBytes = 0;
+  size_t totalBytes = 0;
+
+  // Two-shot keeps one reduced slice of at most half a chunk (nranks >= 2) in scratch.
+  static BufferLayout forStaging(size_t stagingBytes);
+};
+
+// Random per process: ranks with the same token share an address space.
+uint64_t processToken();
+
+// What a rank tells its peers about its allocation.
+struct BufferExport {
+  uint64_t processToken;
+  int32_t device;     // CUDA ordinal inside the owning process
+  int32_t hasHandle;  // 0 when the driver could not export the memory (only same-process peers)
+  cudaIpcMemHandle_t handle;
+  uint64_t address;  // valid inside the owning process
+};
+
+class LocalBuffer {
+ public:
+  LocalBuffer() = default;
+  LocalBuffer(const LocalBuffer&) = delete;
+  LocalBuffer& operator=(const LocalBuffer&) = delete;
+  ~LocalBuffer() { release(); }
+
+  // Allocates and zeroes the buffer on the current device; zeroed before any peer can see it.
+  tpcResult_t allocate(const BufferLayout& layout);
+  tpcResult_t exportTo(BufferExport* out) const;
+  char* base() const { return base_; }
+  tpcResult_t release();
+
+ private:
+  char* base_ = nullptr;
+  int device_ = -1;
+};
+
+// A peer's allocation, mapped into this rank.
+class PeerMapping {
+ public:
+  PeerMapping() = default;
+  PeerMapping(const PeerMapping&) = delete;
+  PeerMapping& operator=(const PeerMapping&) = delete;
+  PeerMapping(PeerMapping&& other) noexcept;
+  PeerMapping& operator=(PeerMapping&& other) noexcept;
+  ~PeerMapping() { release(); }
+
+  // Maps rank `peerRank`'s buffer for use by kernels of `rank` on the current device.
+  tpcResult_t open(int rank, int peerRank, const BufferExport& peer);
+  char* base() const { return base_; }
+  tpcResult_t release();
+
+ private:
+  char* base_ = nullptr;
+  bool opened_ = false;  // through cudaIpcOpenMemHandle, which must be closed
+};
+
+// One object of T in pinned host memory that kernels can write (a mapped allocation).
+template <typename T>
+class MappedHost {
+ public:
+  MappedHost() = default;
+  MappedHost(const MappedHost&) = delete;
+  MappedHost& operator=(const MappedHost&) = delete;
+  ~MappedHost() {
+    if (host_ != nullptr) cudaFreeHost(host_);
+  }
+  cudaError_t allocate() {
+    void* p = nullptr;
+    cudaError_t err = cudaHostAlloc(&p, sizeof(T), cudaHostAllocMapped | cudaHostAllocPortable);
+    if (err != cudaSuccess) return err;
+    host_ = static_cast<T*>(p);
+    *host_ = T{};
+    return cudaHostGetDevicePointer(reinterpret_cast<void**>(&device_), p, 0);
+  }
+  T* host() const { return host_; }
+  T* device() const { return device_; }
+
+ private:
+  T* host_ = nullptr;
+  T* device_ = nullptr;
+};
+
+}  // namespace tpcomm

@@ -1,0 +1,221 @@
+// The rendezvous across real processes and real sockets: every rank is a forked child.
+#include "bootstrap/bootstrap.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tpcomm {
+namespace {
+
+constexpr int kDataMismatch = 100;
+
+// Runs body(rank) in one child process per rank and returns their exit codes; a child still
+// running after `limit` is killed and reported as -1.
+std::vector<int> runRanks(int nranks, const std::function<int(int)>& body,
+                          std::chrono::seconds limit = std::chrono::seconds(30)) {
+  std::vector<pid_t> pids;
+  for (int r = 0; r < nranks; ++r) {
+    const pid_t pid = fork();
+    if (pid == 0) _exit(body(r));
+    pids.push_back(pid);
+  }
+  std::vector<int> codes(nranks, -1);
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (int r = 0; r < nranks; ++r) {
+    int status = 0;
+    while (waitpid(pids[r], &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pids[r], SIGKILL);
+        waitpid(pids[r], &status, 0);
+        status = -1;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    codes[r] = (status != -1 && WIFEXITED(status)) ? WEXITSTATUS(status) : -1;
+  }
+  return codes;
+}
+
+Bootstrap::Options options(int rank, int nranks, int timeoutMs, std::string digest = "cfg") {
+  Bootstrap::Options o;
+  o.rank = rank;
+  o.nranks = nranks;
+  o.configDigest = std::move(digest);
+  o.timeout = std::chrono::milliseconds(timeoutMs);
+  return o;
+}
+
+tpcUniqueId freshId() {
+  tpcUniqueId id;
+  EXPECT_EQ(tpcSuccess, newRendezvousId(&id));
+  return id;
+}
+
+std::string blobOf(int rank) {
+  std::string blob(static_cast<size_t>(rank) * 1000 + 1 + rank, '\0');
+  for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>(rank * 31 + i);
+  return blob;
+}
+
+// A rank that exercises every collective and checks what it receives.
+int fullRank(const tpcUniqueId& id, int rank, int nranks) {
+  std::unique_ptr<Bootstrap> boot;
+  tpcResult_t res = Bootstrap::connect(id, options(rank, nranks, 20000), &boot);
+  if (res != tpcSuccess) return res;
+  std::vector<std::string> all;
+  if ((res = boot->allGather(blobOf(rank), &all)) != tpcSuccess) return res;
+  for (int r = 0; r < nranks; ++r) {
+    if (all[r] != blobOf(r)) return kDataMismatch;
+  }
+  const int root = nranks - 1;
+  std::string data = rank == root ? "from the last rank" : "";
+  if ((res = boot->broadcast(root, &data)) != tpcSuccess) return res;
+  if (data != "from the last rank") return kDataMismatch + 1;
+  if ((res = boot->barrier()) != tpcSuccess) return res;
+
+  // Descriptors: each rank shares a memory file holding its rank number.
+  const int fd = memfd_create("tpcomm-test", MFD_CLOEXEC);
+  if (fd < 0 || pwrite(fd, &rank, sizeof(rank), 0) != sizeof(rank)) return kDataMismatch + 2;
+  std::vector<int> fds;
+  if ((res = boot->allGatherFd(fd, &fds)) != tpcSuccess) return res;
+  for (int r = 0; r < nranks; ++r) {
+    if (r == rank) {
+      if (fds[r] != -1) return kDataMismatch + 3;
+      continue;
+    }
+    int seen = -1;
+    if (pread(fds[r], &seen, sizeof(seen), 0) != sizeof(seen) || seen != r) {
+      return kDataMismatch + 4;
+    }
+    close(fds[r]);
+  }
+  close(fd);
+  return tpcSuccess;
+}
+
+class BootstrapRanks : public ::testing::TestWithParam<int> {};
+
+TEST_P(BootstrapRanks, CollectivesCarryBlobsOfEverySizeAndDescriptors) {
+  const int nranks = GetParam();
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(nranks, [&](int r) { return fullRank(id, r, nranks); });
+  for (int r = 0; r < nranks; ++r) EXPECT_EQ(0, codes[r]) << "rank " << r;
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, BootstrapRanks, ::testing::Values(1, 2, 3, 8));
+
+TEST(Bootstrap, WrongSecretIsRejected) {
+  const tpcUniqueId id = freshId();
+  tpcUniqueId forged = id;
+  RendezvousId rid;
+  ASSERT_TRUE(decodeRendezvousId(forged, &rid));
+  rid.secret[3] ^= 0x40;
+  std::memcpy(forged.internal, &rid, sizeof(rid));
+
+  const std::vector<int> codes = runRanks(2, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    return static_cast<int>(Bootstrap::connect(r == 0 ? id : forged, options(r, 2, 1500), &boot));
+  });
+  EXPECT_EQ(tpcInvalidUsage, codes[1]) << "the forged rank must be refused";
+  EXPECT_EQ(tpcTimeout, codes[0]) << "rank 0 must keep waiting for the real rank 1, then time out";
+}
+
+TEST(Bootstrap, MissingRankEndsInTimeoutNotAHang) {
+  const tpcUniqueId id = freshId();
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<int> codes = runRanks(3, [&](int r) {
+    if (r == 2) return 0;  // never joins
+    std::unique_ptr<Bootstrap> boot;
+    return static_cast<int>(Bootstrap::connect(id, options(r, 3, 500), &boot));
+  });
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(tpcTimeout, codes[0]);
+  EXPECT_EQ(tpcTimeout, codes[1]);
+  EXPECT_LT(elapsed, std::chrono::seconds(10));
+}
+
+TEST(Bootstrap, MissingRootEndsInTimeout) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(2, [&](int r) {
+    if (r == 0) return 0;
+    std::unique_ptr<Bootstrap> boot;
+    return static_cast<int>(Bootstrap::connect(id, options(r, 2, 300), &boot));
+  });
+  EXPECT_EQ(tpcTimeout, codes[1]);
+}
+
+TEST(Bootstrap, RanksMustAgreeOnWorldSize) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(2, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    // Rank 1 believes in a world of 3; it can still join rank 0's world of 2 as rank 1.
+    return static_cast<int>(Bootstrap::connect(id, options(r, r == 0 ? 2 : 3, 5000), &boot));
+  });
+  EXPECT_EQ(tpcInvalidUsage, codes[0]);
+  EXPECT_EQ(tpcInvalidUsage, codes[1]);
+}
+
+TEST(Bootstrap, RanksMustAgreeOnConfiguration) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(3, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    return static_cast<int>(
+        Bootstrap::connect(id, options(r, 3, 5000, r == 2 ? "other" : "cfg"), &boot));
+  });
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(tpcInvalidUsage, codes[r]) << "rank " << r;
+}
+
+TEST(Bootstrap, DuplicateRankIsRefused) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(3, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    return static_cast<int>(Bootstrap::connect(id, options(r == 2 ? 1 : r, 3, 1000), &boot));
+  });
+  EXPECT_EQ(tpcTimeout, codes[0]) << "rank 2 never arrives";
+  // One of the two processes claiming rank 1 is refused at once, the other times out with rank 0.
+  EXPECT_TRUE((codes[1] == tpcInvalidUsage && codes[2] == tpcTimeout) ||
+              (codes[1] == tpcTimeout && codes[2] == tpcInvalidUsage))
+      << codes[1] << " " << codes[2];
+}
+
+TEST(Bootstrap, AnIdServesOneCommunicatorAtATime) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(2, [&](int r) {
+    if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::unique_ptr<Bootstrap> boot;
+    return static_cast<int>(Bootstrap::connect(id, options(0, 2, 600), &boot));
+  });
+  EXPECT_EQ(tpcTimeout, codes[0]);
+  EXPECT_EQ(tpcInvalidUsage, codes[1]) << "a second rank 0 on the same id must be refused";
+}
+
+TEST(Bootstrap, GarbageIdIsRejected) {
+  tpcUniqueId id;
+  std::memset(&id, 0x5a, sizeof(id));
+  std::unique_ptr<Bootstrap> boot;
+  EXPECT_EQ(tpcInvalidArgument, Bootstrap::connect(id, options(0, 2, 100), &boot));
+}
+
+TEST(Bootstrap, IdsAreFreshAndSecret) {
+  const tpcUniqueId a = freshId();
+  const tpcUniqueId b = freshId();
+  RendezvousId ra, rb;
+  ASSERT_TRUE(decodeRendezvousId(a, &ra));
+  ASSERT_TRUE(decodeRendezvousId(b, &rb));
+  EXPECT_STRNE(ra.name, rb.name);
+  EXPECT_NE(0, std::memcmp(ra.secret, rb.secret, sizeof(ra.secret)));
+}
+
+}  // namespace
+}  // namespace tpcomm

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs everything that needs a GPU against an existing build: the whole test suite, the example
+# and the loopback efficiency figures. Logs go to OUTDIR (default: build/gpu-suite).
+#
+# usage: tools/gpu_suite.sh [OUTDIR] [BUILD_DIR]
+set -uo pipefail
+out=${1:-build/gpu-suite}
+build=${2:-build}
+mkdir -p "$out"
+status=0
+run() {
+  local name=$1
+  shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  timeout 420 "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - start)) s"
+  [ $rc -eq 0 ] || status=1
+  return $rc
+}
+nvidia-smi -L || true
+run unit "$build/tests/tpcomm_unit_tests"
+run gpu "$build/tests/tpcomm_gpu_tests"
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$out/gpu.log" | head -40
+run example "$build/tools/tpcomm-example"
+run efficiency "$build/tools/tpcomm-loopback-efficiency" && cat "$out/efficiency.log"
+exit $status
