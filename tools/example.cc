@@ -31,14 +31,16 @@ int main(int argc, char** argv) {
         tpcomm::Communicator comm(nranks, id, r);
         std::vector<float> host(count);
         for (size_t i = 0; i < count; ++i) host[i] = static_cast<float>((i % 7) + r);
+        // Ranks that share a GPU must not meet on the legacy default stream: a blocking copy of
+        // one rank would wait for another rank's all-reduce, which waits for the first rank.
+        cudaStream_t stream;
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
         float* buf = nullptr;
         cudaMalloc(&buf, count * sizeof(float));
-        cudaMemcpy(buf, host.data(), count * sizeof(float), cudaMemcpyHostToDevice);
-        cudaStream_t stream;
-        cudaStreamCreate(&stream);
+        cudaMemcpyAsync(buf, host.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream);
         comm.allReduce(buf, buf, count, stream);  // in place
+        cudaMemcpyAsync(host.data(), buf, count * sizeof(float), cudaMemcpyDeviceToHost, stream);
         cudaStreamSynchronize(stream);
-        cudaMemcpy(host.data(), buf, count * sizeof(float), cudaMemcpyDeviceToHost);
         size_t wrong = 0;
         for (size_t i = 0; i < count; ++i) {
           const float expected = static_cast<float>(nranks * (i % 7) + nranks * (nranks - 1) / 2);

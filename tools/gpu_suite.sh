@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs everything that needs a GPU against an existing build: the whole test suite, the example
-# and the loopback efficiency figures. Logs go to OUTDIR (default: build/gpu-suite).
+# Runs everything that needs a GPU against an existing build: the whole test suite, the example,
+# the loopback efficiency figures and a tpcomm-perf sweep in graph and eager mode (JSON and PNG).
+# Logs and results go to OUTDIR (default: build/gpu-suite).
 #
 # usage: tools/gpu_suite.sh [OUTDIR] [BUILD_DIR]
 set -uo pipefail
@@ -13,7 +14,7 @@ run() {
   shift
   echo "=== $name: $*"
   local start=$SECONDS
-  timeout 420 "$@" >"$out/$name.log" 2>&1
+  timeout 300 "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "=== $name: exit $rc after $((SECONDS - start)) s"
   [ $rc -eq 0 ] || status=1
@@ -25,4 +26,10 @@ run gpu "$build/tests/tpcomm_gpu_tests"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$out/gpu.log" | head -40
 run example "$build/tools/tpcomm-example"
 run efficiency "$build/tools/tpcomm-loopback-efficiency" && cat "$out/efficiency.log"
+for mode in graph eager; do
+  run "perf-$mode" "$build/tools/tpcomm-perf" "--$mode" -J "$out/perf-$mode.json" &&
+    grep -v "^#  Rank" "$out/perf-$mode.log"
+done
+python3 tools/plot_perf.py "$out/perf-graph.json" "$out/perf-eager.json" -o "$out/latency.png" ||
+  true
 exit $status

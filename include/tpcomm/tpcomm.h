@@ -132,6 +132,11 @@ tpcResult_t tpcCommCuDevice(const tpcComm_t comm, int* device);
  * issuing any work. Sets *asyncError to tpcSuccess while the communicator is healthy. */
 tpcResult_t tpcCommGetAsyncError(tpcComm_t comm, tpcResult_t* asyncError);
 
+/* The algorithm tpcAllReduce would use for `count` elements of `datatype` on this communicator
+ * (never tpcAlgoAuto), so that an engine or a benchmark can log the choice. */
+tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t datatype,
+                                tpcAlgorithm_t* algorithm);
+
 /* Sums `count` elements of `sendbuff` over all ranks into `recvbuff` on every rank. In place when
  * sendbuff == recvbuff. Asynchronous and ordered on `stream`, which must belong to the
  * communicator's device; may be captured into a CUDA graph. Every rank gets bitwise identical

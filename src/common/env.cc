@@ -10,8 +10,8 @@ namespace tpcomm {
 namespace {
 
 constexpr const char* kNames[] = {
-    "TPCOMM_DEBUG",         "TPCOMM_DEBUG_FILE", "TPCOMM_ALGO",
-    "TPCOMM_STAGING_BYTES", "TPCOMM_MAX_BLOCKS", "TPCOMM_TIMEOUT_MS",
+    "TPCOMM_DEBUG",      "TPCOMM_DEBUG_FILE", "TPCOMM_ALGO",         "TPCOMM_STAGING_BYTES",
+    "TPCOMM_MAX_BLOCKS", "TPCOMM_TIMEOUT_MS", "TPCOMM_NCCL_LIBRARY",
 };
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(EnvVar::kCount),
               "every EnvVar needs a name");

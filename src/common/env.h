@@ -19,6 +19,8 @@ enum class EnvVar {
   kMaxBlocks,
   // Bound in milliseconds on every wait for a peer when the config leaves it at 0.
   kTimeoutMs,
+  // Path of the NCCL library to load instead of the process's own or libnccl.so.2.
+  kNcclLibrary,
   kCount
 };
 

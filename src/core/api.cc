@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bootstrap/bootstrap.h"
+#include "common/cuda_util.h"
 #include "common/error.h"
 #include "core/communicator.h"
 #include "core/config.h"
@@ -182,6 +183,20 @@ TPC_API tpcResult_t tpcCommGetAsyncError(tpcComm_t comm, tpcResult_t* asyncError
   }
   *asyncError = comm->impl->checkHealthy();
   if (*asyncError != tpcSuccess) remember(comm, *asyncError);
+  return tpcSuccess;
+}
+
+TPC_API tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t datatype,
+                                        tpcAlgorithm_t* algorithm) {
+  TPC_CHECK(checkComm(comm, "tpcCommGetAlgorithm"));
+  const size_t elemBytes = typeSize(datatype);
+  if (algorithm == nullptr || elemBytes == 0) {
+    return remember(comm, fail(tpcInvalidArgument, "tpcCommGetAlgorithm: %s",
+                               algorithm == nullptr ? "algorithm is NULL" : "unknown datatype"));
+  }
+  const size_t bytes = count > SIZE_MAX / elemBytes ? SIZE_MAX : count * elemBytes;
+  *algorithm =
+      comm->impl->algorithmFor(bytes) == device::kOneShot ? tpcAlgoOneShot : tpcAlgoTwoShot;
   return tpcSuccess;
 }
 

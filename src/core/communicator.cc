@@ -60,6 +60,12 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
     std::memcpy(&all[r], blobs[r].data(), sizeof(RankInfo));
   }
   TPC_CHECK(agree(mapPeers(all), "mapping its peers' buffers"));
+  for (int r = 0; r < nranks_; ++r) {
+    sharesDeviceInProcess_ =
+        sharesDeviceInProcess_ ||
+        (r != rank_ && all[r].buffer.processToken == all[rank_].buffer.processToken &&
+         std::memcmp(all[r].uuid, all[rank_].uuid, sizeof(all[r].uuid)) == 0);
+  }
   chooseBlockCap(all);
   buildParams();
   TPC_INFO("rank %d/%d on device %d ready: staging %zu bytes, at most %d blocks per kernel, %s",
@@ -222,13 +228,7 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
 
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
-  int streamDevice = -1;
-  TPC_CUDA_CHECK(cudaStreamGetDevice(stream, &streamDevice));
-  if (streamDevice != device_) {
-    return fail(tpcInvalidArgument,
-                "rank %d: the stream belongs to device %d but the communicator to device %d", rank_,
-                streamDevice, device_);
-  }
+  TPC_CHECK(checkStream(stream));
   const size_t bytes = count * elemBytes;
   if (nranks_ == 1) {
     if (sendbuff != recvbuff) {
@@ -237,7 +237,7 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
     return tpcSuccess;
   }
 
-  const device::Algorithm algorithm = chooseAlgorithm(config_.algorithm, nranks_, bytes);
+  const device::Algorithm algorithm = algorithmFor(bytes);
   device::AllReduceParams p = params_[algorithm];
   const size_t chunkElems = layout_.stagingBytes / elemBytes;
   for (size_t offset = 0; offset < count; offset += chunkElems) {
@@ -251,6 +251,50 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   }
   TPC_TRACE("rank %d: all-reduce of %zu bytes (%s) on stream %p", rank_, bytes,
             algorithm == device::kOneShot ? "oneshot" : "twoshot", static_cast<void*>(stream));
+  return tpcSuccess;
+}
+
+device::Algorithm Communicator::algorithmFor(size_t bytes) const {
+  return chooseAlgorithm(config_.algorithm, nranks_, bytes);
+}
+
+tpcResult_t Communicator::checkStream(cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(stream, &capture);
+  if (err == cudaErrorStreamCaptureImplicit) {
+    cudaGetLastError();
+    return fail(tpcInvalidUsage,
+                "rank %d: the legacy default stream cannot be used while another stream captures "
+                "a graph",
+                rank_);
+  }
+  if (err != cudaSuccess) return failCuda(err, "cudaStreamIsCapturing", __FILE__, __LINE__);
+  // A capturing stream cannot be asked for its device; the check waits for its next eager use.
+  if (capture != cudaStreamCaptureStatusNone || (streamChecked_ && stream == checkedStream_)) {
+    return tpcSuccess;
+  }
+  int streamDevice = -1;
+  TPC_CUDA_CHECK(cudaStreamGetDevice(stream, &streamDevice));
+  if (streamDevice != device_) {
+    return fail(tpcInvalidArgument,
+                "rank %d: the stream belongs to device %d but the communicator to device %d", rank_,
+                streamDevice, device_);
+  }
+  if (sharesDeviceInProcess_ && !warnedBlockingStream_) {
+    unsigned int flags = 0;
+    TPC_CUDA_CHECK(cudaStreamGetFlags(stream, &flags));
+    if (stream != cudaStreamPerThread && !(flags & cudaStreamNonBlocking)) {
+      warnedBlockingStream_ = true;
+      TPC_WARN(
+          "rank %d: other ranks of this process share device %d, and this stream synchronizes "
+          "with the legacy default stream: a blocking call of one rank (cudaMemcpy, work on "
+          "another blocking stream) can wait for this rank's all-reduce, which waits for that "
+          "rank, until the timeout. Create the ranks' streams with cudaStreamNonBlocking.",
+          rank_, device_);
+    }
+  }
+  checkedStream_ = stream;
+  streamChecked_ = true;
   return tpcSuccess;
 }
 

@@ -36,6 +36,9 @@ class Communicator {
   // tpcSuccess while healthy; otherwise the sticky error with its explanation set via fail().
   tpcResult_t checkHealthy();
 
+  // The algorithm an all-reduce of `bytes` runs with.
+  device::Algorithm algorithmFor(size_t bytes) const;
+
   tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                         tpcRedOp_t op, cudaStream_t stream);
 
@@ -52,6 +55,8 @@ class Communicator {
   tpcResult_t setup(const tpcUniqueId& id);
   tpcResult_t prepareLocal(RankInfo* mine);
   tpcResult_t mapPeers(const std::vector<RankInfo>& all);
+  // Checks that `stream` belongs to this rank's device (once per stream, outside capture).
+  tpcResult_t checkStream(cudaStream_t stream);
   // Tells every rank how this rank's step went; fails on every rank if any rank failed.
   tpcResult_t agree(tpcResult_t mine, const char* step);
   void chooseBlockCap(const std::vector<RankInfo>& all);
@@ -71,6 +76,10 @@ class Communicator {
   MappedHost<device::FailureRecord> failure_;
   device::AllReduceParams params_[device::kNumAlgorithms] = {};
   int blockCap_ = 1;
+  bool sharesDeviceInProcess_ = false;  // another rank of this process uses the same device
+  cudaStream_t checkedStream_ = nullptr;
+  bool streamChecked_ = false;
+  bool warnedBlockingStream_ = false;
   tpcResult_t stickyError_ = tpcSuccess;
   std::string stickyMessage_;
 };

@@ -16,7 +16,7 @@
 
 namespace {
 
-using tpcomm::testing::exactValue;
+using tpcomm::verifiable::exactValue;
 
 bool decodeId(const char* hex, tpcUniqueId* id) {
   if (std::strlen(hex) != 2 * sizeof(id->internal)) return false;

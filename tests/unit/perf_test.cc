@@ -1,0 +1,342 @@
+// tpcomm-perf's command line, sweep, formats and launcher, none of which needs a GPU.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "perf/launcher.h"
+#include "perf/options.h"
+#include "perf/report.h"
+
+namespace tpcomm {
+namespace perf {
+namespace {
+
+bool parse(std::vector<std::string> args, Options* o, std::string* error = nullptr) {
+  args.insert(args.begin(), "tpcomm-perf");
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  std::string ignored;
+  bool help = false;
+  return parseOptions(static_cast<int>(argv.size()), argv.data(), o,
+                      error != nullptr ? error : &ignored, &help);
+}
+
+TEST(PerfOptions, DefaultsAreTheMainJob) {
+  Options o;
+  ASSERT_TRUE(parse({}, &o));
+  EXPECT_EQ(8u, o.minBytes);
+  EXPECT_EQ(size_t{256} << 20, o.maxBytes);
+  EXPECT_EQ(tpcBfloat16, o.dtype);
+  EXPECT_GT(o.graphLaunches, 0) << "graph mode by default";
+  EXPECT_TRUE(o.check);
+  EXPECT_TRUE(o.nccl);
+  EXPECT_EQ("auto", o.algo);
+}
+
+TEST(PerfOptions, NcclTestsFlags) {
+  Options o;
+  ASSERT_TRUE(parse({"-b", "1K",      "-e", "64M", "-f",   "4",      "-n", "7",  "-w",
+                     "2",  "-c",      "0",  "-d",  "half", "-G",     "3",  "-J", "out.json",
+                     "-a", "twoshot", "-g", "2",   "-t",   "--nccl", "off"},
+                    &o));
+  EXPECT_EQ(1024u, o.minBytes);
+  EXPECT_EQ(size_t{64} << 20, o.maxBytes);
+  EXPECT_EQ(4.0, o.stepFactor);
+  EXPECT_EQ(7, o.iters);
+  EXPECT_EQ(2, o.warmup);
+  EXPECT_FALSE(o.check);
+  EXPECT_EQ(tpcFloat16, o.dtype);
+  EXPECT_EQ(3, o.graphLaunches);
+  EXPECT_EQ("out.json", o.jsonPath);
+  EXPECT_EQ("twoshot", o.algo);
+  EXPECT_EQ(2, o.nranks);
+  EXPECT_TRUE(o.threads);
+  EXPECT_FALSE(o.nccl);
+  ASSERT_TRUE(parse({"--eager"}, &o));
+  EXPECT_EQ(0, o.graphLaunches);
+  ASSERT_TRUE(parse({"--eager", "--graph", "-d", "float", "-i", "4K"}, &o));
+  EXPECT_GT(o.graphLaunches, 0);
+  EXPECT_EQ(tpcFloat32, o.dtype);
+  EXPECT_EQ(4096u, o.stepBytes);
+}
+
+TEST(PerfOptions, BadArgumentsAreOneLineErrors) {
+  Options o;
+  std::string error;
+  EXPECT_FALSE(parse({"-d", "int8"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("unknown data type 'int8'"));
+  EXPECT_FALSE(parse({"-x"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("-x"));
+  EXPECT_FALSE(parse({"--bogus"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("--bogus"));
+  EXPECT_FALSE(parse({"-b", "12Q"}, &o, &error));
+  EXPECT_FALSE(parse({"-b", "1M", "-e", "1K"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("-b is larger than -e"));
+  EXPECT_FALSE(parse({"-a", "ring"}, &o, &error));
+  EXPECT_FALSE(parse({"-f", "1"}, &o, &error));
+  EXPECT_FALSE(parse({"-n", "0"}, &o, &error));
+  EXPECT_FALSE(parse({"-g", "9"}, &o, &error));
+  EXPECT_FALSE(parse({"-o", "max"}, &o, &error));
+  EXPECT_FALSE(parse({"-a", "nccl", "--nccl", "off"}, &o, &error));
+  EXPECT_FALSE(parse({"stray"}, &o, &error));
+  for (const std::string& e : {error}) EXPECT_EQ(std::string::npos, e.find('\n'));
+}
+
+TEST(PerfOptions, Sizes) {
+  size_t v = 0;
+  EXPECT_TRUE(parseSize("8", &v));
+  EXPECT_EQ(8u, v);
+  EXPECT_TRUE(parseSize("256M", &v));
+  EXPECT_EQ(size_t{256} << 20, v);
+  EXPECT_TRUE(parseSize("2G", &v));
+  EXPECT_EQ(size_t{2} << 30, v);
+  EXPECT_FALSE(parseSize("", &v));
+  EXPECT_FALSE(parseSize("M", &v));
+  EXPECT_FALSE(parseSize("1T", &v));
+}
+
+TEST(PerfSweep, FactorSweepOfTheMainJob) {
+  Options o;
+  const std::vector<size_t> sizes = sweepSizes(o, 2);
+  ASSERT_EQ(26u, sizes.size());  // 8 B to 256 MB, doubling
+  EXPECT_EQ(8u, sizes.front());
+  EXPECT_EQ(size_t{256} << 20, sizes.back());
+  for (size_t i = 1; i < sizes.size(); ++i) EXPECT_EQ(2 * sizes[i - 1], sizes[i]);
+}
+
+TEST(PerfSweep, StepsAndWholeElements) {
+  Options o;
+  o.minBytes = 1;
+  o.maxBytes = 16;
+  EXPECT_EQ((std::vector<size_t>{4, 8, 16}), sweepSizes(o, 4)) << "sizes under an element go";
+  o.minBytes = 10;
+  o.maxBytes = 40;
+  o.stepBytes = 10;
+  EXPECT_EQ((std::vector<size_t>{8, 20, 28, 40}), sweepSizes(o, 4));
+  o.stepBytes = 0;
+  o.stepFactor = 1.5;
+  o.minBytes = 2;
+  o.maxBytes = 10;
+  EXPECT_EQ((std::vector<size_t>{2, 3, 4, 6, 9}), sweepSizes(o, 1));
+}
+
+TEST(PerfReport, BandwidthArithmetic) {
+  EXPECT_DOUBLE_EQ(100.0, algbwGBs(1000000, 10.0));
+  EXPECT_DOUBLE_EQ(175.0, busbwGBs(100.0, 8));
+  EXPECT_DOUBLE_EQ(100.0, busbwGBs(100.0, 2));
+  EXPECT_DOUBLE_EQ(0.0, busbwGBs(100.0, 1));
+  EXPECT_DOUBLE_EQ(0.0, algbwGBs(100, 0.0));
+}
+
+TEST(PerfReport, RowsCombineToTheSlowestRank) {
+  Row a, b;
+  a.outOfPlace = {5, 1};
+  b.outOfPlace = {7, 2};
+  a.inPlace = {9, 0};
+  b.inPlace = {8, 4};
+  a.ncclUs = 20;
+  b.ncclUs = 25;
+  Row c = combineRanks({a, b});
+  EXPECT_EQ(7, c.outOfPlace.timeUs);
+  EXPECT_EQ(3u, c.outOfPlace.wrong);
+  EXPECT_EQ(9, c.inPlace.timeUs);
+  EXPECT_EQ(4u, c.inPlace.wrong);
+  EXPECT_EQ(25, c.ncclUs);
+  b.ncclUs = -1;
+  EXPECT_LT(combineRanks({a, b}).ncclUs, 0) << "no NCCL figure unless every rank has one";
+}
+
+TEST(PerfReport, MessagesRoundTrip) {
+  Row row;
+  row.bytes = 8192;
+  row.count = 4096;
+  row.outOfPlace = {6.123456789, 0};
+  row.inPlace = {7.5, 12};
+  row.ncclUs = -1;
+  row.algo = "oneshot";
+  Row back;
+  ASSERT_TRUE(decodeRow(encodeRow(row), &back));
+  EXPECT_EQ(row.bytes, back.bytes);
+  EXPECT_EQ(row.count, back.count);
+  EXPECT_DOUBLE_EQ(row.outOfPlace.timeUs, back.outOfPlace.timeUs);
+  EXPECT_EQ(12u, back.inPlace.wrong);
+  EXPECT_EQ(row.ncclUs, back.ncclUs);
+  EXPECT_EQ("oneshot", back.algo);
+  RankInfo info{3, 99, 1, "0000:19:00.0", "node7", "NVIDIA H100 80GB HBM3"};
+  RankInfo info2;
+  ASSERT_TRUE(decodeRank(encodeRank(info), &info2));
+  EXPECT_EQ("NVIDIA H100 80GB HBM3", info2.name);
+  EXPECT_EQ(3, info2.rank);
+  EXPECT_EQ("node7", info2.host);
+  EXPECT_FALSE(decodeRow("ROW 1 2", &back));
+  EXPECT_FALSE(decodeRank("ROW 1 2 3", &info2));
+}
+
+Report goldenReport() {
+  Report r;
+  r.version = "0.1.0";
+  r.minBytes = 8;
+  r.maxBytes = 1 << 20;
+  r.warmup = 5;
+  r.iters = 20;
+  r.graphLaunches = 10;
+  r.dtype = "bfloat16";
+  r.algo = "auto";
+  r.nranks = 2;
+  r.threads = true;
+  r.loopback = true;
+  r.ncclNote = "off: NCCL cannot run several ranks on one GPU";
+  for (int k = 0; k < 2; ++k) {
+    r.ranks.push_back(RankInfo{k, 4242, 0, "0000:18:00.0", "node1", "NVIDIA H100 80GB HBM3"});
+  }
+  Row a;
+  a.bytes = 8192;
+  a.count = 4096;
+  a.outOfPlace = {6.25, 0};
+  a.inPlace = {6.5, 0};
+  a.algo = "oneshot";
+  a.ncclUs = 20.0;
+  Row b;
+  b.bytes = 67108864;
+  b.count = 33554432;
+  b.outOfPlace = {12345.6, 3};
+  b.inPlace = {250.0, 0};
+  b.algo = "twoshot";
+  r.rows = {a, b};
+  return r;
+}
+
+TEST(PerfReport, GoldenTable) {
+  const Report r = goldenReport();
+  const std::string table = formatPreamble(r) + formatHeader(r) + formatRow(r, r.rows[0]) +
+                            formatRow(r, r.rows[1]) + formatFooter(r);
+  const std::string expected =
+      "# tpcomm-perf 0.1.0: all_reduce, bfloat16, algorithm auto, ranks as threads\n"
+      "# nThread 1 nGpus 2 minBytes 8 maxBytes 1048576 step: 2(factor) warmup iters: 5 iters: 20 "
+      "agg iters: 1 validation: 1 graph: 10\n"
+      "#\n"
+      "# Using devices\n"
+      "#  Rank  0 Group  0 Pid   4242 on      node1 device  0 [0000:18:00.0] NVIDIA H100 80GB "
+      "HBM3\n"
+      "#  Rank  1 Group  0 Pid   4242 on      node1 device  0 [0000:18:00.0] NVIDIA H100 80GB "
+      "HBM3\n"
+      "#\n"
+      "# NCCL: off: NCCL cannot run several ranks on one GPU\n"
+      "#\n"
+      "# LOOPBACK: several ranks share each GPU. These figures measure tpcomm's kernels and\n"
+      "# overheads on one device; they are NOT NVLink performance.\n"
+      "#\n"
+      "#                                                              out-of-place                 "
+      "      in-place                                \n"
+      "#       size         count      type   redop    root     time   algbw   busbw #wrong     "
+      "time   algbw   busbw #wrong      algo  nccl(us)  speedup\n"
+      "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            "
+      "(us)  (GB/s)  (GB/s)                                   \n"
+      "        8192          4096  bfloat16     sum      -1     6.25    1.31    1.31       0     "
+      "6.50    1.26    1.26       0   oneshot     20.00    3.20x  loopback\n"
+      "    67108864      33554432  bfloat16     sum      -1    12346    5.44    5.44       3   "
+      "250.00  268.44  268.44       0   twoshot         -        -  loopback\n"
+      "# Out of bounds values : 3 FAILED\n"
+      "# Avg bus bandwidth    : 69.1106 (loopback)\n"
+      "#\n";
+  EXPECT_EQ(expected, table);
+  EXPECT_EQ(3u, totalWrong(r));
+}
+
+TEST(PerfReport, GoldenJson) {
+  const std::string expected =
+      "{\n"
+      "  \"tool\": \"tpcomm-perf\",\n"
+      "  \"version\": \"0.1.0\",\n"
+      "  \"collective\": \"all_reduce\",\n"
+      "  \"datatype\": \"bfloat16\",\n"
+      "  \"algorithm\": \"auto\",\n"
+      "  \"nranks\": 2,\n"
+      "  \"ranks_as\": \"threads\",\n"
+      "  \"loopback\": true,\n"
+      "  \"graph_launches\": 10,\n"
+      "  \"warmup_iters\": 5,\n"
+      "  \"iters\": 20,\n"
+      "  \"check\": true,\n"
+      "  \"nccl\": \"off: NCCL cannot run several ranks on one GPU\",\n"
+      "  \"devices\": [\n"
+      "    {\"rank\": 0, \"pid\": 4242, \"host\": \"node1\", \"device\": 0, \"bus_id\": "
+      "\"0000:18:00.0\", \"name\": \"NVIDIA H100 80GB HBM3\"},\n"
+      "    {\"rank\": 1, \"pid\": 4242, \"host\": \"node1\", \"device\": 0, \"bus_id\": "
+      "\"0000:18:00.0\", \"name\": \"NVIDIA H100 80GB HBM3\"}\n"
+      "  ],\n"
+      "  \"results\": [\n"
+      "    {\"bytes\": 8192, \"count\": 4096, \"type\": \"bfloat16\", \"redop\": \"sum\", "
+      "\"algo\": \"oneshot\", \"out_of_place\": {\"time_us\": 6.25, \"algbw_gbs\": 1.31072, "
+      "\"busbw_gbs\": 1.31072, \"wrong\": 0}, \"in_place\": {\"time_us\": 6.5, \"algbw_gbs\": "
+      "1.26031, \"busbw_gbs\": 1.26031, \"wrong\": 0}, \"nccl_time_us\": 20, \"speedup\": 3.2},\n"
+      "    {\"bytes\": 67108864, \"count\": 33554432, \"type\": \"bfloat16\", \"redop\": \"sum\", "
+      "\"algo\": \"twoshot\", \"out_of_place\": {\"time_us\": 12345.6, \"algbw_gbs\": 5.43585, "
+      "\"busbw_gbs\": 5.43585, \"wrong\": 3}, \"in_place\": {\"time_us\": 250, \"algbw_gbs\": "
+      "268.435, \"busbw_gbs\": 268.435, \"wrong\": 0}, \"nccl_time_us\": null, \"speedup\": null}\n"
+      "  ],\n"
+      "  \"wrong\": 3,\n"
+      "  \"avg_busbw_gbs\": 69.1106\n"
+      "}\n";
+  EXPECT_EQ(expected, formatJson(goldenReport()));
+}
+
+// Rank processes that write messages to their pipe the way tpcomm-perf's ranks do.
+std::vector<std::string> shellRank(const std::string& script) { return {"/bin/sh", "-c", script}; }
+
+TEST(PerfLauncher, MessagesArriveInOrderFromEveryRank) {
+  RankProcesses ranks;
+  std::string error;
+  ASSERT_TRUE(spawnRanks({shellRank("echo 'ROW a' >&3; echo 'ROW b' >&3; echo DONE >&3"),
+                          shellRank("printf 'ROW c\\nDONE\\n' >&3")},
+                         &ranks, &error))
+      << error;
+  std::vector<std::vector<std::string>> seen(2);
+  EXPECT_TRUE(collectMessages(ranks.fds, [&](int rank, const std::string& line) {
+    seen[rank].push_back(line);
+    return true;
+  }));
+  EXPECT_EQ((std::vector<std::string>{"ROW a", "ROW b", "DONE", kClosed}), seen[0]);
+  EXPECT_EQ((std::vector<std::string>{"ROW c", "DONE", kClosed}), seen[1]);
+  EXPECT_TRUE(reapRanks(ranks, false, &error)) << error;
+}
+
+TEST(PerfLauncher, ARankThatFailsFailsTheRun) {
+  RankProcesses ranks;
+  std::string error;
+  ASSERT_TRUE(spawnRanks({shellRank("echo DONE >&3"), shellRank("exit 3"), shellRank("sleep 30")},
+                         &ranks, &error));
+  collectMessages(ranks.fds, [&](int rank, const std::string& line) {
+    // The coordinator stops listening when a rank closes its pipe without DONE.
+    return !(rank == 1 && line == kClosed);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(reapRanks(ranks, true, &error));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10))
+      << "the sleeping rank must be killed, not waited for";
+  EXPECT_FALSE(error.empty());
+}
+
+TEST(PerfLauncher, NonZeroExitIsReported) {
+  RankProcesses ranks;
+  std::string error;
+  ASSERT_TRUE(spawnRanks({shellRank("exit 0"), shellRank("exit 3")}, &ranks, &error));
+  collectMessages(ranks.fds, [](int, const std::string&) { return true; });
+  EXPECT_FALSE(reapRanks(ranks, false, &error));
+  EXPECT_NE(std::string::npos, error.find("rank 1"));
+  EXPECT_NE(std::string::npos, error.find("exited with status 3"));
+}
+
+TEST(PerfLauncher, MissingProgramIsAnError) {
+  RankProcesses ranks;
+  std::string error;
+  EXPECT_FALSE(spawnRanks({{"/nonexistent/tpcomm-perf"}}, &ranks, &error));
+  EXPECT_NE(std::string::npos, error.find("cannot start rank 0"));
+}
+
+}  // namespace
+}  // namespace perf
+}  // namespace tpcomm

@@ -1,0 +1,258 @@
+#include "perf/options.h"
+
+#include <getopt.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+namespace tpcomm {
+namespace perf {
+namespace {
+
+bool parseInt(const char* text, int minimum, int* out) {
+  errno = 0;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || value < minimum || value > 1 << 30) {
+    return false;
+  }
+  *out = static_cast<int>(value);
+  return true;
+}
+
+constexpr const char* kShort = "b:e:f:i:n:w:c:d:o:G:J:a:g:th";
+enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kWorker, kIds };
+const option kLong[] = {
+    {"minbytes", required_argument, nullptr, 'b'},
+    {"maxbytes", required_argument, nullptr, 'e'},
+    {"stepfactor", required_argument, nullptr, 'f'},
+    {"stepbytes", required_argument, nullptr, 'i'},
+    {"iters", required_argument, nullptr, 'n'},
+    {"warmup_iters", required_argument, nullptr, 'w'},
+    {"check", required_argument, nullptr, 'c'},
+    {"datatype", required_argument, nullptr, 'd'},
+    {"op", required_argument, nullptr, 'o'},
+    {"cudagraph", required_argument, nullptr, 'G'},
+    {"output_file", required_argument, nullptr, 'J'},
+    {"algo", required_argument, nullptr, 'a'},
+    {"ngpus", required_argument, nullptr, 'g'},
+    {"threads", no_argument, nullptr, 't'},
+    {"help", no_argument, nullptr, 'h'},
+    {"graph", no_argument, nullptr, kGraph},
+    {"eager", no_argument, nullptr, kEager},
+    {"nccl", required_argument, nullptr, kNccl},
+    {"processes", no_argument, nullptr, kProcesses},
+    {"worker", required_argument, nullptr, kWorker},
+    {"ids", required_argument, nullptr, kIds},
+    {nullptr, 0, nullptr, 0},
+};
+
+}  // namespace
+
+std::string usage() {
+  return "usage: tpcomm-perf [options]\n"
+         "  -b, --minbytes <size>      smallest message (default 8; K, M, G suffixes)\n"
+         "  -e, --maxbytes <size>      largest message (default 256M)\n"
+         "  -f, --stepfactor <f>       multiply the size by f between rows (default 2)\n"
+         "  -i, --stepbytes <size>     add this many bytes between rows instead\n"
+         "  -n, --iters <n>            timed iterations per size (default 20)\n"
+         "  -w, --warmup_iters <n>     warm-up iterations per size (default 5)\n"
+         "  -c, --check <0|1>          verify every size exactly (default 1)\n"
+         "  -d, --datatype <type>      float, half or bfloat16 (default bfloat16)\n"
+         "  -o, --op <op>              sum (the only operation)\n"
+         "  -G, --cudagraph <n>        capture the iterations in a CUDA graph and replay it n\n"
+         "                             times; 0 times eager calls (default 10)\n"
+         "      --graph, --eager       graph mode (-G 10) or eager mode (-G 0)\n"
+         "  -a, --algo <algo>          auto, oneshot, twoshot or nccl (default auto)\n"
+         "  -g, --ngpus <n>            ranks (default: one per GPU, four on a single GPU)\n"
+         "  -t, --threads              run all ranks as threads of one process (the default\n"
+         "                             where ranks share a GPU)\n"
+         "      --processes            one process per rank even where ranks share a GPU\n"
+         "                             (their kernels then time-slice: slow, for testing)\n"
+         "      --nccl <on|off>        time NCCL beside tpcomm where it can run (default on)\n"
+         "  -J, --output_file <file>   also write the results as JSON\n"
+         "  -h, --help                 this text\n";
+}
+
+bool parseSize(const std::string& text, size_t* bytes) {
+  if (text.empty() || text[0] < '0' || text[0] > '9') return false;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0) return false;
+  const std::string suffix(end);
+  unsigned shift = 0;
+  if (suffix == "K" || suffix == "k") {
+    shift = 10;
+  } else if (suffix == "M" || suffix == "m") {
+    shift = 20;
+  } else if (suffix == "G" || suffix == "g") {
+    shift = 30;
+  } else if (!suffix.empty()) {
+    return false;
+  }
+  if (value > (~0ull >> shift)) return false;
+  *bytes = static_cast<size_t>(value << shift);
+  return true;
+}
+
+bool parseDataType(const std::string& text, tpcDataType_t* type) {
+  if (text == "float" || text == "float32" || text == "f32") {
+    *type = tpcFloat32;
+  } else if (text == "half" || text == "float16" || text == "fp16" || text == "f16") {
+    *type = tpcFloat16;
+  } else if (text == "bfloat16" || text == "bf16") {
+    *type = tpcBfloat16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const char* dataTypeName(tpcDataType_t type) {
+  switch (type) {
+    case tpcFloat32:
+      return "float";
+    case tpcFloat16:
+      return "half";
+    case tpcBfloat16:
+      return "bfloat16";
+    default:
+      return "unknown";
+  }
+}
+
+bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool* help) {
+  Options o;
+  *help = false;
+  optind = 0;  // 0, not 1: glibc then also resets its state from an earlier parse
+  opterr = 0;
+  int c;
+  auto bad = [&](const std::string& what) {
+    *error = what;
+    return false;
+  };
+  while ((optopt = 0, c = getopt_long(argc, argv, kShort, kLong, nullptr)) != -1) {
+    const std::string arg = optarg != nullptr ? optarg : "";
+    switch (c) {
+      case 'b':
+        if (!parseSize(arg, &o.minBytes)) return bad("bad -b size '" + arg + "'");
+        break;
+      case 'e':
+        if (!parseSize(arg, &o.maxBytes)) return bad("bad -e size '" + arg + "'");
+        break;
+      case 'f': {
+        char* end = nullptr;
+        o.stepFactor = std::strtod(arg.c_str(), &end);
+        if (end == arg.c_str() || *end != '\0' || !(o.stepFactor > 1.0)) {
+          return bad("bad -f factor '" + arg + "' (must be > 1)");
+        }
+        break;
+      }
+      case 'i':
+        if (!parseSize(arg, &o.stepBytes) || o.stepBytes == 0) {
+          return bad("bad -i step '" + arg + "'");
+        }
+        break;
+      case 'n':
+        if (!parseInt(optarg, 1, &o.iters)) return bad("bad -n iterations '" + arg + "'");
+        break;
+      case 'w':
+        if (!parseInt(optarg, 0, &o.warmup)) return bad("bad -w iterations '" + arg + "'");
+        break;
+      case 'c': {
+        int v = 0;
+        if (!parseInt(optarg, 0, &v) || v > 1) return bad("bad -c value '" + arg + "'");
+        o.check = v == 1;
+        break;
+      }
+      case 'd':
+        if (!parseDataType(arg, &o.dtype)) {
+          return bad("unknown data type '" + arg + "' (float, half or bfloat16)");
+        }
+        break;
+      case 'o':
+        if (arg != "sum") return bad("unsupported op '" + arg + "' (tpcomm-perf times sum)");
+        break;
+      case 'G':
+        if (!parseInt(optarg, 0, &o.graphLaunches)) return bad("bad -G count '" + arg + "'");
+        break;
+      case kGraph:
+        o.graphLaunches = Options().graphLaunches;
+        break;
+      case kEager:
+        o.graphLaunches = 0;
+        break;
+      case 'J':
+        o.jsonPath = arg;
+        break;
+      case 'a':
+        if (arg != "auto" && arg != "oneshot" && arg != "twoshot" && arg != "nccl") {
+          return bad("unknown algorithm '" + arg + "' (auto, oneshot, twoshot or nccl)");
+        }
+        o.algo = arg;
+        break;
+      case 'g':
+        if (!parseInt(optarg, 1, &o.nranks) || o.nranks > 8) {
+          return bad("bad -g rank count '" + arg + "' (1 to 8)");
+        }
+        break;
+      case 't':
+        o.threads = true;
+        break;
+      case kProcesses:
+        o.processes = true;
+        break;
+      case kNccl:
+        if (arg != "on" && arg != "off") return bad("bad --nccl value '" + arg + "' (on or off)");
+        o.nccl = arg == "on";
+        break;
+      case kWorker:
+        if (!parseInt(optarg, 0, &o.workerRank)) return bad("bad --worker rank");
+        break;
+      case kIds:
+        o.workerIds = arg;
+        break;
+      case 'h':
+        *help = true;
+        return true;
+      default: {
+        const std::string which =
+            optopt != 0 ? std::string("-") + static_cast<char>(optopt) : argv[optind - 1];
+        return bad("unknown or incomplete option '" + which + "'");
+      }
+    }
+  }
+  if (optind < argc) return bad(std::string("unexpected argument '") + argv[optind] + "'");
+  if (o.minBytes > o.maxBytes) return bad("-b is larger than -e");
+  if (o.algo == "nccl" && !o.nccl) return bad("--algo nccl needs --nccl on");
+  if (o.threads && o.processes) return bad("-t and --processes exclude each other");
+  *out = o;
+  return true;
+}
+
+std::vector<size_t> sweepSizes(const Options& o, size_t elemBytes) {
+  std::vector<size_t> sizes;
+  for (double size = static_cast<double>(o.minBytes); size <= static_cast<double>(o.maxBytes);) {
+    const size_t bytes = static_cast<size_t>(size) / elemBytes * elemBytes;
+    if (bytes > 0 && (sizes.empty() || sizes.back() != bytes)) sizes.push_back(bytes);
+    const double next = o.stepBytes != 0 ? size + static_cast<double>(o.stepBytes)
+                                         : std::floor(size * o.stepFactor);
+    size = next > size ? next : size + 1;
+  }
+  return sizes;
+}
+
+std::vector<std::string> workerArguments(int argc, char** argv, int rank, const std::string& ids) {
+  std::vector<std::string> args(argv, argv + argc);
+  args.push_back("--worker");
+  args.push_back(std::to_string(rank));
+  args.push_back("--ids");
+  args.push_back(ids);
+  return args;
+}
+
+}  // namespace perf
+}  // namespace tpcomm

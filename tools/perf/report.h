@@ -1,0 +1,73 @@
+// What tpcomm-perf measured, and how it prints it: nccl-tests' preamble, table and footer with
+// tpcomm's extra columns, and JSON. Pure functions, so that the formats can be tested exactly.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tpcomm {
+namespace perf {
+
+struct Measurement {
+  double timeUs = 0;
+  uint64_t wrong = 0;
+};
+
+struct Row {
+  size_t bytes = 0;
+  size_t count = 0;
+  Measurement outOfPlace;
+  Measurement inPlace;
+  std::string algo;    // what tpcomm chose (or "nccl")
+  double ncclUs = -1;  // NCCL's out-of-place time in the same run; negative when not run
+};
+
+struct RankInfo {
+  int rank = 0;
+  int pid = 0;
+  int device = 0;
+  std::string busId;
+  std::string host;
+  std::string name;
+};
+
+struct Report {
+  std::string version;  // tpcomm version
+  size_t minBytes = 0, maxBytes = 0;
+  double stepFactor = 2;
+  size_t stepBytes = 0;
+  int warmup = 0, iters = 0, graphLaunches = 0;
+  bool check = true;
+  std::string dtype;
+  std::string algo;
+  int nranks = 0;
+  bool threads = false;
+  bool loopback = false;  // ranks share GPUs: kernel diagnostics, not NVLink figures
+  std::string ncclNote;   // NCCL's version, or why its column is empty
+  std::vector<RankInfo> ranks;
+  std::vector<Row> rows;
+};
+
+double algbwGBs(size_t bytes, double timeUs);
+double busbwGBs(double algbw, int nranks);  // algbw * 2(n-1)/n
+
+// One row from every rank's view of it: the slowest rank's times, every rank's #wrong added up.
+Row combineRanks(const std::vector<Row>& perRank);
+
+std::string formatPreamble(const Report& report);
+std::string formatHeader(const Report& report);
+std::string formatRow(const Report& report, const Row& row);
+std::string formatFooter(const Report& report);
+std::string formatJson(const Report& report);
+
+uint64_t totalWrong(const Report& report);
+
+// The lines a rank sends to the process that prints the table.
+std::string encodeRank(const RankInfo& info);
+std::string encodeRow(const Row& row);
+bool decodeRank(const std::string& line, RankInfo* info);
+bool decodeRow(const std::string& line, Row* row);
+
+}  // namespace perf
+}  // namespace tpcomm
