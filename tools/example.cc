@@ -4,14 +4,33 @@
 // usage: tpcomm-example [NRANKS]
 #include <cuda_runtime.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "tpcomm/tpcomm.hpp"
+
+// Ranks that share a GPU in one process must finish calls that can wait for the whole device
+// (allocations, frees) before any of them starts an all-reduce that waits for the others.
+class Barrier {
+ public:
+  explicit Barrier(int count) : left_(count) {}
+  void arriveAndWait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (--left_ == 0) all_.notify_all();
+    all_.wait(lock, [&] { return left_ <= 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable all_;
+  int left_;
+};
 
 int main(int argc, char** argv) {
   int gpus = 0;
@@ -24,6 +43,7 @@ int main(int argc, char** argv) {
   const tpcUniqueId id = tpcomm::uniqueId();
   std::vector<std::string> errors(nranks);
   std::vector<std::thread> threads;
+  Barrier allocated(nranks), finished(nranks);
   for (int r = 0; r < nranks; ++r) {
     threads.emplace_back([&, r] {
       try {
@@ -38,6 +58,8 @@ int main(int argc, char** argv) {
         float* buf = nullptr;
         cudaMalloc(&buf, count * sizeof(float));
         cudaMemcpyAsync(buf, host.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream);
+        cudaStreamSynchronize(stream);
+        allocated.arriveAndWait();
         comm.allReduce(buf, buf, count, stream);  // in place
         cudaMemcpyAsync(host.data(), buf, count * sizeof(float), cudaMemcpyDeviceToHost, stream);
         cudaStreamSynchronize(stream);
@@ -47,10 +69,13 @@ int main(int argc, char** argv) {
           wrong += host[i] != expected;
         }
         if (wrong != 0) errors[r] = std::to_string(wrong) + " wrong elements";
+        finished.arriveAndWait();
         cudaStreamDestroy(stream);
         cudaFree(buf);
       } catch (const std::exception& e) {
-        errors[r] = e.what();
+        // The other ranks would wait for this one at the barriers: stop the whole example.
+        std::fprintf(stderr, "rank %d: %s\n", r, e.what());
+        std::_Exit(1);
       }
     });
   }

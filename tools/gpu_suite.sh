@@ -9,12 +9,14 @@ out=${1:-build/gpu-suite}
 build=${2:-build}
 mkdir -p "$out"
 status=0
+# A rank that never comes must fail a run in seconds, not after the five-minute default.
+export TPCOMM_TIMEOUT_MS=${TPCOMM_TIMEOUT_MS:-20000}
 run() {
   local name=$1
   shift
   echo "=== $name: $*"
   local start=$SECONDS
-  timeout 300 "$@" >"$out/$name.log" 2>&1
+  timeout 150 "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "=== $name: exit $rc after $((SECONDS - start)) s"
   [ $rc -eq 0 ] || status=1

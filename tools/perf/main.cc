@@ -211,6 +211,7 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
   if (report.threads) {
     std::vector<int> readFds, exitCodes(report.nranks, 0);
     std::vector<RankSetup> setups(report.nranks);
+    ThreadBarrier threadBarrier(report.nranks);
     std::vector<std::thread> threads;
     for (int r = 0; r < report.nranks; ++r) {
       int fds[2];
@@ -224,6 +225,7 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
       s.useNccl = useNccl;
       s.ncclId = ncclId;
       s.messageFd = fds[1];
+      s.threads = &threadBarrier;
       threads.emplace_back([&o, &s, &exitCodes, r] {
         exitCodes[r] = runRank(o, s);
         close(s.messageFd);

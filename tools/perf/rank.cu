@@ -111,6 +111,7 @@ class Bench {
                                                                        s_.rank, 2);
     });
     cudaTry(cudaStreamSynchronize(stream_), "filling the pools");
+    alignThreads();
   }
 
   bool run() {
@@ -178,6 +179,10 @@ class Bench {
     allReduce(in, out, count, useNccl);
   }
 
+  void alignThreads() {
+    if (s_.threads != nullptr) s_.threads->wait();
+  }
+
   // Lines every rank up before a timed section: the slowest rank's late start must not be timed.
   void barrier() {
     allReduce(barrierBuf_, barrierBuf_, 1, false);
@@ -185,7 +190,8 @@ class Bench {
   }
 
   double measure(size_t count, bool inPlace, bool useNccl) {
-    for (int i = 0; i < o_.warmup; ++i) rotatingCall(i, count, inPlace, useNccl);
+    // Capture and instantiate first: instantiation may wait for the device, so it must not
+    // overlap another rank's all-reduce (see ThreadBarrier).
     cudaGraphExec_t exec = nullptr;
     if (o_.graphLaunches > 0) {
       cudaGraph_t graph;
@@ -194,8 +200,10 @@ class Bench {
       cudaTry(cudaStreamEndCapture(stream_, &graph), "capture");
       cudaTry(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
       cudaTry(cudaGraphDestroy(graph), "cudaGraphDestroy");
-      cudaTry(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");  // first launch uploads
     }
+    alignThreads();
+    for (int i = 0; i < o_.warmup; ++i) rotatingCall(i, count, inPlace, useNccl);
+    if (exec != nullptr) cudaTry(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
     barrier();
     cudaTry(cudaEventRecord(start_, stream_), "cudaEventRecord");
     int calls = o_.iters;
@@ -211,6 +219,7 @@ class Bench {
     cudaTry(cudaEventSynchronize(stop_), "timed calls");
     float ms = 0;
     cudaTry(cudaEventElapsedTime(&ms, start_, stop_), "cudaEventElapsedTime");
+    alignThreads();
     if (exec != nullptr) cudaTry(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
     return ms * 1e3 / calls;
   }
@@ -218,6 +227,7 @@ class Bench {
   // Elements of one exactly verifiable all-reduce that differ from the exact sum.
   uint64_t verify(size_t count, bool inPlace, bool useNccl) {
     const uint32_t seed = ++seed_;
+    alignThreads();
     cudaTry(cudaMemsetAsync(wrong_, 0, sizeof(unsigned long long), stream_), "cudaMemsetAsync");
     dispatch([&](auto zero) {
       using T = decltype(zero);

@@ -2,6 +2,8 @@
 // coordinator through a message pipe.
 #pragma once
 
+#include <condition_variable>
+#include <mutex>
 #include <string>
 
 #include "fallback/nccl_library.h"
@@ -11,6 +13,32 @@
 namespace tpcomm {
 namespace perf {
 
+// Lines up the threads of ranks that run in one process. Ranks that share a GPU in one process
+// must not make a call that can wait for the whole device (allocation, graph instantiation) while
+// another rank's all-reduce waits for them: such calls happen only between two of these barriers.
+class ThreadBarrier {
+ public:
+  explicit ThreadBarrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const unsigned long generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      changed_.notify_all();
+      return;
+    }
+    changed_.wait(lock, [&] { return generation != generation_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  const int count_;
+  int arrived_ = 0;
+  unsigned long generation_ = 0;
+};
+
 struct RankSetup {
   int rank = 0;
   int nranks = 0;
@@ -18,7 +46,8 @@ struct RankSetup {
   tpcUniqueId id;
   bool useNccl = false;
   nccl::UniqueId ncclId;
-  int messageFd = -1;  // the rank writes its messages here
+  int messageFd = -1;                // the rank writes its messages here
+  ThreadBarrier* threads = nullptr;  // set when the ranks are threads of one process
 };
 
 // Returns the rank's exit status: 0 when every check passed, 1 when some element was wrong,
