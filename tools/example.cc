@@ -33,6 +33,10 @@ class Barrier {
 };
 
 int main(int argc, char** argv) {
+  // Ranks that share a GPU launch on their own streams; with the default 8 hardware queues two
+  // of them may share one, and a rank's later all-reduce could then block another rank's earlier
+  // one. 32 queues (set before CUDA starts) keep them apart.
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   int gpus = 0;
   if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) {
     std::fprintf(stderr, "tpcomm-example: no CUDA device\n");

@@ -24,7 +24,7 @@ run() {
 }
 nvidia-smi -L || true
 run unit "$build/tests/tpcomm_unit_tests"
-run gpu "$build/tests/tpcomm_gpu_tests"
+run gpu "$build/tests/tpcomm_gpu_tests" ${GPU_TEST_FILTER:+--gtest_filter=$GPU_TEST_FILTER}
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$out/gpu.log" | head -40
 run example "$build/tools/tpcomm-example"
 run efficiency "$build/tools/tpcomm-loopback-efficiency" && cat "$out/efficiency.log"

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/cuda_util.h"
@@ -68,6 +69,17 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   }
   chooseBlockCap(all);
   buildParams();
+  if (sharesDeviceInProcess_ && rank_ == 0) {
+    const char* connections = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    if (connections == nullptr || std::atoi(connections) < 32) {
+      TPC_WARN(
+          "ranks of this process share device %d: if they launch from several threads, set "
+          "CUDA_DEVICE_MAX_CONNECTIONS=32 before CUDA starts, or streams of different ranks may "
+          "share a hardware queue in which one rank's next all-reduce blocks another's current "
+          "one",
+          device_);
+    }
+  }
   TPC_INFO("rank %d/%d on device %d ready: staging %zu bytes, at most %d blocks per kernel, %s",
            rank_, nranks_, device_, layout_.stagingBytes, blockCap_, config_.digest().c_str());
   return tpcSuccess;

@@ -273,6 +273,11 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
 
 int main(int argc, char** argv) {
   using namespace tpcomm::perf;
+  // Ranks that share a GPU as threads each launch on their own stream. The driver multiplexes
+  // streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues (8 by default); a rank's next
+  // all-reduce queued ahead of another rank's current one in a shared queue would wait for it
+  // forever. 32 queues give every rank's stream its own. Must be set before CUDA starts.
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   Options options;
   std::string error;
   bool help = false;
