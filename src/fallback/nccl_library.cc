@@ -32,6 +32,8 @@ bool bindAll(void* handle, Library* lib, std::string* whyNot) {
                   bind(handle, "ncclCommInitRank", &lib->commInitRank, &missing) &&
                   bind(handle, "ncclCommDestroy", &lib->commDestroy, &missing) &&
                   bind(handle, "ncclAllReduce", &lib->allReduce, &missing) &&
+                  bind(handle, "ncclGroupStart", &lib->groupStart, &missing) &&
+                  bind(handle, "ncclGroupEnd", &lib->groupEnd, &missing) &&
                   bind(handle, "ncclGetErrorString", &lib->getErrorString, &missing) &&
                   bind(handle, "ncclGetLastError", &lib->getLastError, &missing);
   if (!ok) {

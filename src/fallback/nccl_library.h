@@ -26,6 +26,9 @@ struct Library {
   Result (*commInitRank)(Comm*, int, UniqueId, int) = nullptr;
   Result (*commDestroy)(Comm) = nullptr;
   Result (*allReduce)(const void*, void*, size_t, int, int, Comm, cudaStream_t) = nullptr;
+  // One thread driving several ranks must bracket their calls in a group.
+  Result (*groupStart)() = nullptr;
+  Result (*groupEnd)() = nullptr;
   const char* (*getErrorString)(Result) = nullptr;
   const char* (*getLastError)(Comm) = nullptr;
 };

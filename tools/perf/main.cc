@@ -55,25 +55,27 @@ int fail(const std::string& message) {
 
 // A rank process started by the coordinator: --ids carries "NRANKS:TPCOMM_ID:NCCL_ID|-".
 int workerMain(const Options& o) {
-  RankSetup setup;
+  RankGroup group;
   const std::string& ids = o.workerIds;
   const size_t a = ids.find(':'), b = ids.find(':', a + 1);
   if (a == std::string::npos || b == std::string::npos) return fail("bad --ids");
-  setup.rank = o.workerRank;
-  setup.nranks = std::atoi(ids.substr(0, a).c_str());
-  if (!fromHex(ids.substr(a + 1, b - a - 1), &setup.id, sizeof(setup.id))) {
+  group.nranks = std::atoi(ids.substr(0, a).c_str());
+  if (!fromHex(ids.substr(a + 1, b - a - 1), &group.id, sizeof(group.id))) {
     return fail("bad --ids");
   }
   const std::string ncclHex = ids.substr(b + 1);
-  setup.useNccl = ncclHex != "-";
-  if (setup.useNccl && !fromHex(ncclHex, &setup.ncclId, sizeof(setup.ncclId))) {
+  group.useNccl = ncclHex != "-";
+  if (group.useNccl && !fromHex(ncclHex, &group.ncclId, sizeof(group.ncclId))) {
     return fail("bad --ids");
   }
   int gpus = 1;
   cudaGetDeviceCount(&gpus);
-  setup.device = setup.rank % (gpus > 0 ? gpus : 1);
-  setup.messageFd = kMessageFd;
-  return runRank(o, setup);
+  LocalRank self;
+  self.rank = o.workerRank;
+  self.device = self.rank % (gpus > 0 ? gpus : 1);
+  self.messageFd = kMessageFd;
+  group.local.push_back(self);
+  return runRanks(o, group);
 }
 
 // Prints rows as soon as every rank has delivered them.
@@ -209,36 +211,31 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
   bool ok = true;
   std::string error;
   if (report.threads) {
-    std::vector<int> readFds, exitCodes(report.nranks, 0);
-    std::vector<RankSetup> setups(report.nranks);
-    ThreadBarrier threadBarrier(report.nranks);
-    std::vector<std::thread> threads;
+    // One thread drives every rank in lock-step; this thread prints.
+    RankGroup group;
+    group.nranks = report.nranks;
+    group.id = id;
+    group.useNccl = useNccl;
+    group.ncclId = ncclId;
+    std::vector<int> readFds;
     for (int r = 0; r < report.nranks; ++r) {
       int fds[2];
       if (pipe(fds) != 0) return fail("pipe failed");
       readFds.push_back(fds[0]);
-      RankSetup& s = setups[r];
-      s.rank = r;
-      s.nranks = report.nranks;
-      s.device = r % gpus;
-      s.id = id;
-      s.useNccl = useNccl;
-      s.ncclId = ncclId;
-      s.messageFd = fds[1];
-      s.threads = &threadBarrier;
-      threads.emplace_back([&o, &s, &exitCodes, r] {
-        exitCodes[r] = runRank(o, s);
-        close(s.messageFd);
-      });
+      group.local.push_back(LocalRank{r, r % gpus, fds[1]});
     }
+    std::thread driver([&o, &group] {
+      runRanks(o, group);
+      for (const LocalRank& r : group.local) close(r.messageFd);
+    });
     ok = collectMessages(readFds, handler);
     if (!ok) {
-      // Threads of a failed run may wait on their peers until tpcomm's timeout: leave at once.
+      // The driver may wait on ranks that failed until tpcomm's timeout: leave at once.
       std::fprintf(stderr, "tpcomm-perf: %s\n", coordinator.error().c_str());
       std::fflush(stdout);
       _exit(2);
     }
-    for (std::thread& t : threads) t.join();
+    driver.join();
   } else {
     std::vector<std::vector<std::string>> argvs;
     const std::string ids = std::to_string(report.nranks) + ":" + toHex(&id, sizeof(id)) + ":" +
@@ -273,11 +270,6 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
 
 int main(int argc, char** argv) {
   using namespace tpcomm::perf;
-  // Ranks that share a GPU as threads each launch on their own stream. The driver multiplexes
-  // streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues (8 by default); a rank's next
-  // all-reduce queued ahead of another rank's current one in a shared queue would wait for it
-  // forever. 32 queues give every rank's stream its own. Must be set before CUDA starts.
-  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   Options options;
   std::string error;
   bool help = false;

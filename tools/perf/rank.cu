@@ -25,118 +25,139 @@ void cudaTry(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw RankError(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-class Messages {
- public:
-  explicit Messages(int fd) : fd_(fd) {}
-  void send(const std::string& line) const {
-    const std::string text = line + "\n";
-    size_t done = 0;
-    while (done < text.size()) {
-      const ssize_t n = write(fd_, text.data() + done, text.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;  // the coordinator is gone; nothing left to tell
-      done += static_cast<size_t>(n);
-    }
+void sendMessage(int fd, const std::string& line) {
+  const std::string text = line + "\n";
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // the coordinator is gone; nothing left to tell
+    done += static_cast<size_t>(n);
   }
+}
 
- private:
-  int fd_;
+// Everything one rank owns.
+struct Rank {
+  LocalRank id;
+  cudaStream_t stream = nullptr;
+  tpcComm_t comm = nullptr;
+  nccl::Comm ncclComm = nullptr;
+  void* send = nullptr;  // pools the timed calls rotate through
+  void* recv = nullptr;
+  void* barrierBuf = nullptr;
+  unsigned long long* wrong = nullptr;
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  cudaGraphExec_t exec = nullptr;
 };
 
-// Timed and verified all-reduces of one rank, over rotating buffers in two pools.
+// Timed and verified all-reduces of the ranks this process drives.
 class Bench {
  public:
-  Bench(const Options& options, const RankSetup& setup, const Messages& messages)
-      : o_(options), s_(setup), messages_(messages), elemBytes_(elemBytes(options.dtype)) {}
-
-  ~Bench() {
-    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-    for (void* p : {send_, recv_, barrierBuf_, wrong_}) {
-      if (p != nullptr) cudaFree(p);
-    }
-    if (start_ != nullptr) cudaEventDestroy(start_);
-    if (stop_ != nullptr) cudaEventDestroy(stop_);
-    if (ncclComm_ != nullptr) nccl_->commDestroy(ncclComm_);
-    if (comm_ != nullptr) tpcCommDestroy(comm_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  Bench(const Options& options, const RankGroup& group)
+      : o_(options), g_(group), elemBytes_(options.dtype == tpcFloat32 ? 4 : 2) {
+    for (const LocalRank& id : group.local) ranks_.push_back(Rank{id});
   }
 
-  void setUp() {
-    cudaTry(cudaSetDevice(s_.device), "cudaSetDevice");
-    cudaDeviceProp prop;
-    cudaTry(cudaGetDeviceProperties(&prop, s_.device), "cudaGetDeviceProperties");
-    char busId[32] = "?";
-    cudaDeviceGetPCIBusId(busId, sizeof(busId), s_.device);
-    char host[64] = "?";
-    gethostname(host, sizeof(host) - 1);
-    messages_.send(encodeRank(
-        RankInfo{s_.rank, static_cast<int>(getpid()), s_.device, busId, host, prop.name}));
-
-    // Ranks that share a GPU must not meet on the legacy default stream.
-    cudaTry(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
-    if (o_.algo == "oneshot") config.algorithm = tpcAlgoOneShot;
-    if (o_.algo == "twoshot") config.algorithm = tpcAlgoTwoShot;
-    if (tpcCommInitRank(&comm_, s_.nranks, s_.id, s_.rank, &config) != tpcSuccess) {
-      comm_ = nullptr;
-      throw RankError(std::string("tpcCommInitRank: ") + tpcCommGetLastError(nullptr));
-    }
-    if (s_.useNccl) {
-      std::string why;
-      nccl_ = nccl::library(&why);
-      if (nccl_ == nullptr) throw RankError("NCCL: " + why);
-      if (nccl_->commInitRank(&ncclComm_, s_.nranks, s_.ncclId, s_.rank) != nccl::kSuccess) {
-        ncclComm_ = nullptr;
-        throw RankError(std::string("ncclCommInitRank: ") + nccl_->getLastError(nullptr));
+  ~Bench() {
+    forEach([&](Rank& r) {
+      if (r.stream != nullptr) cudaStreamSynchronize(r.stream);
+    });
+    forEach([&](Rank& r) {
+      for (void* p : {r.send, r.recv, r.barrierBuf, static_cast<void*>(r.wrong)}) {
+        if (p != nullptr) cudaFree(p);
       }
-    }
+      if (r.start != nullptr) cudaEventDestroy(r.start);
+      if (r.stop != nullptr) cudaEventDestroy(r.stop);
+      if (r.exec != nullptr) cudaGraphExecDestroy(r.exec);
+      if (r.ncclComm != nullptr) nccl_->commDestroy(r.ncclComm);
+      if (r.comm != nullptr) tpcCommDestroy(r.comm);
+      if (r.stream != nullptr) cudaStreamDestroy(r.stream);
+    });
+  }
+
+  const std::vector<Rank>& ranks() const { return ranks_; }
+
+  void setUp() {
+    size_t l2 = 0;
+    forEach([&](Rank& r) {
+      cudaDeviceProp prop;
+      cudaTry(cudaGetDeviceProperties(&prop, r.id.device), "cudaGetDeviceProperties");
+      l2 = std::max(l2, static_cast<size_t>(prop.l2CacheSize));
+      char busId[32] = "?";
+      cudaDeviceGetPCIBusId(busId, sizeof(busId), r.id.device);
+      char host[64] = "?";
+      gethostname(host, sizeof(host) - 1);
+      sendMessage(r.id.messageFd, encodeRank(RankInfo{r.id.rank, static_cast<int>(getpid()),
+                                                      r.id.device, busId, host, prop.name}));
+      // Ranks that share a GPU must not meet on the legacy default stream.
+      cudaTry(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    });
+    initCommunicators();
 
     // Enough memory to rotate several buffers even at the largest size, and to spread small
     // ones over more than the L2 cache holds.
-    poolBytes_ = std::max(2 * o_.maxBytes, 4 * static_cast<size_t>(prop.l2CacheSize));
+    poolBytes_ = std::max(2 * o_.maxBytes, 4 * l2);
     poolBytes_ = (poolBytes_ + 4095) / 4096 * 4096;
-    cudaTry(cudaMalloc(&send_, poolBytes_), "cudaMalloc of the send pool");
-    cudaTry(cudaMalloc(&recv_, poolBytes_), "cudaMalloc of the receive pool");
-    cudaTry(cudaMalloc(&barrierBuf_, 16), "cudaMalloc");
-    cudaTry(cudaMalloc(&wrong_, sizeof(unsigned long long)), "cudaMalloc");
-    cudaTry(cudaEventCreate(&start_), "cudaEventCreate");
-    cudaTry(cudaEventCreate(&stop_), "cudaEventCreate");
-    // Time real values, never zeros or garbage.
-    dispatch([&](auto zero) {
-      using T = decltype(zero);
-      const size_t n = poolBytes_ / sizeof(T);
-      verifiable::fillRandom<<<verifiable::grid(n), 256, 0, stream_>>>(static_cast<T*>(send_), n,
-                                                                       s_.rank, 1);
-      verifiable::fillRandom<<<verifiable::grid(n), 256, 0, stream_>>>(static_cast<T*>(recv_), n,
-                                                                       s_.rank, 2);
+    forEach([&](Rank& r) {
+      cudaTry(cudaMalloc(&r.send, poolBytes_), "cudaMalloc of the send pool");
+      cudaTry(cudaMalloc(&r.recv, poolBytes_), "cudaMalloc of the receive pool");
+      cudaTry(cudaMalloc(&r.barrierBuf, 16), "cudaMalloc");
+      cudaTry(cudaMalloc(&r.wrong, sizeof(unsigned long long)), "cudaMalloc");
+      cudaTry(cudaEventCreate(&r.start), "cudaEventCreate");
+      cudaTry(cudaEventCreate(&r.stop), "cudaEventCreate");
+      // Time real values, never zeros or garbage.
+      dispatch([&](auto zero) {
+        using T = decltype(zero);
+        const size_t n = poolBytes_ / sizeof(T);
+        verifiable::fillRandom<<<verifiable::grid(n), 256, 0, r.stream>>>(static_cast<T*>(r.send),
+                                                                          n, r.id.rank, 1);
+        verifiable::fillRandom<<<verifiable::grid(n), 256, 0, r.stream>>>(static_cast<T*>(r.recv),
+                                                                          n, r.id.rank, 2);
+      });
+      cudaTry(cudaStreamSynchronize(r.stream), "filling the pools");
     });
-    cudaTry(cudaStreamSynchronize(stream_), "filling the pools");
-    alignThreads();
   }
 
   bool run() {
     const bool ncclPrimary = o_.algo == "nccl";
+    const bool ncclBeside = !ncclPrimary && ranks_.front().ncclComm != nullptr;
     bool allRight = true;
     for (size_t bytes : sweepSizes(o_, elemBytes_)) {
-      Row row;
-      row.bytes = bytes;
-      row.count = bytes / elemBytes_;
-      row.outOfPlace.timeUs = measure(row.count, false, ncclPrimary);
-      row.inPlace.timeUs = measure(row.count, true, ncclPrimary);
+      std::vector<Row> rows(ranks_.size());
+      const size_t count = bytes / elemBytes_;
+      const std::vector<double> outOfPlace = measure(count, false, ncclPrimary);
+      const std::vector<double> inPlace = measure(count, true, ncclPrimary);
+      std::vector<uint64_t> wrongOut(ranks_.size()), wrongIn(ranks_.size());
       if (o_.check) {
-        row.outOfPlace.wrong = verify(row.count, false, ncclPrimary);
-        row.inPlace.wrong = verify(row.count, true, ncclPrimary);
-        allRight = allRight && row.outOfPlace.wrong == 0 && row.inPlace.wrong == 0;
+        wrongOut = verify(count, false, ncclPrimary);
+        wrongIn = verify(count, true, ncclPrimary);
       }
-      if (ncclComm_ != nullptr && !ncclPrimary) row.ncclUs = measure(row.count, false, true);
-      row.algo = ncclPrimary ? "nccl" : tpcomAlgorithm(row.count);
-      messages_.send(encodeRow(row));
+      std::vector<double> ncclTimes(ranks_.size(), -1);
+      if (ncclBeside) ncclTimes = measure(count, false, true);
+      for (size_t i = 0; i < ranks_.size(); ++i) {
+        Row row;
+        row.bytes = bytes;
+        row.count = count;
+        row.outOfPlace = {outOfPlace[i], wrongOut[i]};
+        row.inPlace = {inPlace[i], wrongIn[i]};
+        row.ncclUs = ncclTimes[i];
+        row.algo = ncclPrimary ? "nccl" : chosenAlgorithm(ranks_[i], count);
+        allRight = allRight && wrongOut[i] == 0 && wrongIn[i] == 0;
+        sendMessage(ranks_[i].id.messageFd, encodeRow(row));
+      }
     }
     return allRight;
   }
 
  private:
-  static size_t elemBytes(tpcDataType_t type) { return type == tpcFloat32 ? 4 : 2; }
+  template <typename Fn>
+  void forEach(Fn fn) {
+    for (Rank& r : ranks_) {
+      cudaSetDevice(r.id.device);
+      fn(r);
+    }
+  }
 
   template <typename Fn>
   void dispatch(Fn fn) const {
@@ -152,132 +173,197 @@ class Bench {
     }
   }
 
-  std::string tpcomAlgorithm(size_t count) {
+  void initCommunicators() {
+    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+    if (o_.algo == "oneshot") config.algorithm = tpcAlgoOneShot;
+    if (o_.algo == "twoshot") config.algorithm = tpcAlgoTwoShot;
+    if (static_cast<int>(ranks_.size()) == g_.nranks) {
+      std::vector<tpcComm_t> comms(ranks_.size());
+      std::vector<int> devices;
+      for (const Rank& r : ranks_) devices.push_back(r.id.device);
+      if (tpcCommInitAll(comms.data(), g_.nranks, devices.data(), &config) != tpcSuccess) {
+        throw RankError(std::string("tpcCommInitAll: ") + tpcCommGetLastError(nullptr));
+      }
+      for (size_t i = 0; i < ranks_.size(); ++i) ranks_[i].comm = comms[i];
+    } else {
+      Rank& r = ranks_.front();
+      cudaTry(cudaSetDevice(r.id.device), "cudaSetDevice");
+      if (tpcCommInitRank(&r.comm, g_.nranks, g_.id, r.id.rank, &config) != tpcSuccess) {
+        r.comm = nullptr;
+        throw RankError(std::string("tpcCommInitRank: ") + tpcCommGetLastError(nullptr));
+      }
+    }
+    if (!g_.useNccl) return;
+    std::string why;
+    nccl_ = nccl::library(&why);
+    if (nccl_ == nullptr) throw RankError("NCCL: " + why);
+    ncclGroup([&] {
+      forEach([&](Rank& r) {
+        if (nccl_->commInitRank(&r.ncclComm, g_.nranks, g_.ncclId, r.id.rank) != nccl::kSuccess) {
+          r.ncclComm = nullptr;
+          throw RankError(std::string("ncclCommInitRank: ") + nccl_->getLastError(nullptr));
+        }
+      });
+    });
+  }
+
+  // One thread driving several NCCL ranks must bracket their calls in a group.
+  template <typename Fn>
+  void ncclGroup(Fn fn) {
+    const bool grouped = ranks_.size() > 1;
+    if (grouped) nccl_->groupStart();
+    fn();
+    if (grouped && nccl_->groupEnd() != nccl::kSuccess) {
+      throw RankError(std::string("ncclGroupEnd: ") + nccl_->getLastError(nullptr));
+    }
+  }
+
+  std::string chosenAlgorithm(const Rank& r, size_t count) const {
     tpcAlgorithm_t algo = tpcAlgoAuto;
-    if (tpcCommGetAlgorithm(comm_, count, o_.dtype, &algo) != tpcSuccess) return "?";
+    if (tpcCommGetAlgorithm(r.comm, count, o_.dtype, &algo) != tpcSuccess) return "?";
     return algo == tpcAlgoOneShot ? "oneshot" : "twoshot";
   }
 
-  void allReduce(const void* in, void* out, size_t count, bool useNccl) {
+  void allReduce(Rank& r, const void* in, void* out, size_t count, bool useNccl) {
     if (useNccl) {
-      if (nccl_->allReduce(in, out, count, o_.dtype, tpcSum, ncclComm_, stream_) !=
+      if (nccl_->allReduce(in, out, count, o_.dtype, tpcSum, r.ncclComm, r.stream) !=
           nccl::kSuccess) {
-        throw RankError(std::string("ncclAllReduce: ") + nccl_->getLastError(ncclComm_));
+        throw RankError(std::string("ncclAllReduce: ") + nccl_->getLastError(r.ncclComm));
       }
-    } else if (tpcAllReduce(in, out, count, o_.dtype, tpcSum, comm_, stream_) != tpcSuccess) {
-      throw RankError(std::string("tpcAllReduce: ") + tpcCommGetLastError(comm_));
+    } else if (tpcAllReduce(in, out, count, o_.dtype, tpcSum, r.comm, r.stream) != tpcSuccess) {
+      throw RankError(std::string("tpcAllReduce: ") + tpcCommGetLastError(r.comm));
     }
   }
 
-  // Call `i` of a timed loop: buffers rotate so that small messages do not stay in L2.
-  void rotatingCall(int i, size_t count, bool inPlace, bool useNccl) {
+  // Call `i` of a timed loop on every rank: buffers rotate so that small messages do not stay
+  // in L2.
+  void callAll(int i, size_t count, bool inPlace, bool useNccl) {
     const size_t stride = (count * elemBytes_ + 255) / 256 * 256;
     const size_t slots = std::max<size_t>(1, std::min<size_t>(64, poolBytes_ / stride));
     const size_t offset = static_cast<size_t>(i) % slots * stride;
-    char* out = static_cast<char*>(recv_) + offset;
-    const char* in = inPlace ? out : static_cast<char*>(send_) + offset;
-    allReduce(in, out, count, useNccl);
-  }
-
-  void alignThreads() {
-    if (s_.threads != nullptr) s_.threads->wait();
-  }
-
-  // Lines every rank up before a timed section: the slowest rank's late start must not be timed.
-  void barrier() {
-    allReduce(barrierBuf_, barrierBuf_, 1, false);
-    cudaTry(cudaStreamSynchronize(stream_), "barrier");
-  }
-
-  double measure(size_t count, bool inPlace, bool useNccl) {
-    // Capture and instantiate first: instantiation may wait for the device, so it must not
-    // overlap another rank's all-reduce (see ThreadBarrier).
-    cudaGraphExec_t exec = nullptr;
-    if (o_.graphLaunches > 0) {
-      cudaGraph_t graph;
-      cudaTry(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capture");
-      for (int i = 0; i < o_.iters; ++i) rotatingCall(i, count, inPlace, useNccl);
-      cudaTry(cudaStreamEndCapture(stream_, &graph), "capture");
-      cudaTry(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
-      cudaTry(cudaGraphDestroy(graph), "cudaGraphDestroy");
-    }
-    alignThreads();
-    for (int i = 0; i < o_.warmup; ++i) rotatingCall(i, count, inPlace, useNccl);
-    if (exec != nullptr) cudaTry(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
-    barrier();
-    cudaTry(cudaEventRecord(start_, stream_), "cudaEventRecord");
-    int calls = o_.iters;
-    if (exec != nullptr) {
-      for (int g = 0; g < o_.graphLaunches; ++g) {
-        cudaTry(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
-      }
-      calls *= o_.graphLaunches;
+    auto each = [&] {
+      forEach([&](Rank& r) {
+        char* out = static_cast<char*>(r.recv) + offset;
+        const char* in = inPlace ? out : static_cast<char*>(r.send) + offset;
+        allReduce(r, in, out, count, useNccl);
+      });
+    };
+    if (useNccl) {
+      ncclGroup(each);
     } else {
-      for (int i = 0; i < o_.iters; ++i) rotatingCall(i, count, inPlace, useNccl);
+      each();
     }
-    cudaTry(cudaEventRecord(stop_, stream_), "cudaEventRecord");
-    cudaTry(cudaEventSynchronize(stop_), "timed calls");
-    float ms = 0;
-    cudaTry(cudaEventElapsedTime(&ms, start_, stop_), "cudaEventElapsedTime");
-    alignThreads();
-    if (exec != nullptr) cudaTry(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
-    return ms * 1e3 / calls;
   }
 
-  // Elements of one exactly verifiable all-reduce that differ from the exact sum.
-  uint64_t verify(size_t count, bool inPlace, bool useNccl) {
+  // Lines every rank up before a timed section: a late start must not be timed.
+  void barrier() {
+    forEach([&](Rank& r) { allReduce(r, r.barrierBuf, r.barrierBuf, 1, false); });
+    forEach([&](Rank& r) { cudaTry(cudaStreamSynchronize(r.stream), "barrier"); });
+  }
+
+  // Microseconds per call on every rank.
+  std::vector<double> measure(size_t count, bool inPlace, bool useNccl) {
+    for (int i = 0; i < o_.warmup; ++i) callAll(i, count, inPlace, useNccl);
+    const bool graph = o_.graphLaunches > 0;
+    if (graph) {
+      forEach([&](Rank& r) {
+        cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
+      });
+      for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, useNccl);
+      forEach([&](Rank& r) {
+        cudaGraph_t g;
+        cudaTry(cudaStreamEndCapture(r.stream, &g), "capture");
+        cudaTry(cudaGraphInstantiate(&r.exec, g, 0), "cudaGraphInstantiate");
+        cudaTry(cudaGraphDestroy(g), "cudaGraphDestroy");
+      });
+      // The first launch uploads the graph.
+      forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+    }
+    barrier();
+    forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.start, r.stream), "cudaEventRecord"); });
+    if (graph) {
+      for (int k = 0; k < o_.graphLaunches; ++k) {
+        forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+      }
+    } else {
+      for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, useNccl);
+    }
+    forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.stop, r.stream), "cudaEventRecord"); });
+    const int calls = o_.iters * (graph ? o_.graphLaunches : 1);
+    std::vector<double> times;
+    forEach([&](Rank& r) {
+      cudaTry(cudaEventSynchronize(r.stop), "timed calls");
+      float ms = 0;
+      cudaTry(cudaEventElapsedTime(&ms, r.start, r.stop), "cudaEventElapsedTime");
+      times.push_back(ms * 1e3 / calls);
+      if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
+      r.exec = nullptr;
+    });
+    return times;
+  }
+
+  // Elements of one exactly verifiable all-reduce that differ from the exact sum, per rank.
+  std::vector<uint64_t> verify(size_t count, bool inPlace, bool useNccl) {
     const uint32_t seed = ++seed_;
-    alignThreads();
-    cudaTry(cudaMemsetAsync(wrong_, 0, sizeof(unsigned long long), stream_), "cudaMemsetAsync");
     dispatch([&](auto zero) {
       using T = decltype(zero);
-      T* out = static_cast<T*>(recv_);
-      T* in = inPlace ? out : static_cast<T*>(send_);
-      if (!inPlace) cudaMemsetAsync(out, 0xff, count * sizeof(T), stream_);
-      verifiable::fillExact<<<verifiable::grid(count), 256, 0, stream_>>>(in, count, s_.rank, seed);
-      allReduce(in, out, count, useNccl);
-      verifiable::checkExact<<<verifiable::grid(count), 256, 0, stream_>>>(
-          out, count, s_.nranks, seed, static_cast<unsigned long long*>(wrong_));
+      forEach([&](Rank& r) {
+        T* out = static_cast<T*>(r.recv);
+        T* in = inPlace ? out : static_cast<T*>(r.send);
+        cudaTry(cudaMemsetAsync(r.wrong, 0, sizeof(*r.wrong), r.stream), "cudaMemsetAsync");
+        if (!inPlace) cudaMemsetAsync(out, 0xff, count * sizeof(T), r.stream);
+        verifiable::fillExact<<<verifiable::grid(count), 256, 0, r.stream>>>(in, count, r.id.rank,
+                                                                             seed);
+      });
+      callAll(0, count, inPlace, useNccl);  // slot 0 of the pools: the buffers filled above
+      forEach([&](Rank& r) {
+        verifiable::checkExact<<<verifiable::grid(count), 256, 0, r.stream>>>(
+            static_cast<T*>(r.recv), count, g_.nranks, seed, r.wrong);
+      });
     });
-    unsigned long long wrong = 0;
-    cudaTry(cudaMemcpyAsync(&wrong, wrong_, sizeof(wrong), cudaMemcpyDeviceToHost, stream_),
-            "reading the check");
-    cudaTry(cudaStreamSynchronize(stream_), "checking the result");
+    std::vector<uint64_t> wrong;
+    forEach([&](Rank& r) {
+      unsigned long long w = 0;
+      cudaTry(cudaMemcpyAsync(&w, r.wrong, sizeof(w), cudaMemcpyDeviceToHost, r.stream),
+              "reading the check");
+      cudaTry(cudaStreamSynchronize(r.stream), "checking the result");
+      wrong.push_back(w);
+    });
     return wrong;
   }
 
   const Options& o_;
-  const RankSetup& s_;
-  const Messages& messages_;
+  const RankGroup& g_;
   const size_t elemBytes_;
-  cudaStream_t stream_ = nullptr;
-  tpcComm_t comm_ = nullptr;
+  std::vector<Rank> ranks_;
   const nccl::Library* nccl_ = nullptr;
-  nccl::Comm ncclComm_ = nullptr;
   size_t poolBytes_ = 0;
-  void* send_ = nullptr;
-  void* recv_ = nullptr;
-  void* barrierBuf_ = nullptr;
-  void* wrong_ = nullptr;
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
   uint32_t seed_ = 100;
 };
 
 }  // namespace
 
-int runRank(const Options& options, const RankSetup& setup) {
-  const Messages messages(setup.messageFd);
+int runRanks(const Options& options, const RankGroup& group) {
+  int status = 2;
   try {
-    Bench bench(options, setup, messages);
-    bench.setUp();
-    const bool allRight = bench.run();
-    messages.send("DONE");
-    return allRight ? 0 : 1;
+    Bench bench(options, group);
+    try {
+      bench.setUp();
+      status = bench.run() ? 0 : 1;
+      for (const Rank& r : bench.ranks()) sendMessage(r.id.messageFd, "DONE");
+    } catch (const std::exception& e) {
+      for (const Rank& r : bench.ranks()) {
+        sendMessage(r.id.messageFd, std::string("ERR ") + e.what());
+      }
+      return 2;
+    }
   } catch (const std::exception& e) {
-    messages.send(std::string("ERR ") + e.what());
+    for (const LocalRank& r : group.local) {
+      sendMessage(r.messageFd, std::string("ERR ") + e.what());
+    }
     return 2;
   }
+  return status;
 }
 
 }  // namespace perf

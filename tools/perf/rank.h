@@ -1,10 +1,11 @@
-// One rank of tpcomm-perf: joins the communicators, runs the sweep and reports every row to the
-// coordinator through a message pipe.
+// The ranks one process of tpcomm-perf drives: its single rank when ranks are processes, every
+// rank when they are threads of one process. One host thread launches all of its ranks' calls in
+// lock-step (call k of every rank before call k + 1 of any), so that no rank's later all-reduce
+// can sit in a queue ahead of another rank's earlier one; each rank reports its rows to the
+// coordinator through its own message pipe.
 #pragma once
 
-#include <condition_variable>
-#include <mutex>
-#include <string>
+#include <vector>
 
 #include "fallback/nccl_library.h"
 #include "perf/options.h"
@@ -13,46 +14,23 @@
 namespace tpcomm {
 namespace perf {
 
-// Lines up the threads of ranks that run in one process. Ranks that share a GPU in one process
-// must not make a call that can wait for the whole device (allocation, graph instantiation) while
-// another rank's all-reduce waits for them: such calls happen only between two of these barriers.
-class ThreadBarrier {
- public:
-  explicit ThreadBarrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const unsigned long generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      changed_.notify_all();
-      return;
-    }
-    changed_.wait(lock, [&] { return generation != generation_; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  const int count_;
-  int arrived_ = 0;
-  unsigned long generation_ = 0;
+struct LocalRank {
+  int rank = 0;
+  int device = 0;
+  int messageFd = -1;
 };
 
-struct RankSetup {
-  int rank = 0;
-  int nranks = 0;
-  int device = 0;
-  tpcUniqueId id;
+struct RankGroup {
+  int nranks = 0;                // ranks of the whole communicator
+  std::vector<LocalRank> local;  // the ranks this process drives
+  tpcUniqueId id;                // rendezvous, when the ranks are spread over processes
   bool useNccl = false;
   nccl::UniqueId ncclId;
-  int messageFd = -1;                // the rank writes its messages here
-  ThreadBarrier* threads = nullptr;  // set when the ranks are threads of one process
 };
 
-// Returns the rank's exit status: 0 when every check passed, 1 when some element was wrong,
-// 2 when something failed (explained in an ERR message).
-int runRank(const Options& options, const RankSetup& setup);
+// Returns the exit status: 0 when every check passed, 1 when some element was wrong, 2 when
+// something failed (explained to the coordinator in an ERR message).
+int runRanks(const Options& options, const RankGroup& group);
 
 }  // namespace perf
 }  // namespace tpcomm
