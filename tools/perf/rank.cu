@@ -270,11 +270,16 @@ class Bench {
         cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
       });
       for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, useNccl);
+      // Instantiation is refused while any stream of this thread still captures: end all first.
+      std::vector<cudaGraph_t> graphs;
       forEach([&](Rank& r) {
-        cudaGraph_t g;
-        cudaTry(cudaStreamEndCapture(r.stream, &g), "capture");
-        cudaTry(cudaGraphInstantiate(&r.exec, g, 0), "cudaGraphInstantiate");
-        cudaTry(cudaGraphDestroy(g), "cudaGraphDestroy");
+        graphs.emplace_back();
+        cudaTry(cudaStreamEndCapture(r.stream, &graphs.back()), "capture");
+      });
+      size_t next = 0;
+      forEach([&](Rank& r) {
+        cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
+        cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
       });
       // The first launch uploads the graph.
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
