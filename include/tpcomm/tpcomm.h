@@ -78,8 +78,16 @@ typedef enum {
   tpcAlgoAuto = 0,
   tpcAlgoOneShot = 1, /* every rank reads every peer's input and reduces the whole message */
   tpcAlgoTwoShot = 2, /* reduce-scatter then all-gather: each rank reduces one slice */
-  tpcNumAlgos = 3
+  tpcAlgoNccl = 3,    /* NCCL's all-reduce */
+  tpcNumAlgos = 4
 } tpcAlgorithm_t;
+
+/* NCCL fallback, tpcConfig_t.ncclFallback. NCCL carries the calls tpcomm's kernels should not
+ * take: all of them where the custom path is off (no NVLink between more than two GPUs, broken
+ * peer access, TPCOMM_DISABLE), types and operations the kernels lack, and sizes where the
+ * algorithm table or TPCOMM_MAX_BYTES say NCCL is faster. */
+#define TPC_NCCL_AUTO 0 /* config.ncclComm if given, else one tpcomm creates where NCCL can run */
+#define TPC_NCCL_OFF 1  /* never NCCL: the kernels take every size they can */
 
 /* Communicator configuration. Always start from TPC_CONFIG_INITIALIZER: fields left at zero take
  * the environment's value (see README) or the built-in default, and fields added in later
@@ -93,6 +101,10 @@ typedef struct {
   int maxBlocks;        /* upper bound on thread blocks per all-reduce kernel; 0: automatic */
   int algorithm;        /* a tpcAlgorithm_t; tpcAlgoAuto: chosen per call */
   int timeoutMs;        /* bound on every wait for a peer, at init and inside kernels */
+  void* ncclComm;       /* an ncclComm_t of the same ranks for the fallback, borrowed: tpcomm
+                           never destroys it; NULL: see ncclFallback */
+  int ncclFallback;     /* TPC_NCCL_AUTO or TPC_NCCL_OFF */
+  size_t maxBytes;      /* larger messages always go to NCCL when it is there; 0: table only */
 } tpcConfig_t;
 
 #define TPC_CONFIG_MAGIC 0x74706331u /* "tpc1" */
@@ -132,8 +144,20 @@ tpcResult_t tpcCommCuDevice(const tpcComm_t comm, int* device);
  * issuing any work. Sets *asyncError to tpcSuccess while the communicator is healthy. */
 tpcResult_t tpcCommGetAsyncError(tpcComm_t comm, tpcResult_t* asyncError);
 
-/* The algorithm tpcAllReduce would use for `count` elements of `datatype` on this communicator
- * (never tpcAlgoAuto), so that an engine or a benchmark can log the choice. */
+/* How a communicator carries its calls, for engines to log: whether tpcomm's kernels are on and
+ * why (the pair of devices that decided it, if any), and whether NCCL is there for the rest. */
+typedef struct {
+  int customPath;    /* 1: tpcomm's kernels take the sizes the algorithm table gives them */
+  int ncclAvailable; /* 1: NCCL takes the rest */
+  int p2pVerified;   /* 1: writes through every peer mapping were verified (now or cached) */
+  char reason[256];  /* one sentence on the custom path */
+  char nccl[128];    /* which NCCL, or why there is none */
+} tpcPathInfo_t;
+
+tpcResult_t tpcCommGetPathInfo(tpcComm_t comm, tpcPathInfo_t* info);
+
+/* The algorithm an eager tpcAllReduce would use for `count` elements of `datatype` on this
+ * communicator (never tpcAlgoAuto), so that an engine or a benchmark can log the choice. */
 tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t datatype,
                                 tpcAlgorithm_t* algorithm);
 
@@ -141,8 +165,10 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
  * sendbuff == recvbuff. Asynchronous and ordered on `stream`, which must belong to the
  * communicator's device; may be captured into a CUDA graph. Every rank gets bitwise identical
  * results: ranks are summed in rank order and 16-bit types are accumulated in float32.
- * Supported: tpcSum over tpcFloat32, tpcFloat16 and tpcBfloat16, any count (0 does nothing) and
- * any alignment; messages larger than the staging buffer are processed in chunks. */
+ * tpcomm's kernels sum tpcFloat32, tpcFloat16 and tpcBfloat16 of any count (0 does nothing) and
+ * any alignment, in chunks when a message is larger than the staging buffer; other types and
+ * operations, and whatever the topology or the algorithm table give to NCCL, go to NCCL when the
+ * communicator has one (tpcNotSupported otherwise). */
 tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t datatype,
                          tpcRedOp_t op, tpcComm_t comm, cudaStream_t stream);
 

@@ -11,7 +11,8 @@ enum class EnvVar {
   kDebug,
   // Log file instead of stderr; %h expands to the host name and %p to the process id.
   kDebugFile,
-  // Forces an all-reduce algorithm when the config leaves it at auto: auto, oneshot or twoshot.
+  // Forces an all-reduce algorithm when the config leaves it at auto: auto, oneshot, twoshot or
+  // nccl.
   kAlgo,
   // Per-rank staging buffer in bytes (suffixes K, M, G) when the config leaves it at 0.
   kStagingBytes,
@@ -21,6 +22,15 @@ enum class EnvVar {
   kTimeoutMs,
   // Path of the NCCL library to load instead of the process's own or libnccl.so.2.
   kNcclLibrary,
+  // 1 turns tpcomm's kernels off: NCCL carries every call.
+  kDisable,
+  // 0 skips the functional check of peer mappings at init (a write read back by the owner).
+  kP2pCheck,
+  // Messages larger than this many bytes (K, M, G suffixes) go to NCCL when the config leaves
+  // maxBytes at 0.
+  kMaxBytes,
+  // 0 keeps NCCL out entirely, like ncclFallback = TPC_NCCL_OFF.
+  kNccl,
   kCount
 };
 

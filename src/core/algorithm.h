@@ -1,38 +1,56 @@
-// Which kernel an all-reduce runs and with how many blocks.
+// Which path an all-reduce takes, and with how many blocks.
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/tpcomm.h"
 
 namespace tpcomm {
 
-// Largest message (bytes) one-shot takes when the algorithm is automatic, by world size.
-struct OneShotLimit {
+enum class Route { kOneShot, kTwoShot, kNccl };
+
+// A row of the algorithm table: messages of at most maxBytes on at most maxRanks ranks take
+// `route`. Rows are tried in order and the first that matches wins, so a tuning tool can write a
+// table from measured crossovers row by row.
+struct RouteRule {
   int maxRanks;
   size_t maxBytes;
+  Route route;
 };
 
-// From the crossovers published for peer-to-peer all-reduce on H100/H200 NVLink (vLLM's custom
-// all-reduce, MSCCL++): with two ranks two-shot moves as much data as one-shot and waits at one
-// more barrier, so one-shot always wins; up to four ranks one-shot wins to about 512 KB, up to
-// eight to about 256 KB. Retune from tpcomm-perf measurements on real NVLink machines.
-constexpr OneShotLimit kOneShotLimits[] = {
-    {2, ~size_t{0}},
-    {4, size_t{512} << 10},
-    {8, size_t{256} << 10},
+struct AlgorithmTable {
+  std::vector<RouteRule> eager;
+  std::vector<RouteRule> graph;  // calls captured into CUDA graphs
+
+  static AlgorithmTable defaults();
+  Route lookup(int nranks, size_t bytes, bool graphMode) const;
 };
+
+// Everything besides the message that decides a call's route.
+struct RoutePolicy {
+  tpcAlgorithm_t forced = tpcAlgoAuto;  // TPCOMM_ALGO or config: wins over the table
+  bool customPath = true;               // tpcomm's kernels may run (topology)
+  bool ncclAvailable = false;
+  size_t maxCustomBytes = 0;  // larger messages go to NCCL when it is there; 0: no limit
+};
+
+// The route of an all-reduce of a type and operation the kernels support. Without NCCL the
+// kernels take every size; without the custom path NCCL takes every call.
+Route chooseRoute(const AlgorithmTable& table, const RoutePolicy& policy, int nranks, size_t bytes,
+                  bool graphMode);
+
+tpcAlgorithm_t routeAlgorithm(Route route);
+const char* routeName(Route route);
 
 // Published NVLink all-reduce kernels launch at most 24-36 blocks of 512 threads: more blocks
 // contend on the links without gain. Used when every rank has a device to itself.
 constexpr int kNvlinkMaxBlocks = 36;
 
-device::Algorithm chooseAlgorithm(tpcAlgorithm_t forced, int nranks, size_t bytes);
-
 // Blocks for one kernel over `count` elements of `elemBytes` each: enough for one 16-byte vector
 // per thread of the largest phase, at least 1, at most `cap`.
-int gridBlocks(device::Algorithm algorithm, int nranks, size_t count, size_t elemBytes, int cap);
+int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
 // Per-rank block cap from residency: blocksPerSm * smCount shared by the ranks on that device,
 // clamped to [1, kMaxBlocks].

@@ -1,7 +1,9 @@
 // The C API: argument checks, handle checks, and the error text each call leaves behind.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -189,14 +191,28 @@ TPC_API tpcResult_t tpcCommGetAsyncError(tpcComm_t comm, tpcResult_t* asyncError
 TPC_API tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t datatype,
                                         tpcAlgorithm_t* algorithm) {
   TPC_CHECK(checkComm(comm, "tpcCommGetAlgorithm"));
-  const size_t elemBytes = typeSize(datatype);
-  if (algorithm == nullptr || elemBytes == 0) {
+  if (algorithm == nullptr || typeSize(datatype) == 0) {
     return remember(comm, fail(tpcInvalidArgument, "tpcCommGetAlgorithm: %s",
                                algorithm == nullptr ? "algorithm is NULL" : "unknown datatype"));
   }
-  const size_t bytes = count > SIZE_MAX / elemBytes ? SIZE_MAX : count * elemBytes;
+  const size_t elemBytes = typeSize(datatype);
   *algorithm =
-      comm->impl->algorithmFor(bytes) == device::kOneShot ? tpcAlgoOneShot : tpcAlgoTwoShot;
+      routeAlgorithm(comm->impl->routeFor(std::min(count, SIZE_MAX / elemBytes), datatype));
+  return tpcSuccess;
+}
+
+TPC_API tpcResult_t tpcCommGetPathInfo(tpcComm_t comm, tpcPathInfo_t* info) {
+  TPC_CHECK(checkComm(comm, "tpcCommGetPathInfo"));
+  if (info == nullptr) {
+    return remember(comm, fail(tpcInvalidArgument, "tpcCommGetPathInfo: info is NULL"));
+  }
+  const DiscoveryResult& topology = comm->impl->topology();
+  *info = tpcPathInfo_t{};
+  info->customPath = topology.decision.custom;
+  info->ncclAvailable = comm->impl->nccl().available();
+  info->p2pVerified = topology.verified;
+  std::snprintf(info->reason, sizeof(info->reason), "%s", topology.decision.reason.c_str());
+  std::snprintf(info->nccl, sizeof(info->nccl), "%s", comm->impl->nccl().description().c_str());
   return tpcSuccess;
 }
 

@@ -19,6 +19,7 @@ namespace tpcomm {
 // What every rank tells the others at init.
 struct Communicator::RankInfo {
   BufferExport buffer;
+  char busId[32];
   uint8_t uuid[16];
   int32_t smCount;
   int32_t blocksPerSm;
@@ -60,28 +61,34 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
     }
     std::memcpy(&all[r], blobs[r].data(), sizeof(RankInfo));
   }
-  TPC_CHECK(agree(mapPeers(all), "mapping its peers' buffers"));
-  for (int r = 0; r < nranks_; ++r) {
-    sharesDeviceInProcess_ =
-        sharesDeviceInProcess_ ||
-        (r != rank_ && all[r].buffer.processToken == all[rank_].buffer.processToken &&
-         std::memcmp(all[r].uuid, all[rank_].uuid, sizeof(all[r].uuid)) == 0);
+  for (int i = 0; i < nranks_; ++i) {
+    for (int j = 0; j < nranks_; ++j) {
+      if (i == j || std::memcmp(all[i].uuid, all[j].uuid, sizeof(all[i].uuid)) != 0) continue;
+      sharesDevice_ = true;  // every rank must see this alike: it decides whether NCCL runs
+      sharesDeviceInProcess_ =
+          sharesDeviceInProcess_ || (i == rank_ && all[j].buffer.processToken == processToken());
+    }
   }
-  chooseBlockCap(all);
-  buildParams();
+  mapPeers(all);
+  TPC_CHECK(decidePaths(all));
+  if (topology_.decision.custom) {
+    chooseBlockCap(all);
+    buildParams();
+  }
   if (sharesDeviceInProcess_ && rank_ == 0) {
     const char* connections = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
     if (connections == nullptr || std::atoi(connections) < 32) {
-      TPC_WARN(
-          "ranks of this process share device %d: if they launch from several threads, set "
-          "CUDA_DEVICE_MAX_CONNECTIONS=32 before CUDA starts, or streams of different ranks may "
-          "share a hardware queue in which one rank's next all-reduce blocks another's current "
-          "one",
+      TPC_INFO(
+          "ranks of this process share device %d: launch their calls from one thread in the "
+          "same order, or set CUDA_DEVICE_MAX_CONNECTIONS=32, or one rank's next all-reduce may "
+          "be queued ahead of another rank's current one",
           device_);
     }
   }
   TPC_INFO("rank %d/%d on device %d ready: staging %zu bytes, at most %d blocks per kernel, %s",
            rank_, nranks_, device_, layout_.stagingBytes, blockCap_, config_.digest().c_str());
+  TPC_INFO("rank %d: custom path %s: %s; NCCL: %s", rank_, topology_.decision.custom ? "on" : "off",
+           topology_.decision.reason.c_str(), nccl_.description().c_str());
   return tpcSuccess;
 }
 
@@ -90,6 +97,7 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   TPC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
   static_assert(sizeof(prop.uuid.bytes) == sizeof(mine->uuid), "CUDA uuid size");
   std::memcpy(mine->uuid, prop.uuid.bytes, sizeof(mine->uuid));
+  TPC_CUDA_CHECK(cudaDeviceGetPCIBusId(mine->busId, sizeof(mine->busId), device_));
   mine->smCount = prop.multiProcessorCount;
   int blocksPerSm = 0;
   TPC_CUDA_CHECK(allReduceBlocksPerSm(&blocksPerSm));
@@ -105,12 +113,50 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   return tpcSuccess;
 }
 
-tpcResult_t Communicator::mapPeers(const std::vector<RankInfo>& all) {
+void Communicator::mapPeers(const std::vector<RankInfo>& all) {
   peers_.clear();
   peers_.resize(nranks_);
   for (int r = 0; r < nranks_; ++r) {
-    if (r != rank_) TPC_CHECK(peers_[r].open(rank_, r, all[r].buffer));
+    if (r != rank_ && peers_[r].open(rank_, r, all[r].buffer) != tpcSuccess) {
+      TPC_INFO("rank %d: rank %d's buffer stays unmapped; the topology decides what follows", rank_,
+               r);
+    }
   }
+}
+
+tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
+  std::vector<PeerView> views(nranks_);
+  for (int r = 0; r < nranks_; ++r) {
+    PeerView& v = views[r];
+    v.busId = all[r].busId;
+    if (all[r].buffer.processToken == processToken()) {
+      v.visibleDevice = all[r].buffer.device;
+    } else if (cudaDeviceGetByPCIBusId(&v.visibleDevice, all[r].busId) != cudaSuccess) {
+      cudaGetLastError();
+      v.visibleDevice = -1;  // hidden from this process by CUDA_VISIBLE_DEVICES
+    }
+    if (r == rank_ || peers_[r].base() != nullptr) v.checkWord = &controlOf(r)->p2pCheck[rank_];
+  }
+  PathSwitches switches;
+  switches.disabled = config_.disabled;
+  switches.p2pCheck = config_.p2pCheck;
+  TPC_CHECK(discoverTopology(*bootstrap_, device_, views, controlOf(rank_)->p2pCheck, switches,
+                             &topology_));
+  TPC_CHECK(agree(nccl_.setUp(config_, *bootstrap_, sharesDevice_), "setting up NCCL"));
+  if (!topology_.decision.custom && !nccl_.available()) {
+    return fail(tpcNotSupported,
+                "rank %d: tpcomm's kernels cannot serve these devices (%s), and there is no NCCL "
+                "to fall back on (%s)",
+                rank_, topology_.decision.reason.c_str(), nccl_.description().c_str());
+  }
+  if (config_.algorithm == tpcAlgoNccl && !nccl_.available()) {
+    return fail(tpcInvalidUsage, "rank %d: the algorithm is nccl, but there is no NCCL (%s)", rank_,
+                nccl_.description().c_str());
+  }
+  policy_.forced = config_.algorithm;
+  policy_.customPath = topology_.decision.custom;
+  policy_.ncclAvailable = nccl_.available();
+  policy_.maxCustomBytes = config_.maxBytes;
   return tpcSuccess;
 }
 
@@ -221,12 +267,6 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
     return fail(tpcInvalidArgument, "rank %d: op %d is not a tpcRedOp_t", rank_,
                 static_cast<int>(op));
   }
-  if (!kernelSupports(type) || op != tpcSum) {
-    return fail(tpcNotSupported,
-                "rank %d: all-reduce %s over %s is not supported (tpcomm sums float32, float16 "
-                "and bfloat16)",
-                rank_, opName(op), typeName(type));
-  }
   const size_t elemBytes = typeSize(type);
   if (count > SIZE_MAX / 2 / elemBytes) {
     return fail(tpcInvalidArgument, "rank %d: count %zu of %zu-byte elements overflows", rank_,
@@ -240,16 +280,38 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
 
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
-  TPC_CHECK(checkStream(stream));
+  bool capturing = false;
+  TPC_CHECK(checkStream(stream, &capturing));
   const size_t bytes = count * elemBytes;
+  const bool kernelsCan = kernelSupports(type) && op == tpcSum;
+  const Route route =
+      kernelsCan ? chooseRoute(table_, policy_, nranks_, bytes, capturing) : Route::kNccl;
+  TPC_TRACE("rank %d: all-reduce of %zu bytes (%s%s) on stream %p", rank_, bytes, routeName(route),
+            capturing ? ", captured" : "", static_cast<void*>(stream));
+  if (route == Route::kNccl && nccl_.available()) {
+    return nccl_.allReduce(sendbuff, recvbuff, count, type, op, stream, rank_);
+  }
   if (nranks_ == 1) {
+    // Every reduction over one rank is the identity.
     if (sendbuff != recvbuff) {
       TPC_CUDA_CHECK(cudaMemcpyAsync(recvbuff, sendbuff, bytes, cudaMemcpyDeviceToDevice, stream));
     }
     return tpcSuccess;
   }
+  if (!kernelsCan) {
+    return fail(tpcNotSupported,
+                "rank %d: all-reduce %s over %s needs NCCL (tpcomm's kernels sum float32, "
+                "float16 and bfloat16), and there is none: %s",
+                rank_, opName(op), typeName(type), nccl_.description().c_str());
+  }
+  return launchKernels(route, sendbuff, recvbuff, count, type, stream);
+}
 
-  const device::Algorithm algorithm = algorithmFor(bytes);
+tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void* recvbuff,
+                                        size_t count, tpcDataType_t type, cudaStream_t stream) {
+  const size_t elemBytes = typeSize(type);
+  const device::Algorithm algorithm =
+      route == Route::kTwoShot ? device::kTwoShot : device::kOneShot;
   device::AllReduceParams p = params_[algorithm];
   const size_t chunkElems = layout_.stagingBytes / elemBytes;
   for (size_t offset = 0; offset < count; offset += chunkElems) {
@@ -258,19 +320,18 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
     p.count = std::min(chunkElems, count - offset);
     p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
     p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
-    const int blocks = gridBlocks(algorithm, nranks_, p.count, elemBytes, blockCap_);
+    const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, blockCap_);
     TPC_CUDA_CHECK(launchAllReduce(type, algorithm, p, blocks, stream));
   }
-  TPC_TRACE("rank %d: all-reduce of %zu bytes (%s) on stream %p", rank_, bytes,
-            algorithm == device::kOneShot ? "oneshot" : "twoshot", static_cast<void*>(stream));
   return tpcSuccess;
 }
 
-device::Algorithm Communicator::algorithmFor(size_t bytes) const {
-  return chooseAlgorithm(config_.algorithm, nranks_, bytes);
+Route Communicator::routeFor(size_t count, tpcDataType_t type) const {
+  if (!kernelSupports(type) || !policy_.customPath) return Route::kNccl;
+  return chooseRoute(table_, policy_, nranks_, count * typeSize(type), false);
 }
 
-tpcResult_t Communicator::checkStream(cudaStream_t stream) {
+tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   const cudaError_t err = cudaStreamIsCapturing(stream, &capture);
   if (err == cudaErrorStreamCaptureImplicit) {
@@ -281,6 +342,7 @@ tpcResult_t Communicator::checkStream(cudaStream_t stream) {
                 rank_);
   }
   if (err != cudaSuccess) return failCuda(err, "cudaStreamIsCapturing", __FILE__, __LINE__);
+  *capturing = capture != cudaStreamCaptureStatusNone;
   // A capturing stream cannot be asked for its device; the check waits for its next eager use.
   if (capture != cudaStreamCaptureStatusNone || (streamChecked_ && stream == checkedStream_)) {
     return tpcSuccess;
@@ -312,6 +374,7 @@ tpcResult_t Communicator::checkStream(cudaStream_t stream) {
 
 tpcResult_t Communicator::releaseResources() {
   tpcResult_t result = tpcSuccess;
+  nccl_.release();
   for (PeerMapping& peer : peers_) {
     if (peer.release() != tpcSuccess) result = tpcUnhandledCudaError;
   }

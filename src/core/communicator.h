@@ -1,5 +1,5 @@
-// One rank of a communicator: its rendezvous connections, its shared buffers and its peers', and
-// the all-reduce entry point that plans and launches kernels over them.
+// One rank of a communicator: its rendezvous connections, its shared buffers and its peers', how
+// its calls are carried (tpcomm's kernels or NCCL), and the all-reduce entry point.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,8 +9,11 @@
 #include <vector>
 
 #include "bootstrap/bootstrap.h"
+#include "core/algorithm.h"
 #include "core/config.h"
+#include "fallback/nccl_fallback.h"
 #include "memory/shared_buffer.h"
+#include "topology/discovery.h"
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/tpcomm.h"
 
@@ -32,19 +35,21 @@ class Communicator {
   const ResolvedConfig& config() const { return config_; }
   // Blocks per kernel this communicator never exceeds (agreed by all ranks at init).
   int blockCap() const { return blockCap_; }
+  const DiscoveryResult& topology() const { return topology_; }
+  const NcclFallback& nccl() const { return nccl_; }
 
   // tpcSuccess while healthy; otherwise the sticky error with its explanation set via fail().
   tpcResult_t checkHealthy();
 
-  // The algorithm an all-reduce of `bytes` runs with.
-  device::Algorithm algorithmFor(size_t bytes) const;
+  // The route of an eager all-reduce of `count` elements of `type` (which must be valid).
+  Route routeFor(size_t count, tpcDataType_t type) const;
 
   tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                         tpcRedOp_t op, cudaStream_t stream);
 
   // Overrides the configured algorithm for later calls; tests and tuning tools switch algorithms
   // on one communicator with it.
-  void forceAlgorithm(tpcAlgorithm_t algorithm) { config_.algorithm = algorithm; }
+  void forceAlgorithm(tpcAlgorithm_t algorithm) { policy_.forced = algorithm; }
 
  private:
   Communicator(int rank, int nranks, const ResolvedConfig& config)
@@ -54,15 +59,24 @@ class Communicator {
 
   tpcResult_t setup(const tpcUniqueId& id);
   tpcResult_t prepareLocal(RankInfo* mine);
-  tpcResult_t mapPeers(const std::vector<RankInfo>& all);
-  // Checks that `stream` belongs to this rank's device (once per stream, outside capture).
-  tpcResult_t checkStream(cudaStream_t stream);
+  // Maps every peer's buffer it can; a peer that cannot be mapped is left for the topology to
+  // judge (its calls then go to NCCL).
+  void mapPeers(const std::vector<RankInfo>& all);
+  tpcResult_t decidePaths(const std::vector<RankInfo>& all);
+  // Checks that `stream` belongs to this rank's device (once per stream, outside capture) and
+  // says whether it is capturing a graph.
+  tpcResult_t checkStream(cudaStream_t stream, bool* capturing);
   // Tells every rank how this rank's step went; fails on every rank if any rank failed.
   tpcResult_t agree(tpcResult_t mine, const char* step);
   void chooseBlockCap(const std::vector<RankInfo>& all);
   void buildParams();
   char* bufferOf(int rank) const;
+  ControlBlock* controlOf(int rank) const {
+    return reinterpret_cast<ControlBlock*>(bufferOf(rank));
+  }
   std::string describeFailure(const device::FailureRecord& record) const;
+  tpcResult_t launchKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
+                            tpcDataType_t type, cudaStream_t stream);
   tpcResult_t releaseResources();
 
   int rank_;
@@ -72,11 +86,16 @@ class Communicator {
   BufferLayout layout_;
   std::unique_ptr<Bootstrap> bootstrap_;
   LocalBuffer local_;
-  std::vector<PeerMapping> peers_;  // by rank; this rank's entry stays empty
+  std::vector<PeerMapping> peers_;  // by rank; empty for this rank and for unmapped peers
   MappedHost<device::FailureRecord> failure_;
+  DiscoveryResult topology_;
+  NcclFallback nccl_;
+  AlgorithmTable table_ = AlgorithmTable::defaults();
+  RoutePolicy policy_;
   device::AllReduceParams params_[device::kNumAlgorithms] = {};
   int blockCap_ = 1;
-  bool sharesDeviceInProcess_ = false;  // another rank of this process uses the same device
+  bool sharesDevice_ = false;           // some ranks of the communicator share a device
+  bool sharesDeviceInProcess_ = false;  // this rank shares its device within this process
   cudaStream_t checkedStream_ = nullptr;
   bool streamChecked_ = false;
   bool warnedBlockingStream_ = false;

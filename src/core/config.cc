@@ -39,6 +39,8 @@ const char* algorithmName(tpcAlgorithm_t algorithm) {
       return "oneshot";
     case tpcAlgoTwoShot:
       return "twoshot";
+    case tpcAlgoNccl:
+      return "nccl";
     default:
       return "unknown";
   }
@@ -57,8 +59,27 @@ bool parseAlgorithm(const char* text, tpcAlgorithm_t* out) {
 std::string ResolvedConfig::digest() const {
   return "stagingBytes=" + std::to_string(stagingBytes) +
          " maxBlocks=" + std::to_string(maxBlocks) + " algorithm=" + algorithmName(algorithm) +
-         " timeoutMs=" + std::to_string(timeoutMs);
+         " timeoutMs=" + std::to_string(timeoutMs) +
+         " nccl=" + (ncclComm != nullptr ? "borrowed" : (ncclOff ? "off" : "auto")) +
+         " maxBytes=" + std::to_string(maxBytes) + " disabled=" + (disabled ? "1" : "0") +
+         " p2pCheck=" + (p2pCheck ? "1" : "0");
 }
+
+namespace {
+
+// "0" or "1" from the environment; false when set to anything else.
+bool envFlag(EnvVar var, bool fallback, bool* out) {
+  const char* text = envValue(var);
+  if (text == nullptr) {
+    *out = fallback;
+    return true;
+  }
+  if (std::strcmp(text, "0") != 0 && std::strcmp(text, "1") != 0) return false;
+  *out = text[0] == '1';
+  return true;
+}
+
+}  // namespace
 
 tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
   ResolvedConfig r;
@@ -117,7 +138,7 @@ tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
     if (const char* text = envValue(EnvVar::kAlgo)) {
       tpcAlgorithm_t parsed;
       if (!parseAlgorithm(text, &parsed)) {
-        return fail(tpcInvalidArgument, "%s=%s: expected auto, oneshot or twoshot",
+        return fail(tpcInvalidArgument, "%s=%s: expected auto, oneshot, twoshot or nccl",
                     envName(EnvVar::kAlgo), text);
       }
       algorithm = parsed;
@@ -136,6 +157,43 @@ tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
     }
   }
   if (timeoutMs != 0) r.timeoutMs = timeoutMs;
+
+  r.ncclComm = TPC_HAS_FIELD(config, ncclComm) ? config->ncclComm : nullptr;
+  const int fallback = TPC_HAS_FIELD(config, ncclFallback) ? config->ncclFallback : TPC_NCCL_AUTO;
+  if (fallback != TPC_NCCL_AUTO && fallback != TPC_NCCL_OFF) {
+    return fail(tpcInvalidArgument, "ncclFallback %d is neither TPC_NCCL_AUTO nor TPC_NCCL_OFF",
+                fallback);
+  }
+  bool ncclOn = true;
+  if (!envFlag(EnvVar::kNccl, true, &ncclOn)) {
+    return fail(tpcInvalidArgument, "%s=%s: expected 0 or 1", envName(EnvVar::kNccl),
+                envValue(EnvVar::kNccl));
+  }
+  r.ncclOff = fallback == TPC_NCCL_OFF || !ncclOn;
+  if (r.ncclOff && r.ncclComm != nullptr) {
+    return fail(tpcInvalidArgument, "an NCCL communicator was passed, but NCCL is turned off");
+  }
+  if (r.ncclOff && r.algorithm == tpcAlgoNccl) {
+    return fail(tpcInvalidArgument, "the algorithm is nccl, but NCCL is turned off");
+  }
+
+  r.maxBytes = TPC_HAS_FIELD(config, maxBytes) ? config->maxBytes : 0;
+  if (r.maxBytes == 0) {
+    if (const char* text = envValue(EnvVar::kMaxBytes)) {
+      if (!parseByteSize(text, &r.maxBytes) || r.maxBytes == 0) {
+        return fail(tpcInvalidArgument, "%s=%s is not a byte size", envName(EnvVar::kMaxBytes),
+                    text);
+      }
+    }
+  }
+  if (!envFlag(EnvVar::kDisable, false, &r.disabled)) {
+    return fail(tpcInvalidArgument, "%s=%s: expected 0 or 1", envName(EnvVar::kDisable),
+                envValue(EnvVar::kDisable));
+  }
+  if (!envFlag(EnvVar::kP2pCheck, true, &r.p2pCheck)) {
+    return fail(tpcInvalidArgument, "%s=%s: expected 0 or 1", envName(EnvVar::kP2pCheck),
+                envValue(EnvVar::kP2pCheck));
+  }
 
   *out = r;
   return tpcSuccess;

@@ -22,6 +22,11 @@ struct ResolvedConfig {
   int maxBlocks = 0;  // 0: automatic
   tpcAlgorithm_t algorithm = tpcAlgoAuto;
   int timeoutMs = kDefaultTimeoutMs;
+  void* ncclComm = nullptr;  // borrowed
+  bool ncclOff = false;
+  size_t maxBytes = 0;  // 0: the algorithm table alone decides
+  bool disabled = false;
+  bool p2pCheck = true;
 
   // A readable summary; ranks compare them at rendezvous and must agree.
   std::string digest() const;
@@ -31,7 +36,7 @@ struct ResolvedConfig {
 tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out);
 
 const char* algorithmName(tpcAlgorithm_t algorithm);
-// Parses "auto", "oneshot", "twoshot" (case-insensitive). False on anything else.
+// Parses "auto", "oneshot", "twoshot", "nccl" (case-insensitive). False on anything else.
 bool parseAlgorithm(const char* text, tpcAlgorithm_t* out);
 
 }  // namespace tpcomm

@@ -31,6 +31,8 @@ bool bindAll(void* handle, Library* lib, std::string* whyNot) {
                   bind(handle, "ncclGetUniqueId", &lib->getUniqueId, &missing) &&
                   bind(handle, "ncclCommInitRank", &lib->commInitRank, &missing) &&
                   bind(handle, "ncclCommDestroy", &lib->commDestroy, &missing) &&
+                  bind(handle, "ncclCommCount", &lib->commCount, &missing) &&
+                  bind(handle, "ncclCommUserRank", &lib->commUserRank, &missing) &&
                   bind(handle, "ncclAllReduce", &lib->allReduce, &missing) &&
                   bind(handle, "ncclGroupStart", &lib->groupStart, &missing) &&
                   bind(handle, "ncclGroupEnd", &lib->groupEnd, &missing) &&

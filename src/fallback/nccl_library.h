@@ -25,6 +25,8 @@ struct Library {
   Result (*getUniqueId)(UniqueId*) = nullptr;
   Result (*commInitRank)(Comm*, int, UniqueId, int) = nullptr;
   Result (*commDestroy)(Comm) = nullptr;
+  Result (*commCount)(Comm, int*) = nullptr;
+  Result (*commUserRank)(Comm, int*) = nullptr;
   Result (*allReduce)(const void*, void*, size_t, int, int, Comm, cudaStream_t) = nullptr;
   // One thread driving several ranks must bracket their calls in a group.
   Result (*groupStart)() = nullptr;

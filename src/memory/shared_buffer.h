@@ -19,6 +19,7 @@ struct ControlBlock {
   uint32_t inbox[device::kNumAlgorithms][device::kInboxWords];
   uint32_t epochs[device::kNumAlgorithms][device::kMaxBlocks];
   uint32_t failureClaim;
+  uint32_t p2pCheck[device::kMaxRanks];  // rank q's check pattern lands in word q
 };
 
 struct BufferLayout {

@@ -7,41 +7,102 @@
 namespace tpcomm {
 namespace {
 
-constexpr size_t KiB = 1024;
+constexpr size_t KiB = 1024, MiB = 1024 * KiB;
 
-TEST(Algorithm, TwoRanksAlwaysTakeOneShot) {
-  for (size_t bytes : {size_t{16}, 256 * KiB, 64 * KiB * KiB, size_t{1} << 40}) {
-    EXPECT_EQ(device::kOneShot, chooseAlgorithm(tpcAlgoAuto, 2, bytes)) << bytes;
-  }
+RoutePolicy withNccl(bool nccl) {
+  RoutePolicy p;
+  p.ncclAvailable = nccl;
+  return p;
 }
 
-TEST(Algorithm, ThresholdsByWorldSize) {
+Route route(const RoutePolicy& policy, int nranks, size_t bytes, bool graph = false) {
+  return chooseRoute(AlgorithmTable::defaults(), policy, nranks, bytes, graph);
+}
+
+TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
+  const RoutePolicy p = withNccl(true);
+  EXPECT_EQ(Route::kOneShot, route(p, 2, 8 * MiB));
+  EXPECT_EQ(Route::kNccl, route(p, 2, 8 * MiB + 1));
   for (int n : {3, 4}) {
-    EXPECT_EQ(device::kOneShot, chooseAlgorithm(tpcAlgoAuto, n, 512 * KiB)) << n;
-    EXPECT_EQ(device::kTwoShot, chooseAlgorithm(tpcAlgoAuto, n, 512 * KiB + 1)) << n;
+    EXPECT_EQ(Route::kOneShot, route(p, n, 512 * KiB)) << n;
+    EXPECT_EQ(Route::kTwoShot, route(p, n, 512 * KiB + 1)) << n;
+    EXPECT_EQ(Route::kTwoShot, route(p, n, 8 * MiB)) << n;
+    EXPECT_EQ(Route::kNccl, route(p, n, 8 * MiB + 1)) << n;
   }
   for (int n : {5, 6, 7, 8}) {
-    EXPECT_EQ(device::kOneShot, chooseAlgorithm(tpcAlgoAuto, n, 256 * KiB)) << n;
-    EXPECT_EQ(device::kTwoShot, chooseAlgorithm(tpcAlgoAuto, n, 256 * KiB + 1)) << n;
+    EXPECT_EQ(Route::kOneShot, route(p, n, 256 * KiB)) << n;
+    EXPECT_EQ(Route::kTwoShot, route(p, n, 256 * KiB + 1)) << n;
+    EXPECT_EQ(Route::kNccl, route(p, n, 64 * MiB)) << n;
   }
+  for (bool graph : {false, true}) EXPECT_EQ(Route::kOneShot, route(p, 8, 8 * KiB, graph));
 }
 
-TEST(Algorithm, ForcedAlgorithmWins) {
-  EXPECT_EQ(device::kTwoShot, chooseAlgorithm(tpcAlgoTwoShot, 2, 8));
-  EXPECT_EQ(device::kOneShot, chooseAlgorithm(tpcAlgoOneShot, 8, size_t{1} << 30));
+TEST(AlgorithmTable, WithoutNcclTheKernelsTakeEverySize) {
+  const RoutePolicy p = withNccl(false);
+  EXPECT_EQ(Route::kOneShot, route(p, 2, size_t{1} << 40));
+  EXPECT_EQ(Route::kTwoShot, route(p, 4, size_t{1} << 40));
+  EXPECT_EQ(Route::kTwoShot, route(p, 8, 64 * MiB));
+  EXPECT_EQ(Route::kOneShot, route(p, 8, 8 * KiB));
+}
+
+TEST(AlgorithmTable, WithoutTheCustomPathNcclTakesEverything) {
+  RoutePolicy p = withNccl(true);
+  p.customPath = false;
+  p.forced = tpcAlgoOneShot;  // a forced kernel cannot run where the kernels cannot
+  EXPECT_EQ(Route::kNccl, route(p, 2, 8));
+  EXPECT_EQ(Route::kNccl, route(p, 8, 64 * MiB));
+}
+
+TEST(AlgorithmTable, ForcedAlgorithmWins) {
+  RoutePolicy p = withNccl(true);
+  p.forced = tpcAlgoTwoShot;
+  EXPECT_EQ(Route::kTwoShot, route(p, 2, 8));
+  EXPECT_EQ(Route::kTwoShot, route(p, 8, size_t{1} << 30));
+  p.forced = tpcAlgoOneShot;
+  EXPECT_EQ(Route::kOneShot, route(p, 8, size_t{1} << 30));
+  p.forced = tpcAlgoNccl;
+  EXPECT_EQ(Route::kNccl, route(p, 8, 8));
+  p.ncclAvailable = false;
+  EXPECT_EQ(Route::kOneShot, route(p, 2, 8)) << "forcing NCCL without NCCL keeps the kernels";
+}
+
+TEST(AlgorithmTable, MaxBytesSendsLargerMessagesToNccl) {
+  RoutePolicy p = withNccl(true);
+  p.maxCustomBytes = 64 * KiB;
+  EXPECT_EQ(Route::kOneShot, route(p, 8, 64 * KiB));
+  EXPECT_EQ(Route::kNccl, route(p, 8, 64 * KiB + 1));
+  p.ncclAvailable = false;
+  EXPECT_EQ(Route::kTwoShot, route(p, 8, 1 * MiB)) << "no NCCL to hand it to";
+}
+
+TEST(AlgorithmTable, RowsAreTriedInOrder) {
+  AlgorithmTable t;
+  t.eager = {{8, 1 * KiB, Route::kTwoShot}, {8, ~size_t{0}, Route::kOneShot}};
+  t.graph = {{4, ~size_t{0}, Route::kNccl}};
+  EXPECT_EQ(Route::kTwoShot, t.lookup(8, 1 * KiB, false));
+  EXPECT_EQ(Route::kOneShot, t.lookup(8, 1 * KiB + 1, false));
+  EXPECT_EQ(Route::kNccl, t.lookup(4, 8, true));
+  EXPECT_EQ(Route::kNccl, t.lookup(8, 8, true)) << "no matching row: NCCL";
+}
+
+TEST(AlgorithmTable, RouteNames) {
+  EXPECT_EQ(tpcAlgoOneShot, routeAlgorithm(Route::kOneShot));
+  EXPECT_EQ(tpcAlgoTwoShot, routeAlgorithm(Route::kTwoShot));
+  EXPECT_EQ(tpcAlgoNccl, routeAlgorithm(Route::kNccl));
+  EXPECT_STREQ("twoshot", routeName(Route::kTwoShot));
 }
 
 TEST(Algorithm, GridCoversOneVectorPerThread) {
   const size_t threads = device::kBlockThreads;
-  EXPECT_EQ(1, gridBlocks(device::kOneShot, 4, 1, 2, 36));
-  EXPECT_EQ(1, gridBlocks(device::kOneShot, 4, threads * 8, 2, 36));      // 512 bf16 vectors
-  EXPECT_EQ(2, gridBlocks(device::kOneShot, 4, threads * 8 + 1, 2, 36));  // one more element
-  EXPECT_EQ(2, gridBlocks(device::kOneShot, 4, threads * 4 + 1, 4, 36));  // float32
-  EXPECT_EQ(36, gridBlocks(device::kOneShot, 4, size_t{1} << 30, 2, 36));
+  EXPECT_EQ(1, gridBlocks(Route::kOneShot, 4, 1, 2, 36));
+  EXPECT_EQ(1, gridBlocks(Route::kOneShot, 4, threads * 8, 2, 36));      // 512 bf16 vectors
+  EXPECT_EQ(2, gridBlocks(Route::kOneShot, 4, threads * 8 + 1, 2, 36));  // one more element
+  EXPECT_EQ(2, gridBlocks(Route::kOneShot, 4, threads * 4 + 1, 4, 36));  // float32
+  EXPECT_EQ(36, gridBlocks(Route::kOneShot, 4, size_t{1} << 30, 2, 36));
   // Two-shot spreads each slice, 1/nranks of the vectors, over the grid.
-  EXPECT_EQ(1, gridBlocks(device::kTwoShot, 4, threads * 8 * 4, 2, 36));
-  EXPECT_EQ(2, gridBlocks(device::kTwoShot, 4, threads * 8 * 4 + 8 * 4, 2, 36));
-  EXPECT_EQ(1, gridBlocks(device::kTwoShot, 8, 0, 2, 36));
+  EXPECT_EQ(1, gridBlocks(Route::kTwoShot, 4, threads * 8 * 4, 2, 36));
+  EXPECT_EQ(2, gridBlocks(Route::kTwoShot, 4, threads * 8 * 4 + 8 * 4, 2, 36));
+  EXPECT_EQ(1, gridBlocks(Route::kTwoShot, 8, 0, 2, 36));
 }
 
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {

@@ -132,6 +132,18 @@ TEST(Config, DigestTellsConfigurationsApart) {
   b = a;
   b.stagingBytes *= 2;
   EXPECT_NE(a.digest(), b.digest());
+  b = a;
+  b.disabled = true;
+  EXPECT_NE(a.digest(), b.digest());
+  b = a;
+  b.p2pCheck = false;
+  EXPECT_NE(a.digest(), b.digest());
+  b = a;
+  b.maxBytes = 1;
+  EXPECT_NE(a.digest(), b.digest());
+  b = a;
+  b.ncclOff = true;
+  EXPECT_NE(a.digest(), b.digest());
 }
 
 TEST(Config, ByteSizes) {
@@ -221,6 +233,22 @@ TEST(Config, EnvironmentFillsUnsetFields) {
   expected = ResolvedConfig{};
   expected.timeoutMs = 2500;
   EXPECT_EQ(0, runProbe("TPCOMM_TIMEOUT_MS", "2500", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.disabled = true;
+  EXPECT_EQ(0, runProbe("TPCOMM_DISABLE", "1", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.p2pCheck = false;
+  EXPECT_EQ(0, runProbe("TPCOMM_P2P_CHECK", "0", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.maxBytes = size_t{4} << 20;
+  EXPECT_EQ(0, runProbe("TPCOMM_MAX_BYTES", "4M", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.ncclOff = true;
+  EXPECT_EQ(0, runProbe("TPCOMM_NCCL", "0", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.algorithm = tpcAlgoNccl;
+  EXPECT_EQ(0, runProbe("TPCOMM_ALGO", "nccl", expected.digest().c_str()));
+  EXPECT_EQ(0, runProbe("TPCOMM_DISABLE", "0", ResolvedConfig{}.digest().c_str()));
 }
 
 TEST(Config, BadEnvironmentValuesAreErrors) {
@@ -229,6 +257,35 @@ TEST(Config, BadEnvironmentValuesAreErrors) {
   EXPECT_EQ(0, runProbe("TPCOMM_STAGING_BYTES", "lots", "error"));
   EXPECT_EQ(0, runProbe("TPCOMM_MAX_BLOCKS", "-3", "error"));
   EXPECT_EQ(0, runProbe("TPCOMM_TIMEOUT_MS", "soon", "error"));
+  EXPECT_EQ(0, runProbe("TPCOMM_DISABLE", "yes", "error"));
+  EXPECT_EQ(0, runProbe("TPCOMM_P2P_CHECK", "off", "error"));
+  EXPECT_EQ(0, runProbe("TPCOMM_MAX_BYTES", "big", "error"));
+  EXPECT_EQ(0, runProbe("TPCOMM_NCCL", "2", "error"));
+}
+
+TEST(Config, NcclFieldsAreCheckedAgainstEachOther) {
+  SKIP_UNLESS_CLEAN_ENV();
+  ResolvedConfig r;
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.ncclFallback = 7;
+  EXPECT_EQ(tpcInvalidArgument, resolveConfig(&config, &r));
+  int fakeComm = 0;
+  config = TPC_CONFIG_INITIALIZER;
+  config.ncclComm = &fakeComm;
+  config.ncclFallback = TPC_NCCL_OFF;
+  EXPECT_EQ(tpcInvalidArgument, resolveConfig(&config, &r));
+  config = TPC_CONFIG_INITIALIZER;
+  config.algorithm = tpcAlgoNccl;
+  config.ncclFallback = TPC_NCCL_OFF;
+  EXPECT_EQ(tpcInvalidArgument, resolveConfig(&config, &r));
+  config = TPC_CONFIG_INITIALIZER;
+  config.ncclComm = &fakeComm;
+  config.maxBytes = 12345;
+  ASSERT_EQ(tpcSuccess, resolveConfig(&config, &r));
+  EXPECT_EQ(&fakeComm, r.ncclComm);
+  EXPECT_EQ(12345u, r.maxBytes);
+  EXPECT_NE(std::string::npos, r.digest().find("nccl=borrowed"))
+      << "ranks must agree on whether they lend a communicator";
 }
 
 TEST(Config, ExplicitFieldsWinOverTheEnvironment) {

@@ -221,7 +221,8 @@ class Bench {
   std::string chosenAlgorithm(const Rank& r, size_t count) const {
     tpcAlgorithm_t algo = tpcAlgoAuto;
     if (tpcCommGetAlgorithm(r.comm, count, o_.dtype, &algo) != tpcSuccess) return "?";
-    return algo == tpcAlgoOneShot ? "oneshot" : "twoshot";
+    static const char* const kNames[] = {"auto", "oneshot", "twoshot", "nccl"};
+    return algo >= 0 && algo < tpcNumAlgos ? kNames[algo] : "?";
   }
 
   void allReduce(Rank& r, const void* in, void* out, size_t count, bool useNccl) {

@@ -1,0 +1,103 @@
+#include "fallback/nccl_fallback.h"
+
+#include <cstring>
+#include <vector>
+
+#include "common/error.h"
+
+namespace tpcomm {
+namespace {
+
+// NCCL's result codes 1 to 6 mean what tpcomm's do.
+tpcResult_t fromNccl(nccl::Result result) {
+  return result >= 1 && result <= 6 ? static_cast<tpcResult_t>(result) : tpcInternalError;
+}
+
+}  // namespace
+
+tpcResult_t NcclFallback::borrow(void* comm, int rank, int nranks) {
+  std::string why;
+  lib_ = nccl::library(&why);
+  if (lib_ == nullptr) {
+    return fail(tpcInvalidArgument,
+                "rank %d: an NCCL communicator was passed, but NCCL cannot be loaded: %s", rank,
+                why.c_str());
+  }
+  nccl::Comm c = static_cast<nccl::Comm>(comm);
+  int count = -1, user = -1;
+  if (lib_->commCount(c, &count) != nccl::kSuccess ||
+      lib_->commUserRank(c, &user) != nccl::kSuccess || count != nranks || user != rank) {
+    return fail(tpcInvalidArgument,
+                "rank %d: the NCCL communicator passed in the config is rank %d of %d, not rank "
+                "%d of %d",
+                rank, user, count, rank, nranks);
+  }
+  comm_ = c;
+  owned_ = false;
+  description_ = "NCCL " + std::to_string(lib_->version) + ", the caller's communicator";
+  return tpcSuccess;
+}
+
+tpcResult_t NcclFallback::setUp(const ResolvedConfig& config, Bootstrap& bootstrap,
+                                bool ranksShareDevice) {
+  const int rank = bootstrap.rank(), nranks = bootstrap.nranks();
+  if (config.ncclComm != nullptr) return borrow(config.ncclComm, rank, nranks);
+  if (config.ncclOff) {
+    description_ = "none: turned off by configuration";
+    return tpcSuccess;
+  }
+  if (ranksShareDevice) {
+    description_ = "none: ranks share a GPU, which NCCL refuses";
+    return tpcSuccess;
+  }
+  // Every rank must have NCCL, or none uses it.
+  std::string why;
+  lib_ = nccl::library(&why);
+  std::vector<std::string> have;
+  TPC_CHECK(bootstrap.allGather(lib_ != nullptr ? std::string() : "!" + why, &have));
+  for (int r = 0; r < nranks; ++r) {
+    if (!have[r].empty()) {
+      description_ =
+          "none: NCCL is unavailable on rank " + std::to_string(r) + " (" + have[r].substr(1) + ")";
+      lib_ = nullptr;
+      return tpcSuccess;
+    }
+  }
+  std::string id(sizeof(nccl::UniqueId), '\0');
+  nccl::Result res = nccl::kSuccess;
+  if (rank == 0) res = lib_->getUniqueId(reinterpret_cast<nccl::UniqueId*>(&id[0]));
+  TPC_CHECK(bootstrap.broadcast(0, &id));
+  if (rank == 0 && res != nccl::kSuccess) {
+    return fail(fromNccl(res), "rank 0: ncclGetUniqueId failed: %s", lib_->getErrorString(res));
+  }
+  nccl::UniqueId ncclId;
+  std::memcpy(&ncclId, id.data(), sizeof(ncclId));
+  res = lib_->commInitRank(&comm_, nranks, ncclId, rank);
+  if (res != nccl::kSuccess) {
+    comm_ = nullptr;
+    return fail(fromNccl(res), "rank %d: ncclCommInitRank failed: %s", rank,
+                lib_->getLastError(nullptr));
+  }
+  owned_ = true;
+  description_ =
+      "NCCL " + std::to_string(lib_->version) + " (" + lib_->origin + "), created by tpcomm";
+  return tpcSuccess;
+}
+
+tpcResult_t NcclFallback::allReduce(const void* sendbuff, void* recvbuff, size_t count,
+                                    tpcDataType_t type, tpcRedOp_t op, cudaStream_t stream,
+                                    int rank) {
+  const nccl::Result res = lib_->allReduce(sendbuff, recvbuff, count, type, op, comm_, stream);
+  if (res != nccl::kSuccess) {
+    return fail(fromNccl(res), "rank %d: ncclAllReduce failed: %s", rank,
+                lib_->getLastError(comm_));
+  }
+  return tpcSuccess;
+}
+
+void NcclFallback::release() {
+  if (comm_ != nullptr && owned_) lib_->commDestroy(comm_);
+  comm_ = nullptr;
+}
+
+}  // namespace tpcomm

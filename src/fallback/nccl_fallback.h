@@ -1,0 +1,45 @@
+// The NCCL communicator that carries the calls tpcomm's kernels do not take: borrowed from the
+// caller (never destroyed here), or created by tpcomm with its unique id sent over tpcomm's own
+// rendezvous, or none where NCCL cannot run (ranks sharing a GPU) or is not wanted.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "bootstrap/bootstrap.h"
+#include "core/config.h"
+#include "fallback/nccl_library.h"
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+
+class NcclFallback {
+ public:
+  NcclFallback() = default;
+  NcclFallback(const NcclFallback&) = delete;
+  NcclFallback& operator=(const NcclFallback&) = delete;
+  ~NcclFallback() { release(); }
+
+  // Collective over the bootstrap. Without NCCL it succeeds with available() false and says why.
+  tpcResult_t setUp(const ResolvedConfig& config, Bootstrap& bootstrap, bool ranksShareDevice);
+
+  bool available() const { return comm_ != nullptr; }
+  // Which NCCL and whose communicator, or why there is none.
+  const std::string& description() const { return description_; }
+
+  tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
+                        tpcRedOp_t op, cudaStream_t stream, int rank);
+  // Destroys an owned communicator; forgets a borrowed one.
+  void release();
+
+ private:
+  tpcResult_t borrow(void* comm, int rank, int nranks);
+
+  const nccl::Library* lib_ = nullptr;
+  nccl::Comm comm_ = nullptr;
+  bool owned_ = false;
+  std::string description_ = "none";
+};
+
+}  // namespace tpcomm

@@ -1,0 +1,198 @@
+#include "topology/topology.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace tpcomm {
+namespace {
+
+constexpr const char* kCacheMagic = "tpcomm-topology 1";
+
+Fact mergeFact(Fact a, Fact b) {
+  if (a == Fact::kNo || b == Fact::kNo) return Fact::kNo;
+  if (a == Fact::kYes || b == Fact::kYes) return Fact::kYes;
+  return Fact::kUnknown;
+}
+
+std::string describePair(const Topology& t, int i, int j) {
+  return "ranks " + std::to_string(i) + " and " + std::to_string(j) + " (devices " + t.busIds[i] +
+         " and " + t.busIds[j] + ")";
+}
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+bool makeDirectories(const std::string& path) {
+  for (size_t pos = 1; pos <= path.size(); ++pos) {
+    if (pos != path.size() && path[pos] != '/') continue;
+    const std::string prefix = path.substr(0, pos);
+    if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+LinkFacts mergeFacts(const LinkFacts& a, const LinkFacts& b) {
+  return LinkFacts{mergeFact(a.peerAccess, b.peerAccess), mergeFact(a.nvlink, b.nvlink),
+                   mergeFact(a.works, b.works)};
+}
+
+std::vector<std::string> Topology::devices() const {
+  std::vector<std::string> out;
+  for (const std::string& bus : busIds) {
+    if (std::find(out.begin(), out.end(), bus) == out.end()) out.push_back(bus);
+  }
+  return out;
+}
+
+PathDecision decidePath(const Topology& t, const PathSwitches& s) {
+  if (s.disabled) return {false, "tpcomm's kernels are disabled by TPCOMM_DISABLE=1"};
+  const size_t deviceCount = t.devices().size();
+  bool allNvlink = true;
+  for (int i = 0; i < t.nranks(); ++i) {
+    for (int j = i + 1; j < t.nranks(); ++j) {
+      const LinkFacts& f = t.at(i, j);
+      if (f.works == Fact::kNo) {  // a failed check, or a mapping that failed
+        return {false, describePair(t, i, j) +
+                           " cannot use each other's memory: mapping it failed, or a write "
+                           "through the mapping did not arrive"};
+      }
+      if (t.sameDevice(i, j)) continue;
+      if (f.peerAccess == Fact::kNo) return {false, describePair(t, i, j) + " have no peer access"};
+      if (f.nvlink == Fact::kYes) continue;
+      allNvlink = false;
+      if (deviceCount == 2) continue;  // a PCIe pair with working peer access
+      return {false, describePair(t, i, j) +
+                         (t.nvmlAvailable ? " are not connected by NVLink"
+                                          : " cannot be shown to share NVLink (NVML unavailable)") +
+                         ", and beyond two GPUs tpcomm needs NVLink between every pair"};
+    }
+  }
+  const std::string checked = s.p2pCheck ? ", peer writes verified" : ", peer writes not checked";
+  if (deviceCount == 1) {
+    return {true,
+            "all " + std::to_string(t.nranks()) + " ranks share device " + t.busIds[0] + checked};
+  }
+  if (allNvlink) {
+    return {true, "every pair of the " + std::to_string(deviceCount) +
+                      " devices is NVLink-connected" + checked};
+  }
+  return {true, "two GPUs with peer access over PCIe" + checked};
+}
+
+std::string TopologyCache::path(const std::string& directory) const {
+  std::string key = driver;
+  for (const std::string& d : devices) key += "|" + d;
+  char name[64];
+  std::snprintf(name, sizeof(name), "/topology-%016llx.txt",
+                static_cast<unsigned long long>(fnv1a(key)));
+  return directory + name;
+}
+
+LinkFacts& TopologyCache::pair(size_t i, size_t j) {
+  if (i > j) std::swap(i, j);
+  // Row-major upper triangle without the diagonal.
+  const size_t n = devices.size();
+  return pairs[i * n - i * (i + 1) / 2 + (j - i - 1)];
+}
+
+std::string TopologyCache::serialize() const {
+  std::ostringstream out;
+  out << kCacheMagic << "\ndriver " << driver << "\ndevices " << devices.size();
+  for (const std::string& d : devices) out << ' ' << d;
+  out << '\n';
+  size_t k = 0;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    for (size_t j = i + 1; j < devices.size(); ++j, ++k) {
+      const LinkFacts& f = pairs[k];
+      out << "pair " << i << ' ' << j << ' ' << static_cast<int>(f.peerAccess) << ' '
+          << static_cast<int>(f.nvlink) << ' ' << static_cast<int>(f.works) << '\n';
+    }
+  }
+  return out.str();
+}
+
+bool TopologyCache::parse(const std::string& text) {
+  std::istringstream in(text);
+  std::string line;
+  if (!std::getline(in, line) || line != kCacheMagic) return false;
+  if (!std::getline(in, line) || line != "driver " + driver) return false;
+  std::string word;
+  size_t n = 0;
+  if (!(in >> word >> n) || word != "devices" || n != devices.size()) return false;
+  for (const std::string& d : devices) {
+    if (!(in >> word) || word != d) return false;
+  }
+  const size_t expected = n * (n - 1) / 2;
+  std::vector<LinkFacts> parsed;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = i + 1; j < n; ++j) {
+      size_t a = 0, b = 0;
+      int access = 0, nvlink = 0, works = 0;
+      if (!(in >> word >> a >> b >> access >> nvlink >> works) || word != "pair" || a != i ||
+          b != j) {
+        return false;
+      }
+      for (int v : {access, nvlink, works}) {
+        if (v < -1 || v > 1) return false;
+      }
+      parsed.push_back(LinkFacts{static_cast<Fact>(access), static_cast<Fact>(nvlink),
+                                 static_cast<Fact>(works)});
+    }
+  }
+  if (parsed.size() != expected || (in >> word)) return false;
+  pairs = std::move(parsed);
+  return true;
+}
+
+std::string defaultCacheDirectory() {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg != nullptr && xdg[0] == '/') return std::string(xdg) + "/tpcomm";
+  const char* home = std::getenv("HOME");
+  if (home != nullptr && home[0] == '/') return std::string(home) + "/.cache/tpcomm";
+  return "";
+}
+
+bool loadTopologyCache(const std::string& directory, TopologyCache* cache) {
+  if (directory.empty()) return false;
+  std::ifstream in(cache->path(directory));
+  if (!in) return false;
+  std::ostringstream text;
+  text << in.rdbuf();
+  return cache->parse(text.str());
+}
+
+bool storeTopologyCache(const std::string& directory, const TopologyCache& cache) {
+  if (directory.empty() || !makeDirectories(directory)) return false;
+  const std::string path = cache.path(directory);
+  const std::string temporary = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << cache.serialize();
+    if (!out.flush()) {
+      std::remove(temporary.c_str());
+      return false;
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace tpcomm

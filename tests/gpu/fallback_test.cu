@@ -1,0 +1,139 @@
+// The path decision on a real GPU: the functional check through same-device peer mappings, and
+// NCCL carrying the calls tpcomm's kernels do not take, through real NCCL communicators of one
+// rank (owned by tpcomm, and borrowed from the caller).
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <string>
+#include <vector>
+
+#include "fallback/nccl_library.h"
+#include "gpu_test_util.cuh"
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+namespace testing {
+namespace {
+
+// Int32 inputs (a type only NCCL reduces) and their check, on one rank.
+__global__ void fillInts(int* out, size_t count) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    out[i] = static_cast<int>(i * 7 % 1001) - 500;
+  }
+}
+
+__global__ void checkInts(const int* out, size_t count, unsigned long long* wrong) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    if (out[i] != static_cast<int>(i * 7 % 1001) - 500) atomicAdd(wrong, 1ull);
+  }
+}
+
+const nccl::Library* ncclOrSkip() {
+  std::string why;
+  const nccl::Library* lib = nccl::library(&why);
+  return lib;
+}
+
+// Runs an int32 and a float32 all-reduce on a one-rank communicator and checks both.
+void checkOneRank(tpcComm_t comm, cudaStream_t stream) {
+  const size_t count = 4099;
+  DeviceBuffer in(count * sizeof(int)), out(count * sizeof(int));
+  Counter wrong;
+  fillInts<<<checkGrid(count), 256, 0, stream>>>(in.get<int>(), count);
+  ASSERT_EQ(tpcSuccess, tpcAllReduce(in.get(), out.get(), count, tpcInt32, tpcSum, comm, stream))
+      << tpcCommGetLastError(comm);
+  checkInts<<<checkGrid(count), 256, 0, stream>>>(out.get<int>(), count, wrong.get());
+  fillExact<<<checkGrid(count), 256, 0, stream>>>(in.get<float>(), count, 0, 5);
+  ASSERT_EQ(tpcSuccess, tpcAllReduce(in.get(), out.get(), count, tpcFloat32, tpcSum, comm, stream))
+      << tpcCommGetLastError(comm);
+  checkExact<<<checkGrid(count), 256, 0, stream>>>(out.get<float>(), count, 1, 5, wrong.get());
+  CUDA_OK(cudaStreamSynchronize(stream));
+  EXPECT_EQ(0u, wrong.read());
+}
+
+TEST(PathDecision, FunctionalCheckOnSameDeviceRanks) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(3);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  for (int r = 0; r < 3; ++r) {
+    tpcPathInfo_t info;
+    TPC_OK(tpcCommGetPathInfo(ranks.comms[r], &info));
+    EXPECT_EQ(1, info.customPath);
+    EXPECT_EQ(1, info.p2pVerified) << "every rank wrote through its peers' mappings";
+    EXPECT_NE(std::string::npos, std::string(info.reason).find("share device")) << info.reason;
+    EXPECT_EQ(0, info.ncclAvailable);
+    EXPECT_NE(std::string::npos, std::string(info.nccl).find("share a GPU")) << info.nccl;
+  }
+}
+
+TEST(PathDecision, WithoutNcclUnsupportedTypesAreRefusedClearly) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(2);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  ranks.use(0);
+  DeviceBuffer buf(64);
+  EXPECT_EQ(tpcNotSupported, tpcAllReduce(buf.get(), buf.get(), 4, tpcInt32, tpcSum, ranks.comms[0],
+                                          ranks.streams[0]));
+  const std::string message = tpcCommGetLastError(ranks.comms[0]);
+  EXPECT_NE(std::string::npos, message.find("needs NCCL")) << message;
+  tpcAlgorithm_t algo;
+  TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], size_t{1} << 30, tpcBfloat16, &algo));
+  EXPECT_EQ(tpcAlgoTwoShot, algo) << "without NCCL the kernels take every size";
+}
+
+TEST(NcclFallback, OwnedCommunicatorOfOneRank) {
+  SKIP_WITHOUT_GPU();
+  if (ncclOrSkip() == nullptr) GTEST_SKIP() << "NCCL is not installed";
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.maxBytes = 1024;  // larger messages go to NCCL
+  Ranks ranks(1, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  tpcPathInfo_t info;
+  TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
+  EXPECT_EQ(1, info.ncclAvailable) << info.nccl;
+  EXPECT_NE(std::string::npos, std::string(info.nccl).find("created by tpcomm")) << info.nccl;
+  tpcAlgorithm_t algo;
+  TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], 4099, tpcFloat32, &algo));
+  EXPECT_EQ(tpcAlgoNccl, algo);
+  TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], 16, tpcFloat32, &algo));
+  EXPECT_EQ(tpcAlgoOneShot, algo);
+  TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], 16, tpcInt32, &algo));
+  EXPECT_EQ(tpcAlgoNccl, algo);
+  ranks.use(0);
+  checkOneRank(ranks.comms[0], ranks.streams[0]);
+}
+
+TEST(NcclFallback, BorrowedCommunicatorIsNeverDestroyed) {
+  SKIP_WITHOUT_GPU();
+  const nccl::Library* lib = ncclOrSkip();
+  if (lib == nullptr) GTEST_SKIP() << "NCCL is not installed";
+  CUDA_OK(cudaSetDevice(0));
+  nccl::UniqueId id;
+  ASSERT_EQ(nccl::kSuccess, lib->getUniqueId(&id));
+  nccl::Comm borrowed = nullptr;
+  ASSERT_EQ(nccl::kSuccess, lib->commInitRank(&borrowed, 1, id, 0));
+  {
+    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+    config.ncclComm = borrowed;
+    config.algorithm = tpcAlgoNccl;
+    Ranks ranks(1, config);
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    tpcPathInfo_t info;
+    TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
+    EXPECT_NE(std::string::npos, std::string(info.nccl).find("caller's communicator")) << info.nccl;
+    ranks.use(0);
+    checkOneRank(ranks.comms[0], ranks.streams[0]);
+  }
+  // tpcomm is gone; the caller's communicator still works.
+  DeviceBuffer buf(64);
+  EXPECT_EQ(nccl::kSuccess,
+            lib->allReduce(buf.get(), buf.get(), 4, tpcFloat32, tpcSum, borrowed, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(nccl::kSuccess, lib->commDestroy(borrowed));
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace tpcomm
