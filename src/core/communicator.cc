@@ -145,12 +145,12 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
   TPC_CHECK(agree(nccl_.setUp(config_, *bootstrap_, sharesDevice_), "setting up NCCL"));
   if (!topology_.decision.custom && !nccl_.available()) {
     return fail(tpcNotSupported,
-                "rank %d: tpcomm's kernels cannot serve these devices (%s), and there is no NCCL "
-                "to fall back on (%s)",
+                "rank %d: tpcomm's kernels cannot serve these devices (%s), and NCCL is not "
+                "available to fall back on (%s)",
                 rank_, topology_.decision.reason.c_str(), nccl_.description().c_str());
   }
   if (config_.algorithm == tpcAlgoNccl && !nccl_.available()) {
-    return fail(tpcInvalidUsage, "rank %d: the algorithm is nccl, but there is no NCCL (%s)", rank_,
+    return fail(tpcInvalidUsage, "rank %d: the algorithm is nccl, but NCCL is not available (%s)", rank_,
                 nccl_.description().c_str());
   }
   policy_.forced = config_.algorithm;
@@ -301,7 +301,7 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   if (!kernelsCan) {
     return fail(tpcNotSupported,
                 "rank %d: all-reduce %s over %s needs NCCL (tpcomm's kernels sum float32, "
-                "float16 and bfloat16), and there is none: %s",
+                "float16 and bfloat16), and NCCL is not available (%s)",
                 rank_, opName(op), typeName(type), nccl_.description().c_str());
   }
   return launchKernels(route, sendbuff, recvbuff, count, type, stream);

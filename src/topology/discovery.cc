@@ -136,9 +136,12 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
     if (t.sameDevice(rank, p)) continue;
     row[p].nvlink = nvml::nvlinkBetween(lib, peers[rank].busId, peers[p].busId);
     if (peers[p].visibleDevice >= 0) {
-      int can = 0;
+      // Both of the runtime's answers must agree that the pair can access each other.
+      int can = 0, supported = 0;
       TPC_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peers[p].visibleDevice));
-      row[p].peerAccess = can ? Fact::kYes : Fact::kNo;
+      TPC_CUDA_CHECK(cudaDeviceGetP2PAttribute(&supported, cudaDevP2PAttrAccessSupported, device,
+                                               peers[p].visibleDevice));
+      row[p].peerAccess = can && supported ? Fact::kYes : Fact::kNo;
     }
   }
   if (switches.p2pCheck) TPC_CHECK(runCheck(bootstrap, peers, myCheckWords, &row));

@@ -70,7 +70,7 @@ TEST(PathDecision, FunctionalCheckOnSameDeviceRanks) {
 
 TEST(PathDecision, WithoutNcclUnsupportedTypesAreRefusedClearly) {
   SKIP_WITHOUT_GPU();
-  Ranks ranks(2);
+  Ranks ranks(3);
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   ranks.use(0);
   DeviceBuffer buf(64);
@@ -78,6 +78,7 @@ TEST(PathDecision, WithoutNcclUnsupportedTypesAreRefusedClearly) {
                                           ranks.streams[0]));
   const std::string message = tpcCommGetLastError(ranks.comms[0]);
   EXPECT_NE(std::string::npos, message.find("needs NCCL")) << message;
+  EXPECT_NE(std::string::npos, message.find("share a GPU")) << message;
   tpcAlgorithm_t algo;
   TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], size_t{1} << 30, tpcBfloat16, &algo));
   EXPECT_EQ(tpcAlgoTwoShot, algo) << "without NCCL the kernels take every size";
