@@ -32,9 +32,6 @@ class Communicator {
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
   int device() const { return device_; }
-  const ResolvedConfig& config() const { return config_; }
-  // Blocks per kernel this communicator never exceeds (agreed by all ranks at init).
-  int blockCap() const { return blockCap_; }
   const DiscoveryResult& topology() const { return topology_; }
   const NcclFallback& nccl() const { return nccl_; }
 

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/env.h"
+
 namespace tpcomm {
 namespace perf {
 namespace {
@@ -76,27 +78,7 @@ std::string usage() {
          "  -h, --help                 this text\n";
 }
 
-bool parseSize(const std::string& text, size_t* bytes) {
-  if (text.empty() || text[0] < '0' || text[0] > '9') return false;
-  errno = 0;
-  char* end = nullptr;
-  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-  if (errno != 0) return false;
-  const std::string suffix(end);
-  unsigned shift = 0;
-  if (suffix == "K" || suffix == "k") {
-    shift = 10;
-  } else if (suffix == "M" || suffix == "m") {
-    shift = 20;
-  } else if (suffix == "G" || suffix == "g") {
-    shift = 30;
-  } else if (!suffix.empty()) {
-    return false;
-  }
-  if (value > (~0ull >> shift)) return false;
-  *bytes = static_cast<size_t>(value << shift);
-  return true;
-}
+bool parseSize(const std::string& text, size_t* bytes) { return parseByteSize(text, bytes); }
 
 bool parseDataType(const std::string& text, tpcDataType_t* type) {
   if (text == "float" || text == "float32" || text == "f32") {
