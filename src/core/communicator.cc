@@ -150,8 +150,8 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
                 rank_, topology_.decision.reason.c_str(), nccl_.description().c_str());
   }
   if (config_.algorithm == tpcAlgoNccl && !nccl_.available()) {
-    return fail(tpcInvalidUsage, "rank %d: the algorithm is nccl, but NCCL is not available (%s)", rank_,
-                nccl_.description().c_str());
+    return fail(tpcInvalidUsage, "rank %d: the algorithm is nccl, but NCCL is not available (%s)",
+                rank_, nccl_.description().c_str());
   }
   policy_.forced = config_.algorithm;
   policy_.customPath = topology_.decision.custom;
@@ -181,17 +181,15 @@ tpcResult_t Communicator::agree(tpcResult_t mine, const char* step) {
 void Communicator::chooseBlockCap(const std::vector<RankInfo>& all) {
   // Every rank computes the same cap from the same gathered facts, so all launch equal grids.
   int cap = device::kMaxBlocks;
-  bool sharedDevice = false;
   for (int r = 0; r < nranks_; ++r) {
     int onDevice = 0;
     for (int q = 0; q < nranks_; ++q) {
       onDevice += std::memcmp(all[q].uuid, all[r].uuid, sizeof(all[r].uuid)) == 0;
     }
-    sharedDevice = sharedDevice || onDevice > 1;
     // Ranks sharing a device spin on each other: all their blocks must be resident at once.
     cap = std::min(cap, residentBlockShare(all[r].blocksPerSm, all[r].smCount, onDevice));
   }
-  if (!sharedDevice) cap = std::min(cap, kNvlinkMaxBlocks);
+  if (!sharesDevice_) cap = std::min(cap, kNvlinkMaxBlocks);
   if (config_.maxBlocks > 0) {
     if (config_.maxBlocks > cap) {
       TPC_INFO("rank %d: maxBlocks %d lowered to %d so that every rank's blocks stay resident",

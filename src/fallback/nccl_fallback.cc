@@ -63,12 +63,18 @@ tpcResult_t NcclFallback::setUp(const ResolvedConfig& config, Bootstrap& bootstr
       return tpcSuccess;
     }
   }
-  std::string id(sizeof(nccl::UniqueId), '\0');
+  // Rank 0 sends an empty id when it has none, so that no rank waits in ncclCommInitRank.
+  std::string id;
   nccl::Result res = nccl::kSuccess;
-  if (rank == 0) res = lib_->getUniqueId(reinterpret_cast<nccl::UniqueId*>(&id[0]));
+  if (rank == 0) {
+    id.assign(sizeof(nccl::UniqueId), '\0');
+    res = lib_->getUniqueId(reinterpret_cast<nccl::UniqueId*>(&id[0]));
+    if (res != nccl::kSuccess) id.clear();
+  }
   TPC_CHECK(bootstrap.broadcast(0, &id));
-  if (rank == 0 && res != nccl::kSuccess) {
-    return fail(fromNccl(res), "rank 0: ncclGetUniqueId failed: %s", lib_->getErrorString(res));
+  if (id.size() != sizeof(nccl::UniqueId)) {
+    return fail(rank == 0 ? fromNccl(res) : tpcRemoteError,
+                "rank %d: no NCCL communicator, since ncclGetUniqueId failed on rank 0", rank);
   }
   nccl::UniqueId ncclId;
   std::memcpy(&ncclId, id.data(), sizeof(ncclId));
