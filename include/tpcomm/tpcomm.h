@@ -105,6 +105,9 @@ typedef struct {
                            never destroys it; NULL: see ncclFallback */
   int ncclFallback;     /* TPC_NCCL_AUTO or TPC_NCCL_OFF */
   size_t maxBytes;      /* larger messages always go to NCCL when it is there; 0: table only */
+  int zeroCopyGraphs;   /* 1: captured all-reduces read their peers' inputs in place; the graph
+                           may run only after tpcCommRegisterGraphBuffers */
+  int graphSlots;       /* captured zero-copy calls a communicator can hold; 0: 65536 */
 } tpcConfig_t;
 
 #define TPC_CONFIG_MAGIC 0x74706331u /* "tpc1" */
@@ -171,6 +174,41 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
  * communicator has one (tpcNotSupported otherwise). */
 tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t datatype,
                          tpcRedOp_t op, tpcComm_t comm, cudaStream_t stream);
+
+/* Zero-copy all-reduces: the kernels read every rank's input where it lies instead of copying it
+ * into a staging buffer first (out-of-place calls only; an in-place call always stages).
+ *
+ * With config.zeroCopyGraphs set, every all-reduce captured into a CUDA graph records its input
+ * and reads its peers' inputs through a slot of its own. After capturing (one or several graphs,
+ * on one or several streams), every rank calls tpcCommRegisterGraphBuffers, which exchanges the
+ * recorded inputs in call order (ranks may allocate differently) and maps each peer allocation
+ * once. A graph launched before that fails: its kernels stop at once and the communicator
+ * reports tpcInvalidUsage. Inputs in cudaMalloc memory and in cuMem memory exported as POSIX file
+ * descriptors (PyTorch's expandable segments) are read in place; other memory is copied through
+ * staging for that call, with an INFO line. Collective. */
+tpcResult_t tpcCommRegisterGraphBuffers(tpcComm_t comm);
+
+/* Registers `size` bytes at `buff` for eager zero-copy calls: an out-of-place all-reduce whose
+ * input lies inside a registered buffer reads every rank's registered buffer at the same offset,
+ * so every rank must register its own buffer and call with the same offsets into it. Collective;
+ * *handle names the registration until tpcCommDeregister. */
+tpcResult_t tpcCommRegister(tpcComm_t comm, void* buff, size_t size, void** handle);
+
+/* Waits for this rank's work on its device, then, with every rank, forgets a registration and
+ * unmaps its peers' buffers. Collective. */
+tpcResult_t tpcCommDeregister(tpcComm_t comm, void* handle);
+
+/* Device memory a rank holds, for comparisons with NCCL's footprint. */
+typedef struct {
+  size_t deviceBytes; /* this rank's own: signals, staging, scratch, zero-copy slots */
+  size_t hostBytes;   /* pinned host memory */
+  size_t peerBytes;   /* peers' memory mapped into this process (shared buffers, registered
+                         buffers); 0 for peers in the same process */
+  int slotsUsed;      /* zero-copy slots taken by captured calls and registrations */
+  int slots;          /* all zero-copy slots */
+} tpcMemoryInfo_t;
+
+tpcResult_t tpcCommGetMemoryInfo(tpcComm_t comm, tpcMemoryInfo_t* info);
 
 /* A short description of a result code. Never NULL. */
 const char* tpcGetErrorString(tpcResult_t result);

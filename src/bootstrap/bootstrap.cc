@@ -350,4 +350,55 @@ tpcResult_t Bootstrap::allGatherFd(int fd, std::vector<int>* fds) {
   return tpcSuccess;
 }
 
+tpcResult_t Bootstrap::allGatherFds(const std::vector<int>& mine,
+                                    std::vector<std::vector<int>>* all) {
+  std::vector<std::string> counts;
+  TPC_CHECK(allGather(std::to_string(mine.size()), &counts));
+  const Deadline dl = deadline();
+  all->assign(nranks_, std::vector<int>());
+  auto closeAll = [all] {
+    for (std::vector<int>& fds : *all) {
+      for (int fd : fds) ::close(fd);
+      fds.clear();
+    }
+  };
+  auto receive = [&](const Socket& s, int from, int owner) -> tpcResult_t {
+    const size_t n = std::stoul(counts[owner]);
+    for (size_t i = 0; i < n; ++i) {
+      int fd = -1;
+      const IoStatus st = recvFd(s, &fd, dl);
+      if (!st.ok()) {
+        closeAll();
+        return ioFailure(st, from, "waiting for file descriptors from");
+      }
+      (*all)[owner].push_back(fd);
+    }
+    return tpcSuccess;
+  };
+  if (rank_ != 0) {
+    for (int fd : mine) {
+      const IoStatus st = sendFd(root_, fd, dl);
+      if (!st.ok()) return ioFailure(st, 0, "passing file descriptors to");
+    }
+    for (int q = 0; q < nranks_; ++q) {
+      if (q != rank_) TPC_CHECK(receive(root_, 0, q));
+    }
+    return tpcSuccess;
+  }
+  for (int r = 1; r < nranks_; ++r) TPC_CHECK(receive(peers_[r], r, r));
+  for (int r = 1; r < nranks_; ++r) {
+    for (int q = 0; q < nranks_; ++q) {
+      if (q == r) continue;
+      for (int fd : q == 0 ? mine : (*all)[q]) {
+        const IoStatus st = sendFd(peers_[r], fd, dl);
+        if (!st.ok()) {
+          closeAll();
+          return ioFailure(st, r, "passing file descriptors to");
+        }
+      }
+    }
+  }
+  return tpcSuccess;
+}
+
 }  // namespace tpcomm

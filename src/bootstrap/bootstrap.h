@@ -56,6 +56,9 @@ class Bootstrap {
   tpcResult_t barrier();
   // (*fds)[r] is a new descriptor for rank r's `fd`, owned by the caller; (*fds)[rank()] is -1.
   tpcResult_t allGatherFd(int fd, std::vector<int>* fds);
+  // Any number of descriptors per rank: (*all)[r] are new descriptors for rank r's, owned by
+  // the caller; (*all)[rank()] stays empty.
+  tpcResult_t allGatherFds(const std::vector<int>& mine, std::vector<std::vector<int>>* all);
 
  private:
   Bootstrap(int rank, int nranks, std::chrono::milliseconds timeout)

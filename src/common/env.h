@@ -31,6 +31,10 @@ enum class EnvVar {
   kMaxBytes,
   // 0 keeps NCCL out entirely, like ncclFallback = TPC_NCCL_OFF.
   kNccl,
+  // 1 makes captured all-reduces zero-copy when the config leaves zeroCopyGraphs at 0.
+  kZeroCopyGraphs,
+  // Zero-copy slots per communicator when the config leaves graphSlots at 0.
+  kGraphSlots,
   kCount
 };
 

@@ -216,6 +216,30 @@ TPC_API tpcResult_t tpcCommGetPathInfo(tpcComm_t comm, tpcPathInfo_t* info) {
   return tpcSuccess;
 }
 
+TPC_API tpcResult_t tpcCommRegisterGraphBuffers(tpcComm_t comm) {
+  TPC_CHECK(checkComm(comm, "tpcCommRegisterGraphBuffers"));
+  return remember(comm, comm->impl->registerGraphBuffers());
+}
+
+TPC_API tpcResult_t tpcCommRegister(tpcComm_t comm, void* buff, size_t size, void** handle) {
+  TPC_CHECK(checkComm(comm, "tpcCommRegister"));
+  return remember(comm, comm->impl->registerBuffer(buff, size, handle));
+}
+
+TPC_API tpcResult_t tpcCommDeregister(tpcComm_t comm, void* handle) {
+  TPC_CHECK(checkComm(comm, "tpcCommDeregister"));
+  return remember(comm, comm->impl->deregister(handle));
+}
+
+TPC_API tpcResult_t tpcCommGetMemoryInfo(tpcComm_t comm, tpcMemoryInfo_t* info) {
+  TPC_CHECK(checkComm(comm, "tpcCommGetMemoryInfo"));
+  if (info == nullptr) {
+    return remember(comm, fail(tpcInvalidArgument, "tpcCommGetMemoryInfo: info is NULL"));
+  }
+  *info = comm->impl->memoryInfo();
+  return tpcSuccess;
+}
+
 TPC_API tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                  tpcDataType_t datatype, tpcRedOp_t op, tpcComm_t comm,
                                  cudaStream_t stream) {

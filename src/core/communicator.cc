@@ -71,6 +71,12 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   }
   mapPeers(all);
   TPC_CHECK(decidePaths(all));
+  std::vector<bool> sameProcess(nranks_);
+  for (int r = 0; r < nranks_; ++r) sameProcess[r] = all[r].buffer.processToken == processToken();
+  TPC_CHECK(agree(
+      registry_.init(rank_, nranks_,
+                     config_.zeroCopyGraphs ? config_.graphSlots : kRegistrationSlots, sameProcess),
+      "allocating its zero-copy slots"));
   if (topology_.decision.custom) {
     chooseBlockCap(all);
     buildParams();
@@ -232,10 +238,18 @@ std::string Communicator::describeFailure(const device::FailureRecord& record) c
   const char* algorithm = record.algorithm >= 0 && record.algorithm < device::kNumAlgorithms
                               ? kAlgorithms[record.algorithm]
                               : "unknown";
+  char text[512];
+  if (record.kind == device::kFailureUnregistered) {
+    std::snprintf(text, sizeof(text),
+                  "rank %d (device %d): a CUDA graph with zero-copy all-reduces ran before "
+                  "tpcCommRegisterGraphBuffers registered its buffers; the communicator can no "
+                  "longer be used",
+                  record.rank, device_);
+    return text;
+  }
   const char* waitingFor = record.phase >= 0 && record.phase <= device::kPhasePeersDone
                                ? kWaits[record.phase]
                                : "to signal";
-  char text[512];
   std::snprintf(text, sizeof(text),
                 "rank %d (device %d): %s all-reduce timed out after %.3f s in block %d waiting "
                 "for rank %d %s; the communicator can no longer be used",
@@ -247,7 +261,8 @@ std::string Communicator::describeFailure(const device::FailureRecord& record) c
 tpcResult_t Communicator::checkHealthy() {
   if (stickyError_ == tpcSuccess && failure_.host() != nullptr && failure_.host()->ready) {
     std::atomic_thread_fence(std::memory_order_acquire);
-    stickyError_ = tpcTimeout;
+    stickyError_ =
+        failure_.host()->kind == device::kFailureUnregistered ? tpcInvalidUsage : tpcTimeout;
     stickyMessage_ = describeFailure(*failure_.host());
   }
   if (stickyError_ == tpcSuccess) return tpcSuccess;
@@ -302,15 +317,39 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
                 "float16 and bfloat16), and NCCL is not available (%s)",
                 rank_, opName(op), typeName(type), nccl_.description().c_str());
   }
-  return launchKernels(route, sendbuff, recvbuff, count, type, stream);
+  return launchKernels(route, sendbuff, recvbuff, count, type, stream, capturing);
 }
 
 tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void* recvbuff,
-                                        size_t count, tpcDataType_t type, cudaStream_t stream) {
+                                        size_t count, tpcDataType_t type, cudaStream_t stream,
+                                        bool capturing) {
   const size_t elemBytes = typeSize(type);
+  const size_t bytes = count * elemBytes;
+  // Zero-copy: out of place only, since peers read this rank's input while it writes its output.
+  const device::SourceSlot* slot = nullptr;
+  size_t sourceOffset = 0;
+  if (sendbuff != recvbuff) {
+    int s = -1;
+    if (registry_.hasRegistrations() &&
+        registry_.findRegistered(sendbuff, bytes, &s, &sourceOffset)) {
+      slot = registry_.deviceSlot(s);
+    } else if (capturing && config_.zeroCopyGraphs) {
+      s = registry_.reserveGraphSlot(sendbuff, bytes);
+      if (s >= 0) {
+        slot = registry_.deviceSlot(s);
+      } else if (!warnedSlotsExhausted_) {
+        warnedSlotsExhausted_ = true;
+        TPC_WARN(
+            "rank %d: all %d zero-copy slots are taken; further captured calls copy through "
+            "staging (raise graphSlots)",
+            rank_, registry_.capacity());
+      }
+    }
+  }
   const device::Algorithm algorithm =
       route == Route::kTwoShot ? device::kTwoShot : device::kOneShot;
   device::AllReduceParams p = params_[algorithm];
+  p.slot = slot;
   const size_t chunkElems = layout_.stagingBytes / elemBytes;
   for (size_t offset = 0; offset < count; offset += chunkElems) {
     p.input = static_cast<const char*>(sendbuff) + offset * elemBytes;
@@ -318,10 +357,53 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
     p.count = std::min(chunkElems, count - offset);
     p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
     p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
+    p.sourceOffset = sourceOffset + offset * elemBytes;
     const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, blockCap_);
     TPC_CUDA_CHECK(launchAllReduce(type, algorithm, p, blocks, stream));
   }
   return tpcSuccess;
+}
+
+tpcResult_t Communicator::registerGraphBuffers() {
+  TPC_CHECK(checkHealthy());
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  TPC_INFO("rank %d: registering the buffers of %zu captured calls", rank_,
+           registry_.pendingGraphCalls());
+  return registry_.registerGraphBuffers(*bootstrap_);
+}
+
+tpcResult_t Communicator::registerBuffer(void* buff, size_t bytes, void** handle) {
+  TPC_CHECK(checkHealthy());
+  if (buff == nullptr || bytes == 0 || handle == nullptr) {
+    return fail(tpcInvalidArgument, "rank %d: tpcCommRegister needs a buffer, a size and a handle",
+                rank_);
+  }
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  uint64_t id = 0;
+  TPC_CHECK(registry_.registerBuffer(*bootstrap_, buff, bytes, &id));
+  *handle = reinterpret_cast<void*>(id);
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::deregister(void* handle) {
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  return registry_.deregister(*bootstrap_, reinterpret_cast<uint64_t>(handle));
+}
+
+tpcMemoryInfo_t Communicator::memoryInfo() const {
+  tpcMemoryInfo_t info{};
+  info.deviceBytes = layout_.totalBytes + registry_.tableBytes();
+  info.hostBytes = sizeof(device::FailureRecord);
+  for (const PeerMapping& peer : peers_) {
+    if (peer.opened()) info.peerBytes += layout_.totalBytes;
+  }
+  info.peerBytes += registry_.mappedBytes();
+  info.slotsUsed = registry_.slotsUsed();
+  info.slots = registry_.capacity();
+  return info;
 }
 
 Route Communicator::routeFor(size_t count, tpcDataType_t type) const {
@@ -373,6 +455,7 @@ tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {
 tpcResult_t Communicator::releaseResources() {
   tpcResult_t result = tpcSuccess;
   nccl_.release();
+  registry_.release();
   for (PeerMapping& peer : peers_) {
     if (peer.release() != tpcSuccess) result = tpcUnhandledCudaError;
   }

@@ -12,6 +12,7 @@
 #include "core/algorithm.h"
 #include "core/config.h"
 #include "fallback/nccl_fallback.h"
+#include "memory/registry.h"
 #include "memory/shared_buffer.h"
 #include "topology/discovery.h"
 #include "tpcomm/device/params.cuh"
@@ -44,6 +45,12 @@ class Communicator {
   tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                         tpcRedOp_t op, cudaStream_t stream);
 
+  // Zero-copy registration (collective); see tpcomm.h.
+  tpcResult_t registerGraphBuffers();
+  tpcResult_t registerBuffer(void* buff, size_t bytes, void** handle);
+  tpcResult_t deregister(void* handle);
+  tpcMemoryInfo_t memoryInfo() const;
+
   // Overrides the configured algorithm for later calls; tests and tuning tools switch algorithms
   // on one communicator with it.
   void forceAlgorithm(tpcAlgorithm_t algorithm) { policy_.forced = algorithm; }
@@ -73,7 +80,7 @@ class Communicator {
   }
   std::string describeFailure(const device::FailureRecord& record) const;
   tpcResult_t launchKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
-                            tpcDataType_t type, cudaStream_t stream);
+                            tpcDataType_t type, cudaStream_t stream, bool capturing);
   tpcResult_t releaseResources();
 
   int rank_;
@@ -87,6 +94,8 @@ class Communicator {
   MappedHost<device::FailureRecord> failure_;
   DiscoveryResult topology_;
   NcclFallback nccl_;
+  Registry registry_;
+  bool warnedSlotsExhausted_ = false;
   AlgorithmTable table_ = AlgorithmTable::defaults();
   RoutePolicy policy_;
   device::AllReduceParams params_[device::kNumAlgorithms] = {};

@@ -62,7 +62,8 @@ std::string ResolvedConfig::digest() const {
          " timeoutMs=" + std::to_string(timeoutMs) +
          " nccl=" + (ncclComm != nullptr ? "borrowed" : (ncclOff ? "off" : "auto")) +
          " maxBytes=" + std::to_string(maxBytes) + " disabled=" + (disabled ? "1" : "0") +
-         " p2pCheck=" + (p2pCheck ? "1" : "0");
+         " p2pCheck=" + (p2pCheck ? "1" : "0") + " zeroCopyGraphs=" + (zeroCopyGraphs ? "1" : "0") +
+         " graphSlots=" + std::to_string(graphSlots);
 }
 
 namespace {
@@ -194,6 +195,31 @@ tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
     return fail(tpcInvalidArgument, "%s=%s: expected 0 or 1", envName(EnvVar::kP2pCheck),
                 envValue(EnvVar::kP2pCheck));
   }
+
+  const int zeroCopy = TPC_HAS_FIELD(config, zeroCopyGraphs) ? config->zeroCopyGraphs : 0;
+  if (zeroCopy != 0 && zeroCopy != 1) {
+    return fail(tpcInvalidArgument, "zeroCopyGraphs %d is neither 0 nor 1", zeroCopy);
+  }
+  if (zeroCopy == 1) {
+    r.zeroCopyGraphs = true;
+  } else if (!envFlag(EnvVar::kZeroCopyGraphs, false, &r.zeroCopyGraphs)) {
+    return fail(tpcInvalidArgument, "%s=%s: expected 0 or 1", envName(EnvVar::kZeroCopyGraphs),
+                envValue(EnvVar::kZeroCopyGraphs));
+  }
+  int slots = TPC_HAS_FIELD(config, graphSlots) ? config->graphSlots : 0;
+  if (slots < 0 || slots > (1 << 24)) {
+    return fail(tpcInvalidArgument, "graphSlots %d is outside [1, %d] (0 for the default)", slots,
+                1 << 24);
+  }
+  if (slots == 0) {
+    if (const char* text = envValue(EnvVar::kGraphSlots)) {
+      if (!parsePositiveInt(text, &slots) || slots > (1 << 24)) {
+        return fail(tpcInvalidArgument, "%s=%s is not a slot count", envName(EnvVar::kGraphSlots),
+                    text);
+      }
+    }
+  }
+  if (slots != 0) r.graphSlots = slots;
 
   *out = r;
   return tpcSuccess;

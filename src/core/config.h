@@ -16,6 +16,11 @@ constexpr size_t kMaxStagingBytes = size_t{4} << 30;
 // Long enough for ranks that start minutes apart (model loading, compilation), short enough that
 // a dead peer is reported rather than hanging a job forever.
 constexpr int kDefaultTimeoutMs = 300 * 1000;
+// An engine captures every layer's two all-reduces for each of dozens of batch sizes: room for
+// tens of thousands of captured calls (72 bytes each on the device).
+constexpr int kDefaultGraphSlots = 65536;
+// Slots for eager registrations when captured calls do not read in place.
+constexpr int kRegistrationSlots = 256;
 
 struct ResolvedConfig {
   size_t stagingBytes = kDefaultStagingBytes;
@@ -27,6 +32,8 @@ struct ResolvedConfig {
   size_t maxBytes = 0;  // 0: the algorithm table alone decides
   bool disabled = false;
   bool p2pCheck = true;
+  bool zeroCopyGraphs = false;
+  int graphSlots = kDefaultGraphSlots;
 
   // A readable summary; ranks compare them at rendezvous and must agree.
   std::string digest() const;

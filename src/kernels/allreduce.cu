@@ -25,16 +25,12 @@ cudaError_t launchAllReduce(tpcDataType_t type, device::Algorithm algorithm,
 }
 
 cudaError_t allReduceBlocksPerSm(int* blocks) {
-  int fewest = device::kMaxBlocks;
-  for (int a = 0; a < device::kNumAlgorithms; ++a) {
-    int f32 = 0, f16 = 0, bf16 = 0;
-    cudaError_t err = device::residentBlocksPerSm<float>(a, &f32);
-    if (err == cudaSuccess) err = device::residentBlocksPerSm<__half>(a, &f16);
-    if (err == cudaSuccess) err = device::residentBlocksPerSm<__nv_bfloat16>(a, &bf16);
-    if (err != cudaSuccess) return err;
-    fewest = std::min({fewest, f32, f16, bf16});
-  }
-  *blocks = fewest;
+  int f32 = 0, f16 = 0, bf16 = 0;
+  cudaError_t err = device::residentBlocksPerSm<float>(&f32);
+  if (err == cudaSuccess) err = device::residentBlocksPerSm<__half>(&f16);
+  if (err == cudaSuccess) err = device::residentBlocksPerSm<__nv_bfloat16>(&bf16);
+  if (err != cudaSuccess) return err;
+  *blocks = std::min({f32, f16, bf16});
   return cudaSuccess;
 }
 

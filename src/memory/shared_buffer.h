@@ -76,6 +76,8 @@ class PeerMapping {
   // Maps rank `peerRank`'s buffer for use by kernels of `rank` on the current device.
   tpcResult_t open(int rank, int peerRank, const BufferExport& peer);
   char* base() const { return base_; }
+  // Mapped through CUDA IPC (memory of another process), rather than shared within this one.
+  bool opened() const { return opened_; }
   tpcResult_t release();
 
  private:

@@ -36,20 +36,17 @@ std::string hexId() {
   return hex;
 }
 
-class MultiProcess : public ::testing::TestWithParam<int> {};
-
-TEST_P(MultiProcess, RanksInSeparateProcessesAgree) {
-  if (!haveGpu()) GTEST_SKIP() << "no CUDA device";
-  const int nranks = GetParam();
-  const std::string oneShot = hexId(), twoShot = hexId();
+// Starts one worker per rank with `args` after the rank and the rank count; waits for all.
+void runWorkers(int nranks, const std::vector<std::string>& args) {
   std::vector<pid_t> pids;
   for (int r = 0; r < nranks; ++r) {
-    const std::string rank = std::to_string(r), n = std::to_string(nranks);
-    char* argv[] = {const_cast<char*>(TPCOMM_MP_WORKER), const_cast<char*>(rank.c_str()),
-                    const_cast<char*>(n.c_str()),        const_cast<char*>(oneShot.c_str()),
-                    const_cast<char*>(twoShot.c_str()),  nullptr};
+    std::vector<std::string> words = {TPCOMM_MP_WORKER, std::to_string(r), std::to_string(nranks)};
+    words.insert(words.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& w : words) argv.push_back(w.data());
+    argv.push_back(nullptr);
     pid_t pid = 0;
-    ASSERT_EQ(0, posix_spawn(&pid, TPCOMM_MP_WORKER, nullptr, nullptr, argv, environ));
+    ASSERT_EQ(0, posix_spawn(&pid, TPCOMM_MP_WORKER, nullptr, nullptr, argv.data(), environ));
     pids.push_back(pid);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);
@@ -66,6 +63,20 @@ TEST_P(MultiProcess, RanksInSeparateProcessesAgree) {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << "rank " << r << " exit status " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
   }
+}
+
+class MultiProcess : public ::testing::TestWithParam<int> {};
+
+TEST_P(MultiProcess, RanksInSeparateProcessesAgree) {
+  if (!haveGpu()) GTEST_SKIP() << "no CUDA device";
+  runWorkers(GetParam(), {hexId(), hexId()});
+}
+
+// Zero-copy across processes: CUDA IPC handles of cudaMalloc allocations and cuMem file
+// descriptors passed over the rendezvous socket, mapped once per allocation.
+TEST_P(MultiProcess, ZeroCopyGraphsAndRegistrations) {
+  if (!haveGpu()) GTEST_SKIP() << "no CUDA device";
+  runWorkers(GetParam(), {hexId(), "zerocopy"});
 }
 
 INSTANTIATE_TEST_SUITE_P(Processes, MultiProcess, ::testing::Values(2, 4));

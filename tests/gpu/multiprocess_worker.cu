@@ -3,6 +3,12 @@
 // result was exact.
 //
 // usage: tpcomm_mp_worker RANK NRANKS ID_ONESHOT_HEX ID_TWOSHOT_HEX
+//        tpcomm_mp_worker RANK NRANKS ID_HEX zerocopy
+//
+// The zerocopy form captures all-reduces whose inputs lie in cudaMalloc memory (at offsets that
+// differ between ranks) and in cuMem memory, registers the graph's buffers across the processes
+// (CUDA IPC handles and file descriptors over the rendezvous socket), replays with fresh inputs,
+// then registers and deregisters an eager buffer 100 times and checks that nothing stays mapped.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -12,6 +18,7 @@
 #include <vector>
 
 #include "gpu/gpu_test_util.cuh"
+#include "gpu/vmm_buffer.h"
 #include "tpcomm/tpcomm.h"
 
 namespace {
@@ -73,9 +80,148 @@ int verifiedCall(tpcComm_t comm, int rank, int nranks, size_t count, bool inPlac
   return 0;
 }
 
+// Fills `count` inputs of this rank on the host and copies them to `in`.
+template <typename T>
+void upload(T* in, size_t count, int rank, uint32_t seed) {
+  std::vector<T> host(count);
+  for (size_t i = 0; i < count; ++i) {
+    host[i] = tpcomm::device::fromFloat<T>(static_cast<float>(exactValue(rank, i, seed)));
+  }
+  cudaMemcpy(in, host.data(), count * sizeof(T), cudaMemcpyHostToDevice);
+}
+
+// Elements of `out` that differ from the exact sum.
+template <typename T>
+size_t wrongElements(const T* out, size_t count, int nranks, uint32_t seed) {
+  std::vector<T> host(count);
+  cudaMemcpy(host.data(), out, count * sizeof(T), cudaMemcpyDeviceToHost);
+  size_t wrong = 0;
+  for (size_t i = 0; i < count; ++i) {
+    wrong += tpcomm::device::toFloat(host[i]) !=
+             static_cast<float>(tpcomm::verifiable::exactSum(nranks, i, seed));
+  }
+  return wrong;
+}
+
+int zeroCopyMain(int rank, int nranks, const tpcUniqueId& id) {
+  using T = __nv_bfloat16;
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.zeroCopyGraphs = 1;
+  config.stagingBytes = 256 << 10;
+  config.timeoutMs = 60000;
+  tpcComm_t comm = nullptr;
+  CHECK_TPC(tpcCommInitRank(&comm, nranks, id, rank, &config));
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+
+  const size_t counts[] = {7, 4099, 300001};
+  T *legacy = nullptr, *outs = nullptr;
+  cudaMalloc(&legacy, size_t{4} << 20);
+  cudaMalloc(&outs, size_t{4} << 20);
+  tpcomm::testing::VmmBuffer vmm(size_t{4} << 20);
+  if (!vmm.ok()) {
+    std::fprintf(stderr, "rank %d: cannot allocate cuMem memory\n", rank);
+    return 5;
+  }
+  struct Call {
+    T* in;
+    T* out;
+    size_t count;
+  };
+  std::vector<Call> calls;
+  size_t inAt = 64 * (rank + 1), vmmAt = 128 * rank, outAt = 0;  // ranks place them differently
+  for (size_t count : counts) {
+    calls.push_back(Call{legacy + inAt, outs + outAt, count});
+    outAt += count + 8;
+    calls.push_back(Call{vmm.get<T>() + vmmAt, outs + outAt, count});
+    outAt += count + 8;
+    inAt += (count + 7) / 8 * 8 + 8;
+    vmmAt += (count + 7) / 8 * 8 + 16;
+  }
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+  for (const Call& c : calls) {
+    CHECK_TPC(tpcAllReduce(c.in, c.out, c.count, tpcBfloat16, tpcSum, comm, stream));
+  }
+  cudaStreamEndCapture(stream, &graph);
+  cudaGraphInstantiate(&exec, graph, 0);
+  CHECK_TPC(tpcCommRegisterGraphBuffers(comm));
+  tpcMemoryInfo_t info;
+  CHECK_TPC(tpcCommGetMemoryInfo(comm, &info));
+  if (info.peerBytes == 0 || info.slotsUsed != static_cast<int>(calls.size())) {
+    std::fprintf(stderr, "rank %d: after registration %zu peer bytes mapped, %d slots used\n", rank,
+                 info.peerBytes, info.slotsUsed);
+    return 6;
+  }
+  for (uint32_t replay = 0; replay < 2; ++replay) {
+    for (size_t k = 0; k < calls.size(); ++k) {
+      upload(calls[k].in, calls[k].count, rank, 100 * replay + k);
+      cudaMemset(calls[k].out, 0xff, calls[k].count * sizeof(T));
+    }
+    cudaGraphLaunch(exec, stream);
+    if (cudaStreamSynchronize(stream) != cudaSuccess) return 3;
+    tpcResult_t async = tpcSuccess;
+    CHECK_TPC(tpcCommGetAsyncError(comm, &async));
+    if (async != tpcSuccess) {
+      std::fprintf(stderr, "rank %d: %s\n", rank, lastError(comm));
+      return 2;
+    }
+    for (size_t k = 0; k < calls.size(); ++k) {
+      const size_t wrong = wrongElements(calls[k].out, calls[k].count, nranks, 100 * replay + k);
+      if (wrong != 0) {
+        std::fprintf(stderr, "rank %d: replay %u call %zu: %zu of %zu wrong\n", rank, replay, k,
+                     wrong, calls[k].count);
+        return 1;
+      }
+    }
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+
+  // Eager registrations: the first one carries a verified call; none may leave anything mapped.
+  tpcMemoryInfo_t before, after;
+  CHECK_TPC(tpcCommGetMemoryInfo(comm, &before));
+  for (int cycle = 0; cycle < 100; ++cycle) {
+    void* handle = nullptr;
+    CHECK_TPC(tpcCommRegister(comm, legacy, size_t{4} << 20, &handle));
+    if (cycle == 0) {
+      upload(legacy + 1024, 4099, rank, 555);
+      CHECK_TPC(tpcAllReduce(legacy + 1024, outs, 4099, tpcBfloat16, tpcSum, comm, stream));
+      cudaStreamSynchronize(stream);
+      if (wrongElements(outs, 4099, nranks, 555) != 0) {
+        std::fprintf(stderr, "rank %d: the eager call on a registered buffer is wrong\n", rank);
+        return 1;
+      }
+    }
+    CHECK_TPC(tpcCommDeregister(comm, handle));
+  }
+  CHECK_TPC(tpcCommGetMemoryInfo(comm, &after));
+  if (after.peerBytes != before.peerBytes || after.slotsUsed != before.slotsUsed) {
+    std::fprintf(stderr, "rank %d: registrations leaked: %zu -> %zu peer bytes, %d -> %d slots\n",
+                 rank, before.peerBytes, after.peerBytes, before.slotsUsed, after.slotsUsed);
+    return 7;
+  }
+  CHECK_TPC(tpcCommDestroy(comm));
+  cudaFree(legacy);
+  cudaFree(outs);
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 5 && std::strcmp(argv[4], "zerocopy") == 0) {
+    const int rank = std::atoi(argv[1]);
+    int gpus = 0;
+    cudaGetDeviceCount(&gpus);
+    cudaSetDevice(gpus > 0 ? rank % gpus : 0);
+    tpcUniqueId id;
+    if (!decodeId(argv[3], &id)) return 64;
+    return zeroCopyMain(rank, std::atoi(argv[2]), id);
+  }
   if (argc != 5) {
     std::fprintf(stderr, "usage: %s RANK NRANKS ID_ONESHOT ID_TWOSHOT\n", argv[0]);
     return 64;

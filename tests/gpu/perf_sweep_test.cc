@@ -48,6 +48,19 @@ TEST(PerfProcesses, RanksAsProcessesReportToTheCoordinator) {
   EXPECT_NE(std::string::npos, out.find("# Out of bounds values : 0 OK")) << out;
 }
 
+TEST(PerfZeroCopy, GraphAndEagerSweepsVerify) {
+  if (!haveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (const char* mode : {"--graph", "--eager"}) {
+    std::string out;
+    const int status =
+        runPerf(std::string("-b 8K -e 1M -f 8 -n 3 -w 1 -c 1 -g 3 --zero-copy ") + mode, &out);
+    EXPECT_EQ(0, status) << out;
+    EXPECT_NE(std::string::npos, out.find(", zero-copy")) << out;
+    EXPECT_NE(std::string::npos, out.find("# tpcomm memory per rank")) << out;
+    EXPECT_NE(std::string::npos, out.find("# Out of bounds values : 0 OK")) << out;
+  }
+}
+
 TEST(PerfErrors, BadFlagIsAOneLineError) {
   std::string out;
   EXPECT_EQ(2, runPerf("-d int8", &out));

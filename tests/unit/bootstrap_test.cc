@@ -101,6 +101,29 @@ int fullRank(const tpcUniqueId& id, int rank, int nranks) {
     close(fds[r]);
   }
   close(fd);
+
+  // Any number of descriptors per rank: rank r shares r of them.
+  std::vector<int> mine;
+  for (int k = 0; k < rank; ++k) {
+    const int f = memfd_create("tpcomm-test", MFD_CLOEXEC);
+    const int value = 100 * rank + k;
+    if (f < 0 || pwrite(f, &value, sizeof(value), 0) != sizeof(value)) return kDataMismatch + 5;
+    mine.push_back(f);
+  }
+  std::vector<std::vector<int>> received;
+  if ((res = boot->allGatherFds(mine, &received)) != tpcSuccess) return res;
+  for (int r = 0; r < nranks; ++r) {
+    if (static_cast<int>(received[r].size()) != (r == rank ? 0 : r)) return kDataMismatch + 6;
+    for (size_t k = 0; k < received[r].size(); ++k) {
+      int seen = -1;
+      if (pread(received[r][k], &seen, sizeof(seen), 0) != sizeof(seen) ||
+          seen != 100 * r + static_cast<int>(k)) {
+        return kDataMismatch + 7;
+      }
+      close(received[r][k]);
+    }
+  }
+  for (int f : mine) close(f);
   return tpcSuccess;
 }
 

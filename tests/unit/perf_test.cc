@@ -246,6 +246,24 @@ TEST(PerfReport, GoldenTable) {
   EXPECT_EQ(3u, totalWrong(r));
 }
 
+TEST(PerfReport, MemoryLineAppearsOnceReported) {
+  Report r = goldenReport();
+  r.deviceBytes = size_t{24} << 20;
+  r.peerBytes = size_t{3} << 20;
+  r.slotsUsed = 520;
+  EXPECT_NE(std::string::npos,
+            formatFooter(r).find("# tpcomm memory per rank: 24.0 MiB on the device, 3.0 MiB of "
+                                 "peers mapped, 520 zero-copy slots taken"))
+      << formatFooter(r);
+  size_t device = 0, peers = 0;
+  int slots = 0;
+  ASSERT_TRUE(
+      decodeMemory(encodeMemory(r.deviceBytes, r.peerBytes, r.slotsUsed), &device, &peers, &slots));
+  EXPECT_EQ(r.deviceBytes, device);
+  EXPECT_EQ(r.peerBytes, peers);
+  EXPECT_EQ(520, slots);
+}
+
 TEST(PerfReport, GoldenJson) {
   const std::string expected =
       "{\n"
@@ -262,6 +280,8 @@ TEST(PerfReport, GoldenJson) {
       "  \"iters\": 20,\n"
       "  \"check\": true,\n"
       "  \"nccl\": \"off: NCCL cannot run several ranks on one GPU\",\n"
+      "  \"zero_copy\": false,\n"
+      "  \"memory\": {\"device_bytes\": 0, \"peer_bytes\": 0, \"slots_used\": 0},\n"
       "  \"devices\": [\n"
       "    {\"rank\": 0, \"pid\": 4242, \"host\": \"node1\", \"device\": 0, \"bus_id\": "
       "\"0000:18:00.0\", \"name\": \"NVIDIA H100 80GB HBM3\"},\n"

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -112,6 +113,15 @@ class Coordinator {
       printCompleteRows();
       return true;
     }
+    if (line.rfind("MEM ", 0) == 0) {
+      size_t device = 0, peers = 0;
+      int slots = 0;
+      if (!decodeMemory(line, &device, &peers, &slots)) return protocolError(rank, line);
+      report_->deviceBytes = std::max(report_->deviceBytes, device);
+      report_->peerBytes = std::max(report_->peerBytes, peers);
+      report_->slotsUsed = std::max(report_->slotsUsed, slots);
+      return true;
+    }
     if (line == "DONE") {
       done_[rank] = true;
       return true;
@@ -172,6 +182,7 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
   report.iters = o.iters;
   report.graphLaunches = o.graphLaunches;
   report.check = o.check;
+  report.zeroCopy = o.zeroCopy;
   report.dtype = dataTypeName(o.dtype);
   report.algo = o.algo;
   report.nranks = o.nranks > 0 ? o.nranks : (gpus > 1 ? gpus : 4);

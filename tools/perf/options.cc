@@ -25,7 +25,7 @@ bool parseInt(const char* text, int minimum, int* out) {
 }
 
 constexpr const char* kShort = "b:e:f:i:n:w:c:d:o:G:J:a:g:th";
-enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kWorker, kIds };
+enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kZeroCopy, kWorker, kIds };
 const option kLong[] = {
     {"minbytes", required_argument, nullptr, 'b'},
     {"maxbytes", required_argument, nullptr, 'e'},
@@ -46,6 +46,7 @@ const option kLong[] = {
     {"eager", no_argument, nullptr, kEager},
     {"nccl", required_argument, nullptr, kNccl},
     {"processes", no_argument, nullptr, kProcesses},
+    {"zero-copy", no_argument, nullptr, kZeroCopy},
     {"worker", required_argument, nullptr, kWorker},
     {"ids", required_argument, nullptr, kIds},
     {nullptr, 0, nullptr, 0},
@@ -74,6 +75,8 @@ std::string usage() {
          "      --processes            one process per rank even where ranks share a GPU\n"
          "                             (their kernels then time-slice: slow, for testing)\n"
          "      --nccl <on|off>        time NCCL beside tpcomm where it can run (default on)\n"
+         "      --zero-copy            read peers' inputs in place: captured calls registered\n"
+         "                             after capture, eager calls on a registered pool\n"
          "  -J, --output_file <file>   also write the results as JSON\n"
          "  -h, --help                 this text\n";
 }
@@ -187,6 +190,9 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
       case kProcesses:
         o.processes = true;
         break;
+      case kZeroCopy:
+        o.zeroCopy = true;
+        break;
       case kNccl:
         if (arg != "on" && arg != "off") return bad("bad --nccl value '" + arg + "' (on or off)");
         o.nccl = arg == "on";
@@ -211,6 +217,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
   if (o.minBytes > o.maxBytes) return bad("-b is larger than -e");
   if (o.algo == "nccl" && !o.nccl) return bad("--algo nccl needs --nccl on");
   if (o.threads && o.processes) return bad("-t and --processes exclude each other");
+  if (o.zeroCopy && o.algo == "nccl") return bad("--zero-copy is tpcomm's, not NCCL's");
   *out = o;
   return true;
 }

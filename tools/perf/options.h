@@ -25,6 +25,8 @@ struct Options {
   bool threads = false;       // all ranks as threads of this process
   bool processes = false;     // one process per rank even where ranks share a GPU
   bool nccl = true;           // time NCCL beside tpcomm where it can run
+  bool zeroCopy = false;      // graph calls read peers' inputs in place; eager calls too, from a
+                              // registered pool
   std::string jsonPath;
 
   // Set on the processes tpcomm-perf starts for its ranks.

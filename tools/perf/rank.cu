@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "perf/rank.h"
@@ -49,6 +50,7 @@ struct Rank {
   cudaEvent_t start = nullptr;
   cudaEvent_t stop = nullptr;
   cudaGraphExec_t exec = nullptr;
+  void* registration = nullptr;
 };
 
 // Timed and verified all-reduces of the ranks this process drives.
@@ -117,6 +119,22 @@ class Bench {
       });
       cudaTry(cudaStreamSynchronize(r.stream), "filling the pools");
     });
+    if (o_.zeroCopy && o_.graphLaunches == 0) {
+      // Eager zero-copy: every rank registers its send pool, and the calls' offsets into it agree.
+      collective("tpcCommRegister", [&](Rank& r) {
+        return tpcCommRegister(r.comm, r.send, poolBytes_, &r.registration);
+      });
+    }
+  }
+
+  // Memory tpcomm holds on each rank, once the sweep has registered all it registers.
+  void reportMemory() {
+    for (const Rank& r : ranks_) {
+      tpcMemoryInfo_t info;
+      if (tpcCommGetMemoryInfo(r.comm, &info) == tpcSuccess) {
+        sendMessage(r.id.messageFd, encodeMemory(info.deviceBytes, info.peerBytes, info.slotsUsed));
+      }
+    }
   }
 
   bool run() {
@@ -177,6 +195,7 @@ class Bench {
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
     if (o_.algo == "oneshot") config.algorithm = tpcAlgoOneShot;
     if (o_.algo == "twoshot") config.algorithm = tpcAlgoTwoShot;
+    config.zeroCopyGraphs = o_.zeroCopy && o_.graphLaunches > 0;
     if (static_cast<int>(ranks_.size()) == g_.nranks) {
       std::vector<tpcComm_t> comms(ranks_.size());
       std::vector<int> devices;
@@ -215,6 +234,30 @@ class Bench {
     fn();
     if (grouped && nccl_->groupEnd() != nccl::kSuccess) {
       throw RankError(std::string("ncclGroupEnd: ") + nccl_->getLastError(nullptr));
+    }
+  }
+
+  // Runs a collective tpcomm call on every rank at once: a thread per rank when there are several.
+  template <typename Fn>
+  void collective(const char* what, Fn fn) {
+    std::vector<tpcResult_t> results(ranks_.size(), tpcSuccess);
+    if (ranks_.size() == 1) {
+      cudaSetDevice(ranks_[0].id.device);
+      results[0] = fn(ranks_[0]);
+    } else {
+      std::vector<std::thread> threads;
+      for (size_t i = 0; i < ranks_.size(); ++i) {
+        threads.emplace_back([&, i] {
+          cudaSetDevice(ranks_[i].id.device);
+          results[i] = fn(ranks_[i]);
+        });
+      }
+      for (std::thread& t : threads) t.join();
+    }
+    for (size_t i = 0; i < ranks_.size(); ++i) {
+      if (results[i] != tpcSuccess) {
+        throw RankError(std::string(what) + ": " + tpcCommGetLastError(ranks_[i].comm));
+      }
     }
   }
 
@@ -282,6 +325,10 @@ class Bench {
         cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
         cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
       });
+      if (o_.zeroCopy && !useNccl) {
+        collective("tpcCommRegisterGraphBuffers",
+                   [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
+      }
       // The first launch uploads the graph.
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
     }
@@ -356,6 +403,7 @@ int runRanks(const Options& options, const RankGroup& group) {
     try {
       bench.setUp();
       status = bench.run() ? 0 : 1;
+      bench.reportMemory();
       for (const Rank& r : bench.ranks()) sendMessage(r.id.messageFd, "DONE");
     } catch (const std::exception& e) {
       for (const Rank& r : bench.ranks()) {

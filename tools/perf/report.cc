@@ -99,7 +99,8 @@ uint64_t totalWrong(const Report& report) {
 
 std::string formatPreamble(const Report& r) {
   std::string out = "# tpcomm-perf " + r.version + ": all_reduce, " + r.dtype + ", algorithm " +
-                    r.algo + (r.threads ? ", ranks as threads" : ", ranks as processes") + "\n";
+                    r.algo + (r.threads ? ", ranks as threads" : ", ranks as processes") +
+                    (r.zeroCopy ? ", zero-copy" : "") + "\n";
   out += strprintf(
       "# nThread 1 nGpus %d minBytes %zu maxBytes %zu step: %s warmup iters: %d iters: %d agg "
       "iters: 1 validation: %d graph: %d\n",
@@ -149,9 +150,16 @@ std::string formatRow(const Report& r, const Row& row) {
 
 std::string formatFooter(const Report& r) {
   const uint64_t wrong = totalWrong(r);
-  return strprintf("# Out of bounds values : %" PRIu64 " %s\n# Avg bus bandwidth    : %g %s\n#\n",
-                   wrong, wrong == 0 ? "OK" : "FAILED", averageBusbw(r),
-                   r.loopback ? "(loopback)" : "");
+  std::string out =
+      strprintf("# Out of bounds values : %" PRIu64 " %s\n# Avg bus bandwidth    : %g %s\n", wrong,
+                wrong == 0 ? "OK" : "FAILED", averageBusbw(r), r.loopback ? "(loopback)" : "");
+  if (r.deviceBytes != 0) {
+    out += strprintf(
+        "# tpcomm memory per rank: %.1f MiB on the device, %.1f MiB of peers mapped, %d "
+        "zero-copy slots taken\n",
+        r.deviceBytes / 1048576.0, r.peerBytes / 1048576.0, r.slotsUsed);
+  }
+  return out + "#\n";
 }
 
 std::string formatJson(const Report& r) {
@@ -169,6 +177,10 @@ std::string formatJson(const Report& r) {
   out += "  \"iters\": " + std::to_string(r.iters) + ",\n";
   out += std::string("  \"check\": ") + (r.check ? "true" : "false") + ",\n";
   out += "  \"nccl\": " + jsonString(r.ncclNote) + ",\n";
+  out += std::string("  \"zero_copy\": ") + (r.zeroCopy ? "true" : "false") + ",\n";
+  out += "  \"memory\": {\"device_bytes\": " + std::to_string(r.deviceBytes) +
+         ", \"peer_bytes\": " + std::to_string(r.peerBytes) +
+         ", \"slots_used\": " + std::to_string(r.slotsUsed) + "},\n";
   out += "  \"devices\": [";
   for (size_t i = 0; i < r.ranks.size(); ++i) {
     const RankInfo& k = r.ranks[i];
@@ -207,6 +219,16 @@ std::string encodeRow(const Row& row) {
   return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %s", row.bytes, row.count,
                    row.outOfPlace.timeUs, row.outOfPlace.wrong, row.inPlace.timeUs,
                    row.inPlace.wrong, row.ncclUs, row.algo.c_str());
+}
+
+std::string encodeMemory(size_t deviceBytes, size_t peerBytes, int slotsUsed) {
+  return strprintf("MEM %zu %zu %d", deviceBytes, peerBytes, slotsUsed);
+}
+
+bool decodeMemory(const std::string& line, size_t* deviceBytes, size_t* peerBytes, int* slotsUsed) {
+  std::istringstream in(line);
+  std::string tag;
+  return static_cast<bool>(in >> tag >> *deviceBytes >> *peerBytes >> *slotsUsed) && tag == "MEM";
 }
 
 bool decodeRank(const std::string& line, RankInfo* k) {

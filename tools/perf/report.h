@@ -45,6 +45,11 @@ struct Report {
   bool threads = false;
   bool loopback = false;  // ranks share GPUs: kernel diagnostics, not NVLink figures
   std::string ncclNote;   // NCCL's version, or why its column is empty
+  bool zeroCopy = false;
+  // tpcomm's memory on the rank that holds the most, once a rank reports it
+  size_t deviceBytes = 0;
+  size_t peerBytes = 0;
+  int slotsUsed = 0;
   std::vector<RankInfo> ranks;
   std::vector<Row> rows;
 };
@@ -68,6 +73,8 @@ std::string encodeRank(const RankInfo& info);
 std::string encodeRow(const Row& row);
 bool decodeRank(const std::string& line, RankInfo* info);
 bool decodeRow(const std::string& line, Row* row);
+std::string encodeMemory(size_t deviceBytes, size_t peerBytes, int slotsUsed);
+bool decodeMemory(const std::string& line, size_t* deviceBytes, size_t* peerBytes, int* slotsUsed);
 
 }  // namespace perf
 }  // namespace tpcomm

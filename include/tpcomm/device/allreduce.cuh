@@ -11,6 +11,8 @@
 #include <cuda_runtime.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "tpcomm/device/namespace.cuh"
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/device/sync.cuh"
@@ -65,6 +67,24 @@ __device__ __forceinline__ uint4 loadShared(const void* base, size_t v) {
   return __ldcg(static_cast<const uint4*>(base) + v);
 }
 
+// Vector v of a rank's own input read in place (zero-copy): 16-byte aligned, but the last vector
+// may end inside it, and nothing past the end may be touched.
+template <typename T>
+__device__ __forceinline__ uint4 loadSource(const void* base, size_t v, size_t count) {
+  const size_t begin = v * Vec<T>::kElems;
+  if (begin + Vec<T>::kElems <= count) return loadShared(base, v);
+  using Bits = typename std::conditional<sizeof(T) == 4, unsigned int, unsigned short>::type;
+  Bits bits[Vec<T>::kElems] = {};
+  const Bits* src = static_cast<const Bits*>(base) + begin;
+#pragma unroll
+  for (int k = 0; k < Vec<T>::kElems; ++k) {
+    if (begin + k < count) bits[k] = __ldcg(src + k);
+  }
+  uint4 out;
+  memcpy(&out, bits, sizeof(out));
+  return out;
+}
+
 template <typename T>
 __device__ __forceinline__ void storeShared(void* base, size_t v, const Vec<T>& x) {
   uint4 raw;
@@ -72,15 +92,51 @@ __device__ __forceinline__ void storeShared(void* base, size_t v, const Vec<T>& 
   static_cast<uint4*>(base)[v] = raw;
 }
 
-// Sum of vector v over every rank's buffer, ranks in order.
+// Where the ranks' inputs are read from: the staging buffers this kernel fills, or the ranks'
+// input buffers themselves (zero-copy).
+struct Sources {
+  const void* rank[kMaxRanks];
+  bool staged;
+};
+
+// The sources of this launch. A slotted launch whose slot is not registered yet records why and
+// returns false on every block of every rank (they all see the same unregistered slot), before
+// any barrier.
+template <bool kSlotted>
+__device__ __forceinline__ bool resolveSources(const AllReduceParams& p, int algorithm,
+                                               Sources* s) {
+  s->staged = true;
+#pragma unroll
+  for (int r = 0; r < kMaxRanks; ++r) s->rank[r] = p.staging[r];
+  if constexpr (kSlotted) {
+    const int state = p.slot->state;
+    if (state == kSlotUnregistered) {
+      if (threadIdx.x == 0) {
+        recordFailure(p.failure, kFailureUnregistered, WaitSite{p.rank, -1, 0, algorithm}, 0);
+      }
+      return false;
+    }
+    if (state == kSlotPeerInputs) {
+      s->staged = false;
+#pragma unroll
+      for (int r = 0; r < kMaxRanks; ++r) {
+        if (r < p.nranks) s->rank[r] = static_cast<const char*>(p.slot->input[r]) + p.sourceOffset;
+      }
+    }
+  }
+  return true;
+}
+
+// Sum of vector v over every rank's source, ranks in order.
 template <typename T>
-__device__ __forceinline__ Vec<T> reduceRanks(void* const (&buffers)[kMaxRanks], int nranks,
-                                              size_t v) {
+__device__ __forceinline__ Vec<T> reduceRanks(const Sources& s, int nranks, size_t v,
+                                              size_t count) {
   // Raw words keep all loads in flight in few registers (an array of 16-bit vectors does not).
   uint4 in[kMaxRanks];
 #pragma unroll
   for (int r = 0; r < kMaxRanks; ++r) {
-    if (r < nranks) in[r] = loadShared(buffers[r], v);
+    if (r < nranks)
+      in[r] = s.staged ? loadShared(s.rank[r], v) : loadSource<T>(s.rank[r], v, count);
   }
   Accumulator<T> acc;
   acc.set(asVec<T>(in[0]));
@@ -100,24 +156,29 @@ struct Stride {
         step(static_cast<size_t>(gridDim.x) * blockDim.x) {}
 };
 
-// Every rank copies its input into its staging buffer, then reads all ranks' staging buffers and
-// reduces the whole message. Two barriers: inputs ready, and peers done reading.
-template <typename T>
+// Every rank copies its input into its staging buffer (unless the ranks' inputs are read in
+// place), then reads every rank's copy and reduces the whole message. Two barriers: inputs ready,
+// and peers done reading.
+template <typename T, bool kSlotted>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     oneShotAllReduce(const AllReduceParams p) {
   __shared__ int failed;
   if (threadIdx.x == 0) failed = 0;
+  Sources src;
+  if (!resolveSources<kSlotted>(p, kOneShot, &src)) return;
   uint32_t epoch = p.barrier.epochs[blockIdx.x];
   const Stride s;
   const size_t nvec = vecCount<T>(p.count);
 
-  for (size_t v = s.first; v < nvec; v += s.step) {
-    storeShared(p.staging[p.rank], v, loadInput<T>(p.input, v, p.count, p.inputAligned));
+  if (src.staged) {
+    for (size_t v = s.first; v < nvec; v += s.step) {
+      storeShared(p.staging[p.rank], v, loadInput<T>(p.input, v, p.count, p.inputAligned));
+    }
   }
   if (!blockBarrier(p, ++epoch, kPhaseInputsReady, kOneShot, &failed)) return;
 
   for (size_t v = s.first; v < nvec; v += s.step) {
-    storeOutput(p.output, v, p.count, p.outputAligned, reduceRanks<T>(p.staging, p.nranks, v));
+    storeOutput(p.output, v, p.count, p.outputAligned, reduceRanks<T>(src, p.nranks, v, p.count));
   }
   if (!blockBarrier(p, ++epoch, kPhasePeersDone, kOneShot, &failed)) return;
   if (threadIdx.x == 0) p.barrier.epochs[blockIdx.x] = epoch;
@@ -136,21 +197,23 @@ struct Slices {
   }
 };
 
-// Reduce-scatter then all-gather: rank r reduces slice r from every staging buffer into its
+// Reduce-scatter then all-gather: rank r reduces slice r from every rank's source into its
 // scratch buffer, then every rank gathers the reduced slices. Moves 2(n-1)/n of the message per
 // rank instead of n-1. Three barriers: inputs ready, slices reduced, peers done reading.
-template <typename T>
+template <typename T, bool kSlotted>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     twoShotAllReduce(const AllReduceParams p) {
   __shared__ int failed;
   if (threadIdx.x == 0) failed = 0;
+  Sources src;
+  if (!resolveSources<kSlotted>(p, kTwoShot, &src)) return;
   uint32_t epoch = p.barrier.epochs[blockIdx.x];
   const Stride s;
   const Slices slices(vecCount<T>(p.count), p.nranks);
 
   // Copy every slice with the in-slice mapping the reduction below uses, so that block b of rank
   // r reduces exactly what block b of each peer copied.
-  for (int slice = 0; slice < p.nranks; ++slice) {
+  for (int slice = 0; src.staged && slice < p.nranks; ++slice) {
     const size_t begin = slices.begin(slice);
     const size_t length = slices.length(slice);
     for (size_t i = s.first; i < length; i += s.step) {
@@ -164,7 +227,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     const size_t begin = slices.begin(p.rank);
     const size_t length = slices.length(p.rank);
     for (size_t i = s.first; i < length; i += s.step) {
-      const Vec<T> sum = reduceRanks<T>(p.staging, p.nranks, begin + i);
+      const Vec<T> sum = reduceRanks<T>(src, p.nranks, begin + i, p.count);
       storeShared(p.scratch[p.rank], i, sum);
       storeOutput(p.output, begin + i, p.count, p.outputAligned, sum);
     }
@@ -185,26 +248,47 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
   if (threadIdx.x == 0) p.barrier.epochs[blockIdx.x] = epoch;
 }
 
-// Launches one all-reduce kernel of `blocks` blocks. The caller guarantees 2 <= nranks <=
-// kMaxRanks, blocks <= kMaxBlocks, the same grid on every rank, and that all ranks' blocks
-// sharing a device can be resident at once (the waits spin).
+// Launches one all-reduce kernel of `blocks` blocks: the slotted variant when p.slot is set. The
+// caller guarantees 2 <= nranks <= kMaxRanks, blocks <= kMaxBlocks, the same grid on every rank,
+// and that all ranks' blocks sharing a device can be resident at once (the waits spin).
 template <typename T>
 inline cudaError_t launchAllReduce(int algorithm, const AllReduceParams& p, int blocks,
                                    cudaStream_t stream) {
+  const bool slotted = p.slot != nullptr;
   if (algorithm == kTwoShot) {
-    twoShotAllReduce<T><<<blocks, kBlockThreads, 0, stream>>>(p);
+    if (slotted) {
+      twoShotAllReduce<T, true><<<blocks, kBlockThreads, 0, stream>>>(p);
+    } else {
+      twoShotAllReduce<T, false><<<blocks, kBlockThreads, 0, stream>>>(p);
+    }
+  } else if (slotted) {
+    oneShotAllReduce<T, true><<<blocks, kBlockThreads, 0, stream>>>(p);
   } else {
-    oneShotAllReduce<T><<<blocks, kBlockThreads, 0, stream>>>(p);
+    oneShotAllReduce<T, false><<<blocks, kBlockThreads, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
 
-// Blocks of the given kernel that fit on one multiprocessor at once.
+// The fewest blocks of any variant of the all-reduce kernels for T that fit on one
+// multiprocessor at once.
 template <typename T>
-inline cudaError_t residentBlocksPerSm(int algorithm, int* blocks) {
-  const void* kernel = algorithm == kTwoShot ? reinterpret_cast<const void*>(twoShotAllReduce<T>)
-                                             : reinterpret_cast<const void*>(oneShotAllReduce<T>);
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel, kBlockThreads, 0);
+inline cudaError_t residentBlocksPerSm(int* blocks) {
+  const void* kernels[] = {
+      reinterpret_cast<const void*>(oneShotAllReduce<T, false>),
+      reinterpret_cast<const void*>(oneShotAllReduce<T, true>),
+      reinterpret_cast<const void*>(twoShotAllReduce<T, false>),
+      reinterpret_cast<const void*>(twoShotAllReduce<T, true>),
+  };
+  int fewest = kMaxBlocks;
+  for (const void* kernel : kernels) {
+    int n = 0;
+    const cudaError_t err =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kBlockThreads, 0);
+    if (err != cudaSuccess) return err;
+    fewest = n < fewest ? n : fewest;
+  }
+  *blocks = fewest;
+  return cudaSuccess;
 }
 
 TPCOMM_DEVICE_NAMESPACE_END

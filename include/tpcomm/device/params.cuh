@@ -30,7 +30,26 @@ enum BarrierPhase : int {
   kPhasePeersDone = 2,      // no peer reads this rank's buffers any more
 };
 
-enum FailureKind : int { kFailureNone = 0, kFailureTimeout = 1 };
+enum FailureKind : int {
+  kFailureNone = 0,
+  kFailureTimeout = 1,       // a wait on a peer ran out
+  kFailureUnregistered = 2,  // a zero-copy call ran before its buffers were registered
+};
+
+// Where a zero-copy call finds every rank's input. The host fills a slot when the buffers of a
+// captured call (or of an eager registration) are registered; until then the slot says so and
+// the kernel refuses to run.
+enum SlotState : int {
+  kSlotUnregistered = 0,
+  kSlotPeerInputs = 1,  // read every rank's input where it lies
+  kSlotStaging = 2,     // some rank's buffer cannot be shared: copy through staging instead
+};
+
+struct SourceSlot {
+  int state;
+  int reserved;
+  const void* input[kMaxRanks];  // every rank's input, mapped into this rank
+};
 
 // Why a rank's kernel gave up. Lives in host-mapped memory so the host reads it without
 // synchronizing; the first failing thread of the rank fills it and sets `ready` last.
@@ -68,8 +87,10 @@ struct AllReduceParams {
   FailureContext failure;
   int rank;
   int nranks;
-  int inputAligned;   // input is 16-byte aligned
-  int outputAligned;  // output is 16-byte aligned
+  int inputAligned;        // input is 16-byte aligned
+  int outputAligned;       // output is 16-byte aligned
+  const SourceSlot* slot;  // null: inputs go through staging
+  size_t sourceOffset;     // bytes from each slot input to this chunk
 };
 
 TPCOMM_DEVICE_NAMESPACE_END

@@ -1,0 +1,287 @@
+#include "memory/registry.h"
+
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/error.h"
+
+namespace tpcomm {
+namespace {
+
+template <typename T>
+void append(std::string* blob, const T& value) {
+  blob->append(reinterpret_cast<const char*>(&value), sizeof(value));
+}
+
+template <typename T>
+bool take(const std::string& blob, size_t* at, T* value) {
+  if (*at + sizeof(T) > blob.size()) return false;
+  std::memcpy(value, blob.data() + *at, sizeof(T));
+  *at += sizeof(T);
+  return true;
+}
+
+}  // namespace
+
+void ExportPlan::add(const SlotRequest& request, const ExportedBuffer& exported,
+                     std::vector<int> segmentFds, const std::string& whyNot) {
+  const uint64_t input = reinterpret_cast<uint64_t>(request.input);
+  ExportedRequest r{-1, input % 16 == 0, 0};
+  if (exported.kind == MemoryKind::kUnshareable) {
+    if (firstProblem.empty()) firstProblem = whyNot;
+    requests.push_back(r);
+    return;
+  }
+  for (size_t e = 0; e < exports.size(); ++e) {
+    const ExportedBuffer& x = exports[e];
+    if (x.kind == exported.kind && x.base == exported.base && x.spanBytes == exported.spanBytes) {
+      for (int fd : segmentFds) close(fd);  // already on their way with the first export
+      r.exportIndex = static_cast<int32_t>(e);
+      r.offset = input - x.base;
+      requests.push_back(r);
+      return;
+    }
+  }
+  ExportedBuffer x = exported;
+  x.address = x.base;  // peers map the whole allocation; requests add their offsets
+  r.exportIndex = static_cast<int32_t>(exports.size());
+  r.offset = input - x.base;
+  exports.push_back(x);
+  fds.insert(fds.end(), segmentFds.begin(), segmentFds.end());
+  requests.push_back(r);
+}
+
+std::string ExportPlan::serialize() const {
+  std::string blob;
+  append(&blob, static_cast<uint32_t>(exports.size()));
+  for (const ExportedBuffer& e : exports) append(&blob, e);
+  append(&blob, static_cast<uint32_t>(requests.size()));
+  for (const ExportedRequest& r : requests) append(&blob, r);
+  return blob;
+}
+
+bool ExportPlan::parse(const std::string& blob) {
+  size_t at = 0;
+  uint32_t n = 0;
+  if (!take(blob, &at, &n)) return false;
+  exports.resize(n);
+  for (ExportedBuffer& e : exports) {
+    if (!take(blob, &at, &e) || e.segments > kMaxVmmSegments) return false;
+  }
+  if (!take(blob, &at, &n)) return false;
+  requests.resize(n);
+  for (ExportedRequest& r : requests) {
+    if (!take(blob, &at, &r) || r.exportIndex >= static_cast<int32_t>(exports.size())) {
+      return false;
+    }
+  }
+  return at == blob.size();
+}
+
+size_t ExportPlan::fdOffset(size_t e) const {
+  size_t offset = 0;
+  for (size_t i = 0; i < e; ++i) {
+    if (exports[i].kind == MemoryKind::kVmm) offset += exports[i].segments;
+  }
+  return offset;
+}
+
+tpcResult_t Registry::init(int rank, int nranks, int capacity,
+                           const std::vector<bool>& sameProcess) {
+  rank_ = rank;
+  nranks_ = nranks;
+  capacity_ = capacity;
+  sameProcess_ = sameProcess;
+  void* p = nullptr;
+  TPC_CUDA_CHECK(cudaMalloc(&p, tableBytes()));
+  slots_ = static_cast<device::SourceSlot*>(p);
+  TPC_CUDA_CHECK(cudaMemset(slots_, 0, tableBytes()));  // every slot unregistered
+  TPC_CUDA_CHECK(cudaDeviceSynchronize());
+  free_.clear();
+  for (int s = capacity - 1; s >= 0; --s) free_.push_back(s);
+  return tpcSuccess;
+}
+
+int Registry::takeSlot() {
+  if (free_.empty()) return -1;
+  const int slot = free_.back();
+  free_.pop_back();
+  return slot;
+}
+
+int Registry::reserveGraphSlot(const void* input, size_t bytes) {
+  const int slot = takeSlot();
+  if (slot >= 0) pending_.push_back(SlotRequest{static_cast<uint32_t>(slot), input, bytes});
+  return slot;
+}
+
+tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>& requests,
+                           std::vector<uint64_t>* refs) {
+  // Ranks match buffers by their order, so every rank must bring as many.
+  std::vector<std::string> counts;
+  TPC_CHECK(bootstrap.allGather(std::to_string(requests.size()), &counts));
+  for (int r = 0; r < nranks_; ++r) {
+    if (counts[r] != counts[rank_]) {
+      return fail(tpcInvalidUsage,
+                  "rank %d: ranks disagree on the buffers to register: rank %d has %s, rank %d "
+                  "has %s (every rank must capture or register the same calls in the same order)",
+                  rank_, rank_, counts[rank_].c_str(), r, counts[r].c_str());
+    }
+  }
+
+  ExportPlan mine;
+  for (const SlotRequest& request : requests) {
+    ExportedBuffer e;
+    std::vector<int> fds;
+    std::string whyNot;
+    TPC_CHECK(exportBuffer(request.input, request.bytes, &e, &fds, &whyNot));
+    mine.add(request, e, std::move(fds), whyNot);
+  }
+  std::vector<std::string> blobs;
+  TPC_CHECK(bootstrap.allGather(mine.serialize(), &blobs));
+  std::vector<std::vector<int>> fds;
+  const tpcResult_t passed = bootstrap.allGatherFds(mine.fds, &fds);
+  for (int fd : mine.fds) close(fd);  // the peers hold their own copies now
+  TPC_CHECK(passed);
+
+  // Map every peer's exports; one that cannot be mapped leaves its calls on staging.
+  std::vector<ExportPlan> plans(nranks_);
+  std::vector<std::vector<const char*>> mapped(nranks_);
+  for (int r = 0; r < nranks_; ++r) {
+    if (!plans[r].parse(blobs[r])) {
+      for (int fd : fds[r]) close(fd);
+      return fail(tpcInternalError, "rank %d: rank %d's export plan did not parse", rank_, r);
+    }
+    mapped[r].assign(plans[r].exports.size(), nullptr);
+    for (size_t e = 0; e < plans[r].exports.size(); ++e) {
+      const ExportedBuffer& x = plans[r].exports[e];
+      const int* segmentFds = fds[r].data() + plans[r].fdOffset(e);
+      if (r == rank_ || sameProcess_[r]) {
+        mapped[r][e] = reinterpret_cast<const char*>(x.address);
+        continue;
+      }
+      uint64_t ref = 0;
+      if (peers_.open(r, x, segmentFds, &mapped[r][e], &ref) == tpcSuccess) {
+        refs->push_back(ref);
+      } else {
+        mapped[r][e] = nullptr;
+        TPC_INFO("rank %d: a buffer of rank %d stays unmapped; its calls copy through staging",
+                 rank_, r);
+      }
+    }
+    if (r != rank_ && sameProcess_[r]) {
+      for (int fd : fds[r]) close(fd);
+    }
+  }
+
+  // A slot reads in place only if every rank can: agree on it call by call.
+  std::string usable(requests.size(), '1');
+  for (size_t k = 0; k < requests.size(); ++k) {
+    for (int r = 0; r < nranks_; ++r) {
+      const ExportedRequest& q = plans[r].requests[k];
+      if (q.exportIndex < 0 || !q.aligned || mapped[r][q.exportIndex] == nullptr) usable[k] = '0';
+    }
+  }
+  std::vector<std::string> verdicts;
+  TPC_CHECK(bootstrap.allGather(usable, &verdicts));
+  size_t staged = 0;
+  for (size_t k = 0; k < requests.size(); ++k) {
+    device::SourceSlot slot{};
+    slot.state = device::kSlotPeerInputs;
+    for (int r = 0; r < nranks_; ++r) {
+      if (verdicts[r][k] != '1') slot.state = device::kSlotStaging;
+    }
+    if (slot.state == device::kSlotPeerInputs) {
+      for (int r = 0; r < nranks_; ++r) {
+        const ExportedRequest& q = plans[r].requests[k];
+        slot.input[r] = r == rank_ ? requests[k].input : mapped[r][q.exportIndex] + q.offset;
+      }
+    } else {
+      ++staged;
+    }
+    TPC_CUDA_CHECK(
+        cudaMemcpy(slots_ + requests[k].slot, &slot, sizeof(slot), cudaMemcpyHostToDevice));
+  }
+  if (staged > 0) {
+    TPC_INFO("rank %d: %zu of %zu registered calls copy through staging%s%s", rank_, staged,
+             requests.size(), mine.firstProblem.empty() ? "" : ": ", mine.firstProblem.c_str());
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Registry::registerGraphBuffers(Bootstrap& bootstrap) {
+  const std::vector<SlotRequest> requests = std::move(pending_);
+  pending_.clear();
+  return fill(bootstrap, requests, &graphRefs_);
+}
+
+tpcResult_t Registry::registerBuffer(Bootstrap& bootstrap, void* ptr, size_t bytes,
+                                     uint64_t* handle) {
+  const int slot = takeSlot();
+  // Every rank must take part in the exchange, even one without a free slot.
+  std::vector<std::string> haveSlot;
+  TPC_CHECK(bootstrap.allGather(slot >= 0 ? "1" : "0", &haveSlot));
+  for (int r = 0; r < nranks_; ++r) {
+    if (haveSlot[r] != "1") {
+      if (slot >= 0) free_.push_back(slot);
+      return fail(tpcInvalidUsage, "rank %d: rank %d has no free slot for another registration",
+                  rank_, r);
+    }
+  }
+  Registration reg{nextId_++, static_cast<const char*>(ptr), bytes, slot, {}};
+  const tpcResult_t res =
+      fill(bootstrap, {SlotRequest{static_cast<uint32_t>(slot), ptr, bytes}}, &reg.refs);
+  if (res != tpcSuccess) {
+    for (uint64_t ref : reg.refs) peers_.release(ref);
+    free_.push_back(slot);
+    return res;
+  }
+  *handle = reg.id;
+  registrations_.push_back(std::move(reg));
+  return tpcSuccess;
+}
+
+tpcResult_t Registry::deregister(Bootstrap& bootstrap, uint64_t handle) {
+  size_t i = 0;
+  while (i < registrations_.size() && registrations_[i].id != handle) ++i;
+  if (i == registrations_.size()) {
+    return fail(tpcInvalidArgument, "rank %d: %llu is not a registration of this communicator",
+                rank_, static_cast<unsigned long long>(handle));
+  }
+  // No kernel of this rank may still read through the slot, and no peer may still read this
+  // rank's buffer through its mapping: wait for the device, then for every rank.
+  TPC_CUDA_CHECK(cudaDeviceSynchronize());
+  TPC_CHECK(bootstrap.barrier());
+  Registration& reg = registrations_[i];
+  for (uint64_t ref : reg.refs) peers_.release(ref);
+  TPC_CUDA_CHECK(cudaMemset(slots_ + reg.slot, 0, sizeof(device::SourceSlot)));
+  free_.push_back(reg.slot);
+  registrations_.erase(registrations_.begin() + static_cast<long>(i));
+  return tpcSuccess;
+}
+
+bool Registry::findRegistered(const void* input, size_t bytes, int* slot, size_t* offset) const {
+  const char* p = static_cast<const char*>(input);
+  for (const Registration& reg : registrations_) {
+    if (p >= reg.base && p + bytes <= reg.base + reg.bytes) {
+      *slot = reg.slot;
+      *offset = static_cast<size_t>(p - reg.base);
+      return true;
+    }
+  }
+  return false;
+}
+
+void Registry::release() {
+  peers_.releaseAll();
+  graphRefs_.clear();
+  registrations_.clear();
+  pending_.clear();
+  if (slots_ != nullptr) {
+    cudaFree(slots_);
+    slots_ = nullptr;
+  }
+}
+
+}  // namespace tpcomm

@@ -1,0 +1,332 @@
+// Zero-copy all-reduces: captured calls that read their peers' inputs in place once the graph's
+// buffers are registered, eager calls on registered buffers, and the lifetime of registrations.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gpu_test_util.cuh"
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+namespace testing {
+namespace {
+
+using T = __nv_bfloat16;
+
+// Registration is collective: every rank's call runs on a thread of its own.
+tpcResult_t onEveryRank(const Ranks& ranks, const std::function<tpcResult_t(int)>& call) {
+  std::vector<tpcResult_t> results(ranks.size(), tpcSuccess);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks.size(); ++r) {
+    threads.emplace_back([&, r] {
+      cudaSetDevice(ranks.devices[r]);
+      results[r] = call(r);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (tpcResult_t res : results) {
+    if (res != tpcSuccess) return res;
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t registerGraphs(const Ranks& ranks) {
+  return onEveryRank(ranks, [&](int r) { return tpcCommRegisterGraphBuffers(ranks.comms[r]); });
+}
+
+// The calls of a graph: input and output offsets (elements) inside one allocation per rank, as a
+// caching allocator hands them out. Every rank places them differently.
+struct Call {
+  size_t in, out, count;
+};
+
+std::vector<Call> layoutCalls(int rank, int calls, size_t* elements) {
+  std::vector<Call> out;
+  size_t at = 64 * (rank + 1) + 8 * rank;  // a different start on every rank, 16-byte aligned
+  for (int k = 0; k < calls; ++k) {
+    const size_t count = k % 5 == 0 ? 300000 + k : 1 + 131 * k;
+    out.push_back(Call{at, at + count + 8, count});
+    at += 2 * count + 16;
+    at = (at + 7) / 8 * 8;
+  }
+  *elements = at;
+  return out;
+}
+
+class ZeroCopyGraph : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (gpuCount() == 0) GTEST_SKIP() << "no CUDA device";
+    n_ = GetParam();
+    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+    config.zeroCopyGraphs = 1;
+    config.stagingBytes = 256 << 10;  // the largest calls run in several chunks
+    ranks_ = std::make_unique<Ranks>(n_, config);
+    ASSERT_TRUE(ranks_->ok()) << ranks_->message;
+  }
+
+  // Captures `calls` all-reduces of every rank into one graph per rank, on `streams`.
+  void capture(int calls, std::vector<cudaStream_t>& streams, std::vector<cudaGraphExec_t>* execs,
+               std::vector<std::vector<Call>>* layouts) {
+    for (int r = 0; r < n_; ++r) {
+      ranks_->use(r);
+      size_t elements = 0;
+      layouts->push_back(layoutCalls(r, calls, &elements));
+      blocks_.emplace_back(elements * sizeof(T));
+      cudaGraph_t graph;
+      CUDA_OK(cudaStreamBeginCapture(streams[r], cudaStreamCaptureModeThreadLocal));
+      for (const Call& c : layouts->back()) {
+        T* base = blocks_.back().get<T>();
+        ASSERT_EQ(tpcSuccess, tpcAllReduce(base + c.in, base + c.out, c.count, tpcBfloat16, tpcSum,
+                                           ranks_->comms[r], streams[r]))
+            << tpcCommGetLastError(ranks_->comms[r]);
+      }
+      CUDA_OK(cudaStreamEndCapture(streams[r], &graph));
+      execs->emplace_back();
+      CUDA_OK(cudaGraphInstantiate(&execs->back(), graph, 0));
+      CUDA_OK(cudaGraphDestroy(graph));
+    }
+  }
+
+  // Fresh inputs, poisoned outputs, one replay on every rank's stream, exact check.
+  void replayAndCheck(std::vector<cudaGraphExec_t>& execs, std::vector<std::vector<Call>>& layouts,
+                      size_t block0, uint32_t seed, std::vector<Counter>& wrong) {
+    for (int r = 0; r < n_; ++r) {
+      ranks_->use(r);
+      T* base = blocks_[block0 + r].get<T>();
+      for (size_t k = 0; k < layouts[r].size(); ++k) {
+        const Call& c = layouts[r][k];
+        fillExact<<<checkGrid(c.count), 256, 0, ranks_->streams[r]>>>(base + c.in, c.count, r,
+                                                                      seed + k);
+        CUDA_OK(cudaMemsetAsync(base + c.out, 0xff, c.count * sizeof(T), ranks_->streams[r]));
+      }
+    }
+    for (int r = 0; r < n_; ++r) {
+      ranks_->use(r);
+      CUDA_OK(cudaGraphLaunch(execs[r], ranks_->streams[r]));
+    }
+    for (int r = 0; r < n_; ++r) {
+      ranks_->use(r);
+      T* base = blocks_[block0 + r].get<T>();
+      for (size_t k = 0; k < layouts[r].size(); ++k) {
+        const Call& c = layouts[r][k];
+        checkExact<<<checkGrid(c.count), 256, 0, ranks_->streams[r]>>>(base + c.out, c.count, n_,
+                                                                       seed + k, wrong[r].get());
+      }
+    }
+    CUDA_OK(ranks_->syncAll());
+  }
+
+  int n_ = 0;
+  std::unique_ptr<Ranks> ranks_;
+  std::vector<DeviceBuffer> blocks_;
+};
+
+TEST_P(ZeroCopyGraph, SubAllocatedInputsReadInPlaceAfterRegistration) {
+  std::vector<cudaGraphExec_t> execs;
+  std::vector<std::vector<Call>> layouts;
+  capture(40, ranks_->streams, &execs, &layouts);
+  tpcMemoryInfo_t before;
+  TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[0], &before));
+  EXPECT_EQ(40, before.slotsUsed) << "one slot per captured call";
+  ASSERT_EQ(tpcSuccess, registerGraphs(*ranks_)) << tpcCommGetLastError(ranks_->comms[0]);
+  std::vector<Counter> wrong;
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    wrong.emplace_back();
+  }
+  for (uint32_t replay = 0; replay < 5; ++replay) {
+    replayAndCheck(execs, layouts, 0, 1000 * replay, wrong);
+  }
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+    tpcResult_t async;
+    TPC_OK(tpcCommGetAsyncError(ranks_->comms[r], &async));
+    EXPECT_EQ(tpcSuccess, async) << tpcCommGetLastError(ranks_->comms[r]);
+    CUDA_OK(cudaGraphExecDestroy(execs[r]));
+  }
+}
+
+TEST_P(ZeroCopyGraph, SeveralGraphsOnSeveralStreamsReplayedInAnyOrder) {
+  std::vector<cudaStream_t> second(n_);
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    CUDA_OK(cudaStreamCreateWithFlags(&second[r], cudaStreamNonBlocking));
+  }
+  std::vector<cudaGraphExec_t> a, b;
+  std::vector<std::vector<Call>> layoutA, layoutB;
+  capture(12, ranks_->streams, &a, &layoutA);
+  capture(17, second, &b, &layoutB);
+  ASSERT_EQ(tpcSuccess, registerGraphs(*ranks_)) << tpcCommGetLastError(ranks_->comms[0]);
+  std::vector<Counter> wrong;
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    wrong.emplace_back();
+  }
+  // A rank's calls must not overlap: every replay goes to the rank's first stream.
+  const char order[] = "ABBAABAB";
+  for (int i = 0; order[i] != '\0'; ++i) {
+    if (order[i] == 'A') {
+      replayAndCheck(a, layoutA, 0, 77 * i, wrong);
+    } else {
+      replayAndCheck(b, layoutB, n_, 77 * i, wrong);
+    }
+  }
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+    CUDA_OK(cudaGraphExecDestroy(a[r]));
+    CUDA_OK(cudaGraphExecDestroy(b[r]));
+    CUDA_OK(cudaStreamDestroy(second[r]));
+  }
+}
+
+TEST_P(ZeroCopyGraph, LaunchBeforeRegistrationFailsLoudly) {
+  std::vector<cudaGraphExec_t> execs;
+  std::vector<std::vector<Call>> layouts;
+  capture(3, ranks_->streams, &execs, &layouts);
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    CUDA_OK(cudaGraphLaunch(execs[r], ranks_->streams[r]));
+  }
+  CUDA_OK(ranks_->syncAll());  // must not hang
+  for (int r = 0; r < n_; ++r) {
+    tpcResult_t async = tpcSuccess;
+    TPC_OK(tpcCommGetAsyncError(ranks_->comms[r], &async));
+    EXPECT_EQ(tpcInvalidUsage, async);
+    const std::string message = tpcCommGetLastError(ranks_->comms[r]);
+    EXPECT_NE(std::string::npos, message.find("tpcCommRegisterGraphBuffers")) << message;
+    ranks_->use(r);
+    CUDA_OK(cudaGraphExecDestroy(execs[r]));
+  }
+}
+
+TEST_P(ZeroCopyGraph, RanksMustCaptureTheSameNumberOfCalls) {
+  ranks_->use(0);
+  DeviceBuffer buf(1024 * sizeof(T));
+  cudaGraph_t graph;
+  CUDA_OK(cudaStreamBeginCapture(ranks_->streams[0], cudaStreamCaptureModeThreadLocal));
+  ASSERT_EQ(tpcSuccess, tpcAllReduce(buf.get<T>(), buf.get<T>() + 512, 512, tpcBfloat16, tpcSum,
+                                     ranks_->comms[0], ranks_->streams[0]));
+  CUDA_OK(cudaStreamEndCapture(ranks_->streams[0], &graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  EXPECT_EQ(tpcInvalidUsage, registerGraphs(*ranks_));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(ranks_->comms[0])).find("disagree"));
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, ZeroCopyGraph, ::testing::Values(2, 4, 8));
+
+TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
+  SKIP_WITHOUT_GPU();
+  const int n = 3;
+  Ranks ranks(n);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const size_t elements = size_t{1} << 21;
+  std::vector<DeviceBuffer> in, out;
+  std::vector<Counter> wrong;
+  for (int r = 0; r < n; ++r) {
+    ranks.use(r);
+    in.emplace_back(elements * sizeof(T));
+    out.emplace_back(elements * sizeof(T));
+    wrong.emplace_back();
+  }
+  std::vector<void*> handles(n, nullptr);
+  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
+              return tpcCommRegister(ranks.comms[r], in[r].get(), elements * sizeof(T),
+                                     &handles[r]);
+            }));
+  // Every rank calls at the same offsets into its registered buffer.
+  uint32_t seed = 9;
+  for (size_t offset : {size_t{0}, size_t{8}, size_t{4096}, size_t{1} << 20}) {
+    for (size_t count : {size_t{1}, size_t{4095}, size_t{100003}}) {
+      for (int r = 0; r < n; ++r) {
+        ranks.use(r);
+        fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(in[r].get<T>() + offset, count, r,
+                                                                  seed);
+        CUDA_OK(cudaMemsetAsync(out[r].get(), 0xff, count * sizeof(T), ranks.streams[r]));
+      }
+      for (int r = 0; r < n; ++r) {
+        ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r].get<T>() + offset, out[r].get(), count,
+                                           tpcBfloat16, tpcSum, ranks.comms[r], ranks.streams[r]));
+      }
+      for (int r = 0; r < n; ++r) {
+        ranks.use(r);
+        checkExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(out[r].get<T>(), count, n, seed,
+                                                                   wrong[r].get());
+      }
+      ++seed;
+    }
+  }
+  CUDA_OK(ranks.syncAll());
+  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
+              return tpcCommDeregister(ranks.comms[r], handles[r]);
+            }));
+  for (int r = 0; r < n; ++r) {
+    ranks.use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+  }
+}
+
+TEST(ZeroCopyEager, ThousandRegistrationCyclesLeakNothing) {
+  SKIP_WITHOUT_GPU();
+  const int n = 2;
+  Ranks ranks(n);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  std::vector<DeviceBuffer> bufs;
+  for (int r = 0; r < n; ++r) {
+    ranks.use(r);
+    bufs.emplace_back(1 << 20);
+  }
+  tpcMemoryInfo_t baseline;
+  TPC_OK(tpcCommGetMemoryInfo(ranks.comms[0], &baseline));
+  size_t freeBefore = 0, freeAfter = 0, total = 0;
+  ranks.use(0);
+  CUDA_OK(cudaMemGetInfo(&freeBefore, &total));
+  for (int cycle = 0; cycle < 1000; ++cycle) {
+    std::vector<void*> handles(n, nullptr);
+    ASSERT_EQ(tpcSuccess, onEveryRank(ranks,
+                                      [&](int r) {
+                                        return tpcCommRegister(ranks.comms[r], bufs[r].get(),
+                                                               1 << 20, &handles[r]);
+                                      }))
+        << "cycle " << cycle;
+    ASSERT_EQ(
+        tpcSuccess,
+        onEveryRank(ranks, [&](int r) { return tpcCommDeregister(ranks.comms[r], handles[r]); }))
+        << "cycle " << cycle;
+  }
+  ranks.use(0);
+  CUDA_OK(cudaMemGetInfo(&freeAfter, &total));
+  tpcMemoryInfo_t after;
+  TPC_OK(tpcCommGetMemoryInfo(ranks.comms[0], &after));
+  EXPECT_EQ(baseline.slotsUsed, after.slotsUsed);
+  EXPECT_EQ(baseline.peerBytes, after.peerBytes);
+  EXPECT_EQ(baseline.deviceBytes, after.deviceBytes);
+  EXPECT_LE(freeBefore - std::min(freeBefore, freeAfter), size_t{4} << 20)
+      << "device memory must not grow with registrations";
+}
+
+TEST(ZeroCopyEager, MemoryInfoCountsWhatTheRankHolds) {
+  SKIP_WITHOUT_GPU();
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.stagingBytes = 1 << 20;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  tpcMemoryInfo_t info;
+  TPC_OK(tpcCommGetMemoryInfo(ranks.comms[0], &info));
+  EXPECT_GE(info.deviceBytes, size_t{3} << 19) << "staging and scratch at least";
+  EXPECT_LT(info.deviceBytes, size_t{3} << 20);
+  EXPECT_EQ(0u, info.peerBytes) << "peers in the same process map nothing";
+  EXPECT_EQ(0, info.slotsUsed);
+  EXPECT_GT(info.slots, 0);
+  EXPECT_EQ(tpcInvalidArgument, tpcCommGetMemoryInfo(ranks.comms[0], nullptr));
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace tpcomm
