@@ -368,7 +368,28 @@ class Bench {
         verifiable::fillExact<<<verifiable::grid(count), 256, 0, r.stream>>>(in, count, r.id.rank,
                                                                              seed);
       });
-      callAll(0, count, inPlace, useNccl);  // slot 0 of the pools: the buffers filled above
+      if (o_.zeroCopy && o_.graphLaunches > 0 && !useNccl) {
+        // Check what is timed: a captured call reading its peers' inputs in place.
+        forEach([&](Rank& r) {
+          cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
+        });
+        callAll(0, count, inPlace, useNccl);
+        std::vector<cudaGraph_t> graphs;
+        forEach([&](Rank& r) {
+          graphs.emplace_back();
+          cudaTry(cudaStreamEndCapture(r.stream, &graphs.back()), "capture");
+        });
+        size_t next = 0;
+        forEach([&](Rank& r) {
+          cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
+          cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
+        });
+        collective("tpcCommRegisterGraphBuffers",
+                   [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
+        forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+      } else {
+        callAll(0, count, inPlace, useNccl);  // slot 0 of the pools: the buffers filled above
+      }
       forEach([&](Rank& r) {
         verifiable::checkExact<<<verifiable::grid(count), 256, 0, r.stream>>>(
             static_cast<T*>(r.recv), count, g_.nranks, seed, r.wrong);
@@ -380,6 +401,8 @@ class Bench {
       cudaTry(cudaMemcpyAsync(&w, r.wrong, sizeof(w), cudaMemcpyDeviceToHost, r.stream),
               "reading the check");
       cudaTry(cudaStreamSynchronize(r.stream), "checking the result");
+      if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
+      r.exec = nullptr;
       wrong.push_back(w);
     });
     return wrong;
