@@ -402,6 +402,7 @@ tpcMemoryInfo_t Communicator::memoryInfo() const {
   }
   info.peerBytes += registry_.mappedBytes();
   info.slotsUsed = registry_.slotsUsed();
+  info.slotsStaged = registry_.slotsStaged();
   info.slots = registry_.capacity();
   return info;
 }

@@ -100,6 +100,8 @@ tpcResult_t Registry::init(int rank, int nranks, int capacity,
   TPC_CUDA_CHECK(cudaDeviceSynchronize());
   free_.clear();
   for (int s = capacity - 1; s >= 0; --s) free_.push_back(s);
+  stagedSlot_.assign(capacity, false);
+  staged_ = 0;
   return tpcSuccess;
 }
 
@@ -199,6 +201,8 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
       }
     } else {
       ++staged;
+      stagedSlot_[requests[k].slot] = true;
+      ++staged_;
     }
     TPC_CUDA_CHECK(
         cudaMemcpy(slots_ + requests[k].slot, &slot, sizeof(slot), cudaMemcpyHostToDevice));
@@ -256,6 +260,10 @@ tpcResult_t Registry::deregister(Bootstrap& bootstrap, uint64_t handle) {
   Registration& reg = registrations_[i];
   for (uint64_t ref : reg.refs) peers_.release(ref);
   TPC_CUDA_CHECK(cudaMemset(slots_ + reg.slot, 0, sizeof(device::SourceSlot)));
+  if (stagedSlot_[reg.slot]) {
+    stagedSlot_[reg.slot] = false;
+    --staged_;
+  }
   free_.push_back(reg.slot);
   registrations_.erase(registrations_.begin() + static_cast<long>(i));
   return tpcSuccess;

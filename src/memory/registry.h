@@ -85,6 +85,8 @@ class Registry {
   size_t tableBytes() const { return static_cast<size_t>(capacity_) * sizeof(device::SourceSlot); }
   size_t mappedBytes() const { return peers_.mappedBytes(); }
   int slotsUsed() const { return capacity_ - static_cast<int>(free_.size()); }
+  // Registered slots whose calls copy through staging.
+  int slotsStaged() const { return staged_; }
   int capacity() const { return capacity_; }
   void release();
 
@@ -109,8 +111,10 @@ class Registry {
   std::vector<bool> sameProcess_;
   device::SourceSlot* slots_ = nullptr;  // device memory
   std::vector<int> free_;                // free slots, the lowest last
-  std::vector<SlotRequest> pending_;     // captured calls awaiting registration
-  std::vector<uint64_t> graphRefs_;      // peer mappings of registered graph calls
+  std::vector<bool> stagedSlot_;         // by slot: registered, but copying through staging
+  int staged_ = 0;
+  std::vector<SlotRequest> pending_;  // captured calls awaiting registration
+  std::vector<uint64_t> graphRefs_;   // peer mappings of registered graph calls
   std::vector<Registration> registrations_;
   uint64_t nextId_ = 1;
   PeerMemory peers_;

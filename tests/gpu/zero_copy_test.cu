@@ -134,6 +134,11 @@ TEST_P(ZeroCopyGraph, SubAllocatedInputsReadInPlaceAfterRegistration) {
   TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[0], &before));
   EXPECT_EQ(40, before.slotsUsed) << "one slot per captured call";
   ASSERT_EQ(tpcSuccess, registerGraphs(*ranks_)) << tpcCommGetLastError(ranks_->comms[0]);
+  for (int r = 0; r < n_; ++r) {
+    tpcMemoryInfo_t info;
+    TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[r], &info));
+    EXPECT_EQ(0, info.slotsStaged) << "cudaMalloc inputs are read in place, rank " << r;
+  }
   std::vector<Counter> wrong;
   for (int r = 0; r < n_; ++r) {
     ranks_->use(r);
@@ -240,6 +245,11 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
               return tpcCommRegister(ranks.comms[r], in[r].get(), elements * sizeof(T),
                                      &handles[r]);
             }));
+  for (int r = 0; r < n; ++r) {
+    tpcMemoryInfo_t info;
+    TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
+    EXPECT_EQ(0, info.slotsStaged) << "a registered cudaMalloc buffer is read in place";
+  }
   // Every rank calls at the same offsets into its registered buffer.
   uint32_t seed = 9;
   for (size_t offset : {size_t{0}, size_t{8}, size_t{4096}, size_t{1} << 20}) {
@@ -269,6 +279,56 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
   for (int r = 0; r < n; ++r) {
     ranks.use(r);
     EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+  }
+}
+
+// Memory that cannot be shared still gives right answers: its calls copy through staging.
+TEST(ZeroCopyEager, UnshareableMemoryFallsBackToStaging) {
+  SKIP_WITHOUT_GPU();
+  const int n = 2;
+  Ranks ranks(n);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const size_t count = 10001;
+  std::vector<T*> host(n, nullptr);
+  std::vector<DeviceBuffer> out;
+  std::vector<Counter> wrong;
+  for (int r = 0; r < n; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaMallocHost(&host[r], count * sizeof(T)));
+    out.emplace_back(count * sizeof(T));
+    wrong.emplace_back();
+  }
+  std::vector<void*> handles(n, nullptr);
+  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
+              return tpcCommRegister(ranks.comms[r], host[r], count * sizeof(T), &handles[r]);
+            }));
+  for (int r = 0; r < n; ++r) {
+    tpcMemoryInfo_t info;
+    TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
+    EXPECT_EQ(1, info.slotsStaged) << "pinned host memory cannot be shared, rank " << r;
+    ranks.use(r);
+    fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(host[r], count, r, 31);
+  }
+  for (int r = 0; r < n; ++r) {
+    ASSERT_EQ(tpcSuccess, tpcAllReduce(host[r], out[r].get(), count, tpcBfloat16, tpcSum,
+                                       ranks.comms[r], ranks.streams[r]));
+  }
+  for (int r = 0; r < n; ++r) {
+    ranks.use(r);
+    checkExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(out[r].get<T>(), count, n, 31,
+                                                               wrong[r].get());
+  }
+  CUDA_OK(ranks.syncAll());
+  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
+              return tpcCommDeregister(ranks.comms[r], handles[r]);
+            }));
+  for (int r = 0; r < n; ++r) {
+    ranks.use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+    tpcMemoryInfo_t info;
+    TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
+    EXPECT_EQ(0, info.slotsStaged);
+    CUDA_OK(cudaFreeHost(host[r]));
   }
 }
 
