@@ -205,6 +205,7 @@ typedef struct {
   size_t peerBytes;   /* peers' memory mapped into this process (shared buffers, registered
                          buffers); 0 for peers in the same process */
   int slotsUsed;      /* zero-copy slots taken by captured calls and registrations */
+  int slotsStaged;    /* ... of which copy through staging (memory that cannot be shared) */
   int slots;          /* all zero-copy slots */
 } tpcMemoryInfo_t;
 
