@@ -305,30 +305,36 @@ class Bench {
     forEach([&](Rank& r) { cudaTry(cudaStreamSynchronize(r.stream), "barrier"); });
   }
 
+  // Captures calls 0 to calls - 1 of every rank into r.exec, and registers their buffers where
+  // they are read in place.
+  void captureCalls(int calls, size_t count, bool inPlace, bool useNccl) {
+    forEach([&](Rank& r) {
+      cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
+    });
+    for (int i = 0; i < calls; ++i) callAll(i, count, inPlace, useNccl);
+    // Instantiation is refused while any stream of this thread still captures: end all first.
+    std::vector<cudaGraph_t> graphs;
+    forEach([&](Rank& r) {
+      graphs.emplace_back();
+      cudaTry(cudaStreamEndCapture(r.stream, &graphs.back()), "capture");
+    });
+    size_t next = 0;
+    forEach([&](Rank& r) {
+      cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
+      cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
+    });
+    if (o_.zeroCopy && !useNccl) {
+      collective("tpcCommRegisterGraphBuffers",
+                 [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
+    }
+  }
+
   // Microseconds per call on every rank.
   std::vector<double> measure(size_t count, bool inPlace, bool useNccl) {
     for (int i = 0; i < o_.warmup; ++i) callAll(i, count, inPlace, useNccl);
     const bool graph = o_.graphLaunches > 0;
     if (graph) {
-      forEach([&](Rank& r) {
-        cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
-      });
-      for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, useNccl);
-      // Instantiation is refused while any stream of this thread still captures: end all first.
-      std::vector<cudaGraph_t> graphs;
-      forEach([&](Rank& r) {
-        graphs.emplace_back();
-        cudaTry(cudaStreamEndCapture(r.stream, &graphs.back()), "capture");
-      });
-      size_t next = 0;
-      forEach([&](Rank& r) {
-        cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
-        cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
-      });
-      if (o_.zeroCopy && !useNccl) {
-        collective("tpcCommRegisterGraphBuffers",
-                   [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
-      }
+      captureCalls(o_.iters, count, inPlace, useNccl);
       // The first launch uploads the graph.
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
     }
@@ -370,22 +376,7 @@ class Bench {
       });
       if (o_.zeroCopy && o_.graphLaunches > 0 && !useNccl) {
         // Check what is timed: a captured call reading its peers' inputs in place.
-        forEach([&](Rank& r) {
-          cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
-        });
-        callAll(0, count, inPlace, useNccl);
-        std::vector<cudaGraph_t> graphs;
-        forEach([&](Rank& r) {
-          graphs.emplace_back();
-          cudaTry(cudaStreamEndCapture(r.stream, &graphs.back()), "capture");
-        });
-        size_t next = 0;
-        forEach([&](Rank& r) {
-          cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
-          cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
-        });
-        collective("tpcCommRegisterGraphBuffers",
-                   [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
+        captureCalls(1, count, inPlace, useNccl);
         forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
       } else {
         callAll(0, count, inPlace, useNccl);  // slot 0 of the pools: the buffers filled above
