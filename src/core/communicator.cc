@@ -23,7 +23,6 @@ struct Communicator::RankInfo {
   uint8_t uuid[16];
   int32_t smCount;
   int32_t blocksPerSm;
-  int32_t pid;
 };
 
 tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
@@ -112,7 +111,6 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
                 device_);
   }
   mine->blocksPerSm = blocksPerSm;
-  mine->pid = static_cast<int32_t>(getpid());
   TPC_CHECK(local_.allocate(layout_));
   TPC_CUDA_CHECK(failure_.allocate());
   TPC_CHECK(local_.exportTo(&mine->buffer));
