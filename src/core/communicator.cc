@@ -1,7 +1,5 @@
 #include "core/communicator.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
