@@ -10,6 +10,7 @@
 
 #include "gpu_test_util.cuh"
 #include "tpcomm/tpcomm.h"
+#include "vmm_buffer.h"
 
 namespace tpcomm {
 namespace testing {
@@ -76,11 +77,18 @@ class ZeroCopyGraph : public ::testing::TestWithParam<int> {
       ranks_->use(r);
       size_t elements = 0;
       layouts->push_back(layoutCalls(r, calls, &elements));
-      blocks_.emplace_back(elements * sizeof(T));
+      if (vmm_) {
+        vmmBlocks_.push_back(std::make_unique<VmmBuffer>(elements * sizeof(T)));
+        ASSERT_TRUE(vmmBlocks_.back()->ok()) << "cuMem allocation failed";
+        blocks_.push_back(vmmBlocks_.back()->get<T>());
+      } else {
+        mallocBlocks_.emplace_back(elements * sizeof(T));
+        blocks_.push_back(mallocBlocks_.back().get<T>());
+      }
       cudaGraph_t graph;
       CUDA_OK(cudaStreamBeginCapture(streams[r], cudaStreamCaptureModeThreadLocal));
       for (const Call& c : layouts->back()) {
-        T* base = blocks_.back().get<T>();
+        T* base = blocks_.back();
         ASSERT_EQ(tpcSuccess, tpcAllReduce(base + c.in, base + c.out, c.count, tpcBfloat16, tpcSum,
                                            ranks_->comms[r], streams[r]))
             << tpcCommGetLastError(ranks_->comms[r]);
@@ -97,7 +105,7 @@ class ZeroCopyGraph : public ::testing::TestWithParam<int> {
                       size_t block0, uint32_t seed, std::vector<Counter>& wrong) {
     for (int r = 0; r < n_; ++r) {
       ranks_->use(r);
-      T* base = blocks_[block0 + r].get<T>();
+      T* base = blocks_[block0 + r];
       for (size_t k = 0; k < layouts[r].size(); ++k) {
         const Call& c = layouts[r][k];
         fillExact<<<checkGrid(c.count), 256, 0, ranks_->streams[r]>>>(base + c.in, c.count, r,
@@ -111,7 +119,7 @@ class ZeroCopyGraph : public ::testing::TestWithParam<int> {
     }
     for (int r = 0; r < n_; ++r) {
       ranks_->use(r);
-      T* base = blocks_[block0 + r].get<T>();
+      T* base = blocks_[block0 + r];
       for (size_t k = 0; k < layouts[r].size(); ++k) {
         const Call& c = layouts[r][k];
         checkExact<<<checkGrid(c.count), 256, 0, ranks_->streams[r]>>>(base + c.out, c.count, n_,
@@ -121,40 +129,54 @@ class ZeroCopyGraph : public ::testing::TestWithParam<int> {
     CUDA_OK(ranks_->syncAll());
   }
 
+  // Captures 40 calls per rank, registers, checks that every slot reads in place, and replays
+  // five times with fresh inputs.
+  void readInPlaceAfterRegistration() {
+    std::vector<cudaGraphExec_t> execs;
+    std::vector<std::vector<Call>> layouts;
+    capture(40, ranks_->streams, &execs, &layouts);
+    tpcMemoryInfo_t before;
+    TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[0], &before));
+    EXPECT_EQ(40, before.slotsUsed) << "one slot per captured call";
+    ASSERT_EQ(tpcSuccess, registerGraphs(*ranks_)) << tpcCommGetLastError(ranks_->comms[0]);
+    for (int r = 0; r < n_; ++r) {
+      tpcMemoryInfo_t info;
+      TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[r], &info));
+      EXPECT_EQ(0, info.slotsStaged) << "the inputs are read in place, rank " << r;
+    }
+    std::vector<Counter> wrong;
+    for (int r = 0; r < n_; ++r) {
+      ranks_->use(r);
+      wrong.emplace_back();
+    }
+    for (uint32_t replay = 0; replay < 5; ++replay) {
+      replayAndCheck(execs, layouts, 0, 1000 * replay, wrong);
+    }
+    for (int r = 0; r < n_; ++r) {
+      ranks_->use(r);
+      EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+      tpcResult_t async;
+      TPC_OK(tpcCommGetAsyncError(ranks_->comms[r], &async));
+      EXPECT_EQ(tpcSuccess, async) << tpcCommGetLastError(ranks_->comms[r]);
+      CUDA_OK(cudaGraphExecDestroy(execs[r]));
+    }
+  }
+
   int n_ = 0;
+  bool vmm_ = false;  // inputs in cuMem memory instead of cudaMalloc memory
   std::unique_ptr<Ranks> ranks_;
-  std::vector<DeviceBuffer> blocks_;
+  std::vector<T*> blocks_;
+  std::vector<DeviceBuffer> mallocBlocks_;
+  std::vector<std::unique_ptr<VmmBuffer>> vmmBlocks_;
 };
 
 TEST_P(ZeroCopyGraph, SubAllocatedInputsReadInPlaceAfterRegistration) {
-  std::vector<cudaGraphExec_t> execs;
-  std::vector<std::vector<Call>> layouts;
-  capture(40, ranks_->streams, &execs, &layouts);
-  tpcMemoryInfo_t before;
-  TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[0], &before));
-  EXPECT_EQ(40, before.slotsUsed) << "one slot per captured call";
-  ASSERT_EQ(tpcSuccess, registerGraphs(*ranks_)) << tpcCommGetLastError(ranks_->comms[0]);
-  for (int r = 0; r < n_; ++r) {
-    tpcMemoryInfo_t info;
-    TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[r], &info));
-    EXPECT_EQ(0, info.slotsStaged) << "cudaMalloc inputs are read in place, rank " << r;
-  }
-  std::vector<Counter> wrong;
-  for (int r = 0; r < n_; ++r) {
-    ranks_->use(r);
-    wrong.emplace_back();
-  }
-  for (uint32_t replay = 0; replay < 5; ++replay) {
-    replayAndCheck(execs, layouts, 0, 1000 * replay, wrong);
-  }
-  for (int r = 0; r < n_; ++r) {
-    ranks_->use(r);
-    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
-    tpcResult_t async;
-    TPC_OK(tpcCommGetAsyncError(ranks_->comms[r], &async));
-    EXPECT_EQ(tpcSuccess, async) << tpcCommGetLastError(ranks_->comms[r]);
-    CUDA_OK(cudaGraphExecDestroy(execs[r]));
-  }
+  readInPlaceAfterRegistration();
+}
+
+TEST_P(ZeroCopyGraph, CuMemInputsReadInPlaceAfterRegistration) {
+  vmm_ = true;
+  readInPlaceAfterRegistration();
 }
 
 TEST_P(ZeroCopyGraph, SeveralGraphsOnSeveralStreamsReplayedInAnyOrder) {
