@@ -326,8 +326,7 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
   size_t sourceOffset = 0;
   if (sendbuff != recvbuff) {
     int s = -1;
-    if (registry_.hasRegistrations() &&
-        registry_.findRegistered(sendbuff, bytes, &s, &sourceOffset)) {
+    if (registry_.findRegistered(sendbuff, bytes, &s, &sourceOffset)) {
       slot = registry_.deviceSlot(s);
     } else if (capturing && config_.zeroCopyGraphs) {
       s = registry_.reserveGraphSlot(sendbuff, bytes);

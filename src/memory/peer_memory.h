@@ -58,7 +58,6 @@ class PeerMemory {
   void releaseAll();
   // Bytes of peer memory mapped now.
   size_t mappedBytes() const;
-  size_t mappings() const { return mappings_.size(); }
 
  private:
   struct Mapping {

@@ -80,7 +80,6 @@ class Registry {
   // The slot of a registered buffer holding the `bytes` at `input`, and the offset of `input`
   // in it; false when no registered buffer holds them.
   bool findRegistered(const void* input, size_t bytes, int* slot, size_t* offset) const;
-  bool hasRegistrations() const { return !registrations_.empty(); }
 
   size_t tableBytes() const { return static_cast<size_t>(capacity_) * sizeof(device::SourceSlot); }
   size_t mappedBytes() const { return peers_.mappedBytes(); }

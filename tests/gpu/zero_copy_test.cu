@@ -35,6 +35,19 @@ tpcResult_t onEveryRank(const Ranks& ranks, const std::function<tpcResult_t(int)
   return tpcSuccess;
 }
 
+// Registers buffers[r] (bytes long) on every rank; the handles land in *handles.
+tpcResult_t registerOnEveryRank(const Ranks& ranks, const std::vector<void*>& buffers, size_t bytes,
+                                std::vector<void*>* handles) {
+  handles->assign(ranks.size(), nullptr);
+  return onEveryRank(ranks, [&](int r) {
+    return tpcCommRegister(ranks.comms[r], buffers[r], bytes, &(*handles)[r]);
+  });
+}
+
+tpcResult_t deregisterOnEveryRank(const Ranks& ranks, const std::vector<void*>& handles) {
+  return onEveryRank(ranks, [&](int r) { return tpcCommDeregister(ranks.comms[r], handles[r]); });
+}
+
 tpcResult_t registerGraphs(const Ranks& ranks) {
   return onEveryRank(ranks, [&](int r) { return tpcCommRegisterGraphBuffers(ranks.comms[r]); });
 }
@@ -262,11 +275,9 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
     out.emplace_back(elements * sizeof(T));
     wrong.emplace_back();
   }
-  std::vector<void*> handles(n, nullptr);
-  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
-              return tpcCommRegister(ranks.comms[r], in[r].get(), elements * sizeof(T),
-                                     &handles[r]);
-            }));
+  std::vector<void*> handles, buffers;
+  for (int r = 0; r < n; ++r) buffers.push_back(in[r].get());
+  ASSERT_EQ(tpcSuccess, registerOnEveryRank(ranks, buffers, elements * sizeof(T), &handles));
   for (int r = 0; r < n; ++r) {
     tpcMemoryInfo_t info;
     TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
@@ -295,9 +306,7 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
     }
   }
   CUDA_OK(ranks.syncAll());
-  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
-              return tpcCommDeregister(ranks.comms[r], handles[r]);
-            }));
+  ASSERT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, handles));
   for (int r = 0; r < n; ++r) {
     ranks.use(r);
     EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
@@ -320,10 +329,9 @@ TEST(ZeroCopyEager, UnshareableMemoryFallsBackToStaging) {
     out.emplace_back(count * sizeof(T));
     wrong.emplace_back();
   }
-  std::vector<void*> handles(n, nullptr);
-  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
-              return tpcCommRegister(ranks.comms[r], host[r], count * sizeof(T), &handles[r]);
-            }));
+  std::vector<void*> handles;
+  ASSERT_EQ(tpcSuccess, registerOnEveryRank(ranks, std::vector<void*>(host.begin(), host.end()),
+                                            count * sizeof(T), &handles));
   for (int r = 0; r < n; ++r) {
     tpcMemoryInfo_t info;
     TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
@@ -341,9 +349,7 @@ TEST(ZeroCopyEager, UnshareableMemoryFallsBackToStaging) {
                                                                wrong[r].get());
   }
   CUDA_OK(ranks.syncAll());
-  ASSERT_EQ(tpcSuccess, onEveryRank(ranks, [&](int r) {
-              return tpcCommDeregister(ranks.comms[r], handles[r]);
-            }));
+  ASSERT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, handles));
   for (int r = 0; r < n; ++r) {
     ranks.use(r);
     EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
@@ -364,23 +370,18 @@ TEST(ZeroCopyEager, ThousandRegistrationCyclesLeakNothing) {
     ranks.use(r);
     bufs.emplace_back(1 << 20);
   }
+  std::vector<void*> buffers;
+  for (DeviceBuffer& buf : bufs) buffers.push_back(buf.get());
   tpcMemoryInfo_t baseline;
   TPC_OK(tpcCommGetMemoryInfo(ranks.comms[0], &baseline));
   size_t freeBefore = 0, freeAfter = 0, total = 0;
   ranks.use(0);
   CUDA_OK(cudaMemGetInfo(&freeBefore, &total));
   for (int cycle = 0; cycle < 1000; ++cycle) {
-    std::vector<void*> handles(n, nullptr);
-    ASSERT_EQ(tpcSuccess, onEveryRank(ranks,
-                                      [&](int r) {
-                                        return tpcCommRegister(ranks.comms[r], bufs[r].get(),
-                                                               1 << 20, &handles[r]);
-                                      }))
+    std::vector<void*> handles;
+    ASSERT_EQ(tpcSuccess, registerOnEveryRank(ranks, buffers, 1 << 20, &handles))
         << "cycle " << cycle;
-    ASSERT_EQ(
-        tpcSuccess,
-        onEveryRank(ranks, [&](int r) { return tpcCommDeregister(ranks.comms[r], handles[r]); }))
-        << "cycle " << cycle;
+    ASSERT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, handles)) << "cycle " << cycle;
   }
   ranks.use(0);
   CUDA_OK(cudaMemGetInfo(&freeAfter, &total));
