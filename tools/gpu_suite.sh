@@ -1,37 +1,67 @@
 #!/usr/bin/env bash
-# Runs everything that needs a GPU against an existing build: the whole test suite, the example,
-# the loopback efficiency figures and a tpcomm-perf sweep in graph and eager mode (JSON and PNG).
-# Logs and results go to OUTDIR (default: build/gpu-suite).
+# Runs everything that needs a GPU against an existing build, on whatever GPUs the machine has:
+#   unit        the CPU tests
+#   gpu         the GPU tests on every GPU (ranks spread over the GPUs, sharing them where fewer)
+#   gpu1        on a machine with several GPUs, the GPU tests once more on the first GPU alone
+#   sanitizer   compute-sanitizer memcheck over a representative subset of the GPU tests
+#   example     the verified C++ example
+#   efficiency  the loopback efficiency figures of the kernels on one GPU
+#   perf        tpcomm-perf in graph and eager mode (JSON and PNG)
+# STEPS picks some (default: all, in that order); GPU_TEST_FILTER narrows the GPU tests;
+# PERF_ARGS adds tpcomm-perf arguments. Logs and results go to OUTDIR (default build/gpu-suite).
 #
-# usage: tools/gpu_suite.sh [OUTDIR] [BUILD_DIR]
+# usage: [STEPS="gpu perf"] tools/gpu_suite.sh [OUTDIR] [BUILD_DIR]
 set -uo pipefail
 out=${1:-build/gpu-suite}
 build=${2:-build}
+steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf}
 mkdir -p "$out"
 status=0
 # A rank that never comes must fail a run in seconds, not after the five-minute default.
 export TPCOMM_TIMEOUT_MS=${TPCOMM_TIMEOUT_MS:-20000}
+export NCCL_NVLS_ENABLE=0
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+nvidia-smi -L || true
+wants() { [[ " $steps " == *" $1 "* ]]; }
 run() {
-  local name=$1
-  shift
+  local name=$1 limit=$2
+  shift 2
   echo "=== $name: $*"
   local start=$SECONDS
-  timeout 150 "$@" >"$out/$name.log" 2>&1
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "=== $name: exit $rc after $((SECONDS - start)) s"
   [ $rc -eq 0 ] || status=1
   return $rc
 }
-nvidia-smi -L || true
-run unit "$build/tests/tpcomm_unit_tests"
-run gpu "$build/tests/tpcomm_gpu_tests" ${GPU_TEST_FILTER:+--gtest_filter=$GPU_TEST_FILTER}
-grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$out/gpu.log" | head -40
-run example "$build/tools/tpcomm-example"
-run efficiency "$build/tools/tpcomm-loopback-efficiency" && cat "$out/efficiency.log"
-for mode in graph eager; do
-  run "perf-$mode" "$build/tools/tpcomm-perf" "--$mode" -J "$out/perf-$mode.json" &&
-    grep -v "^#  Rank" "$out/perf-$mode.log"
-done
-python3 tools/plot_perf.py "$out/perf-graph.json" "$out/perf-eager.json" -o "$out/latency.png" ||
-  true
+summary() { grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran|Timeout|Failure" "$1" | head -60; }
+filter=${GPU_TEST_FILTER:+--gtest_filter=$GPU_TEST_FILTER}
+
+wants unit && run unit 300 "$build/tests/tpcomm_unit_tests"
+if wants gpu; then
+  run gpu 1800 "$build/tests/tpcomm_gpu_tests" $filter
+  summary "$out/gpu.log"
+fi
+if wants gpu1 && [ "$gpus" -gt 1 ]; then
+  CUDA_VISIBLE_DEVICES=0 run gpu1 1800 "$build/tests/tpcomm_gpu_tests" $filter
+  summary "$out/gpu1.log"
+fi
+if wants sanitizer; then
+  subset='ApiGpu.*:Routes.*:*SpecialValues*/2ranks_*:ZeroCopyEager.*'
+  run sanitizer 1800 compute-sanitizer --tool memcheck --error-exitcode 3 --report-api-errors all \
+    "$build/tests/tpcomm_gpu_tests" --gtest_filter="$subset"
+  grep -E "ERROR SUMMARY|Program hit|^\[  (FAILED|PASSED) " "$out/sanitizer.log" | head -30
+fi
+wants example && run example 150 "$build/tools/tpcomm-example"
+if wants efficiency; then
+  run efficiency 300 "$build/tools/tpcomm-loopback-efficiency" && cat "$out/efficiency.log"
+fi
+if wants perf; then
+  for mode in graph eager; do
+    run "perf-$mode" 600 "$build/tools/tpcomm-perf" "--$mode" -J "$out/perf-$mode.json" \
+      ${PERF_ARGS:-} && grep -v "^#  Rank" "$out/perf-$mode.log"
+  done
+  python3 tools/plot_perf.py "$out/perf-graph.json" "$out/perf-eager.json" -o "$out/latency.png" ||
+    true
+fi
 exit $status

@@ -180,30 +180,47 @@ int main(int argc, char** argv) {
   std::printf("# device-to-device copy of %zu bytes: %.0f GB/s (read + write)\n", bwBytes,
               copy * 1e-9);
 
-  std::printf("\n%-6s %-8s %12s %12s %14s %9s\n", "ranks", "algo", "bytes", "time(us)",
+  struct Kernel {
+    tpcAlgorithm_t algorithm;
+    const char* name;
+    // Bytes one rank's kernels read and write in its own memory per all-reduce of M bytes over n
+    // ranks, peers' stores into it included, in units of M.
+    double (*moved)(int n);
+  };
+  const Kernel kernels[] = {
+      // copy into staging 2, read n staged inputs, write the output
+      {tpcAlgoOneShot, "oneshot", [](int n) { return n + 3.0; }},
+      // copy 2, read n slices of 1/n, write scratch and output slice, gather (n-1)/n twice
+      {tpcAlgoTwoShot, "twoshot", [](int) { return 5.0; }},
+      // read the input twice, write the output; (n-1) peers' stores, their reads and resets
+      {tpcAlgoPushOneShot, "push-oneshot", [](int n) { return 3.0 + 3.0 * (n - 1); }},
+      // read the input, write the output; per peer slot: stores, reads and a reset, twice
+      {tpcAlgoPushTwoShot, "push-twoshot", [](int n) { return 2.0 + 7.0 * (n - 1) / n; }},
+  };
+  std::printf("\n%-6s %-13s %12s %12s %14s %9s\n", "ranks", "algo", "bytes", "time(us)",
               "effbw(GB/s)", "vs copy");
   const size_t count = bwBytes / sizeof(__nv_bfloat16);
   for (int n : {2, 4, 8}) {
-    for (tpcAlgorithm_t algo : {tpcAlgoOneShot, tpcAlgoTwoShot}) {
-      Group g(n, algo, bwBytes);
+    for (const Kernel& k : kernels) {
+      Group g(n, k.algorithm, bwBytes);
       const double t = g.eager(count, 10);
-      // Bytes all ranks' kernels read and write per all-reduce (the copy into staging included):
-      // one-shot (n + 3) M per rank, two-shot 5 M per rank.
-      const double moved = (algo == tpcAlgoOneShot ? n + 3.0 : 5.0) * n * bwBytes;
-      std::printf("%-6d %-8s %12zu %12.1f %14.0f %8.0f%%\n", n,
-                  algo == tpcAlgoOneShot ? "oneshot" : "twoshot", bwBytes, t * 1e6,
+      const double moved = k.moved(n) * n * bwBytes;  // every rank's kernels on the one GPU
+      std::printf("%-6d %-13s %12zu %12.1f %14.0f %8.0f%%\n", n, k.name, bwBytes, t * 1e6,
                   moved / t * 1e-9, 100.0 * moved / t / copy);
     }
   }
 
-  std::printf("\n%-6s %-8s %12s %16s %16s\n", "ranks", "algo", "bytes", "graph(us/call)",
+  std::printf("\n%-6s %-13s %12s %16s %16s\n", "ranks", "algo", "bytes", "graph(us/call)",
               "eager(us/call)");
   for (int n : {2, 4, 8}) {
-    Group g(n, tpcAlgoAuto, latBytes);
-    const size_t latCount = latBytes / sizeof(__nv_bfloat16);
-    const double graph = g.graph(latCount, 100, 20);
-    const double eager = g.eager(latCount, 1000);
-    std::printf("%-6d %-8s %12zu %16.2f %16.2f\n", n, "auto", latBytes, graph * 1e6, eager * 1e6);
+    for (const Kernel& k : kernels) {
+      Group g(n, k.algorithm, latBytes);
+      const size_t latCount = latBytes / sizeof(__nv_bfloat16);
+      const double graph = g.graph(latCount, 100, 20);
+      const double eager = g.eager(latCount, 1000);
+      std::printf("%-6d %-13s %12zu %16.2f %16.2f\n", n, k.name, latBytes, graph * 1e6,
+                  eager * 1e6);
+    }
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Plots tpcomm-perf JSON results: all-reduce latency against message size, tpcomm beside NCCL.
+"""Plots tpcomm-perf JSON results: all-reduce latency against message size, tpcomm beside NCCL
+(on ordinary buffers and, where measured, on symmetric registered windows).
 
 usage: plot_perf.py RESULT.json [RESULT.json ...] -o latency.png
 
@@ -51,12 +52,17 @@ def main(argv):
         sizes = [row["bytes"] for row in rows]
         ax.plot(sizes, [row["out_of_place"]["time_us"] for row in rows], marker="o",
                 markersize=3, label="tpcomm " + label_of(r, path, several))
-        nccl = [(row["bytes"], row["nccl_time_us"]) for row in rows if row["nccl_time_us"]]
         key = (r["nranks"], r.get("graph_launches", 0) > 0)
-        if nccl and key not in nccl_drawn:
-            nccl_drawn.add(key)
-            ax.plot([s for s, _ in nccl], [t for _, t in nccl], marker="s", markersize=3,
-                    linestyle="--", label="NCCL" + label_of(r, path, several).split(",", 1)[1])
+        if key in nccl_drawn:
+            continue
+        nccl_drawn.add(key)
+        # NCCL on ordinary buffers, and on symmetric registered windows where the run had them.
+        for field, name, marker in (("nccl_time_us", "NCCL", "s"),
+                                    ("nccl_symmetric_time_us", "NCCL symmetric", "^")):
+            nccl = [(row["bytes"], row[field]) for row in rows if row.get(field)]
+            if nccl:
+                ax.plot([s for s, _ in nccl], [t for _, t in nccl], marker=marker, markersize=3,
+                        linestyle="--", label=name + label_of(r, path, several).split(",", 1)[1])
 
     gpus = sorted({d["name"] for _, r in results for d in r["devices"]})
     ranks = sorted({r["nranks"] for _, r in results})

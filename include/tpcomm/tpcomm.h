@@ -7,7 +7,8 @@
  *
  * Thread safety: different communicators may be used from different threads at once. A single
  * communicator must not be used by two threads at the same time, and its calls must be issued in
- * the same order on every rank (as with NCCL).
+ * the same order on every rank (as with NCCL). Calls a rank makes on different streams are
+ * ordered: a call waits for the rank's previous eager call on another stream.
  */
 #ifndef TPCOMM_TPCOMM_H_
 #define TPCOMM_TPCOMM_H_
@@ -16,7 +17,7 @@
 #include <stddef.h>
 
 #define TPCOMM_MAJOR 0
-#define TPCOMM_MINOR 1
+#define TPCOMM_MINOR 2
 #define TPCOMM_PATCH 0
 #define TPCOMM_VERSION_CODE (TPCOMM_MAJOR * 10000 + TPCOMM_MINOR * 100 + TPCOMM_PATCH)
 
@@ -73,13 +74,17 @@ typedef enum {
   tpcNumOps = 5
 } tpcRedOp_t;
 
-/* All-reduce algorithms. tpcAlgoAuto lets tpcomm choose by world size and message size. */
+/* All-reduce algorithms. tpcAlgoAuto lets tpcomm choose by world size and message size. The pull
+ * kernels read peers' buffers after a barrier; the push kernels store into peers' receive buffers
+ * with the data as its own flag and wait at no barrier. */
 typedef enum {
   tpcAlgoAuto = 0,
-  tpcAlgoOneShot = 1, /* every rank reads every peer's input and reduces the whole message */
-  tpcAlgoTwoShot = 2, /* reduce-scatter then all-gather: each rank reduces one slice */
+  tpcAlgoOneShot = 1, /* pull: every rank reads every peer's input and reduces the whole message */
+  tpcAlgoTwoShot = 2, /* pull: reduce-scatter then all-gather: each rank reduces one slice */
   tpcAlgoNccl = 3,    /* NCCL's all-reduce */
-  tpcNumAlgos = 4
+  tpcAlgoPushOneShot = 4, /* push: every rank stores its input into every peer, each sums it all */
+  tpcAlgoPushTwoShot = 5, /* push: reduce-scatter and all-gather, both by stores into peers */
+  tpcNumAlgos = 6
 } tpcAlgorithm_t;
 
 /* NCCL fallback, tpcConfig_t.ncclFallback. NCCL carries the calls tpcomm's kernels should not
@@ -108,6 +113,13 @@ typedef struct {
   int zeroCopyGraphs;   /* 1: captured all-reduces read their peers' inputs in place; the graph
                            may run only after tpcCommRegisterGraphBuffers */
   int graphSlots;       /* captured zero-copy calls a communicator can hold; 0: 65536 */
+  size_t pushBytes;     /* the largest message a push kernel carries in one launch; larger ones go
+                           in chunks. Each rank's receive buffers take about 3 x pushBytes for
+                           push one-shot plus 6 x pushBytes x (nranks - 1) / nranks for push
+                           two-shot; 0: 8 MiB */
+  int pdl;              /* 1: launch the kernels as programmatic dependents of the kernel before
+                           them in the stream (they start while it finishes); -1: never; 0: the
+                           environment's choice, else the default (see README) */
 } tpcConfig_t;
 
 #define TPC_CONFIG_MAGIC 0x74706331u /* "tpc1" */
@@ -133,18 +145,37 @@ tpcResult_t tpcCommInitRank(tpcComm_t* comm, int nranks, tpcUniqueId commId, int
 tpcResult_t tpcCommInitAll(tpcComm_t* comms, int nranks, const int* devices,
                            const tpcConfig_t* config);
 
+/* Group calls, as in NCCL. When one thread drives several ranks of a communicator (ranks created
+ * together by tpcCommInitAll), a call NCCL carries must not be issued for one rank at a time: the
+ * first rank would wait for the others. Bracket one call of every rank with tpcGroupStart and
+ * tpcGroupEnd; tpcGroupEnd issues what NCCL carries for all of them at once. tpcomm's own kernels
+ * are launched at the call, as always. Groups nest (only the outermost end issues) and belong to
+ * the calling thread. Outside a group, a call NCCL would carry on such a communicator fails with
+ * tpcInvalidUsage instead of hanging. */
+tpcResult_t tpcGroupStart(void);
+tpcResult_t tpcGroupEnd(void);
+
 /* Waits for this rank's outstanding work on its device, then frees every resource of the rank.
  * Not collective: ranks may be destroyed one after another from one thread. The handle must not
  * be used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. */
 tpcResult_t tpcCommDestroy(tpcComm_t comm);
+
+/* Stops this rank at once, for engines that tear down on error: the rank's queued and running
+ * kernels (graph replays too) end without doing anything more, its peers' waits fail naming it
+ * (tpcRemoteError) within their timeout, NCCL's communicator is aborted, and every resource of the
+ * rank is freed. Not collective; never waits for a peer. The handle must not be used afterwards. */
+tpcResult_t tpcCommAbort(tpcComm_t comm);
 
 /* Number of ranks, this rank's index, and this rank's CUDA device. */
 tpcResult_t tpcCommCount(const tpcComm_t comm, int* count);
 tpcResult_t tpcCommUserRank(const tpcComm_t comm, int* rank);
 tpcResult_t tpcCommCuDevice(const tpcComm_t comm, int* device);
 
-/* Reports an error raised asynchronously by a kernel (a timed-out wait on a peer) without
- * issuing any work. Sets *asyncError to tpcSuccess while the communicator is healthy. */
+/* Reports an error raised asynchronously by a kernel without issuing any work: tpcTimeout for a
+ * wait on a peer that ran out, tpcRemoteError when a peer failed or was aborted, tpcInvalidUsage
+ * for ranks that made different calls or a zero-copy call whose registration is missing or was
+ * replaced. Sets *asyncError to tpcSuccess while the communicator is healthy. Once failed, a
+ * communicator does nothing more: its queued kernels and graph replays end at once. */
 tpcResult_t tpcCommGetAsyncError(tpcComm_t comm, tpcResult_t* asyncError);
 
 /* How a communicator carries its calls, for engines to log: whether tpcomm's kernels are on and
@@ -169,9 +200,11 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
  * communicator's device; may be captured into a CUDA graph. Every rank gets bitwise identical
  * results: ranks are summed in rank order and 16-bit types are accumulated in float32.
  * tpcomm's kernels sum tpcFloat32, tpcFloat16 and tpcBfloat16 of any count (0 does nothing) and
- * any alignment, in chunks when a message is larger than the staging buffer; other types and
+ * any alignment, in chunks when a message is larger than a kernel's buffers; other types and
  * operations, and whatever the topology or the algorithm table give to NCCL, go to NCCL when the
- * communicator has one (tpcNotSupported otherwise). */
+ * communicator has one (tpcNotSupported otherwise). The push kernels turn -0.0 into +0.0 before
+ * they send it (their receive buffers use -0.0 to mean "not arrived"): an element that is -0.0 on
+ * every rank sums to +0.0 there, and to -0.0 with the pull kernels; every other sum is the same. */
 tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t datatype,
                          tpcRedOp_t op, tpcComm_t comm, cudaStream_t stream);
 
@@ -200,13 +233,15 @@ tpcResult_t tpcCommDeregister(tpcComm_t comm, void* handle);
 
 /* Device memory a rank holds, for comparisons with NCCL's footprint. */
 typedef struct {
-  size_t deviceBytes; /* this rank's own: signals, staging, scratch, zero-copy slots */
-  size_t hostBytes;   /* pinned host memory */
-  size_t peerBytes;   /* peers' memory mapped into this process (shared buffers, registered
-                         buffers); 0 for peers in the same process */
-  int slotsUsed;      /* zero-copy slots taken by captured calls and registrations */
-  int slotsStaged;    /* ... of which copy through staging (memory that cannot be shared) */
-  int slots;          /* all zero-copy slots */
+  size_t deviceBytes;  /* this rank's own: signals, staging, scratch, receive buffers, slots */
+  size_t hostBytes;    /* pinned host memory */
+  size_t peerBytes;    /* peers' memory mapped into this process (shared buffers, registered
+                          buffers); 0 for peers in the same process */
+  int slotsUsed;       /* zero-copy slots taken by captured calls and registrations */
+  int slotsStaged;     /* ... of which copy through staging (memory that cannot be shared) */
+  int slots;           /* all zero-copy slots */
+  size_t stagingBytes; /* of deviceBytes: the pull kernels' staging and scratch buffers */
+  size_t receiveBytes; /* of deviceBytes: the push kernels' receive buffers */
 } tpcMemoryInfo_t;
 
 tpcResult_t tpcCommGetMemoryInfo(tpcComm_t comm, tpcMemoryInfo_t* info);

@@ -307,6 +307,24 @@ tpcResult_t Bootstrap::barrier() {
   return allGather(std::string(), &all);
 }
 
+tpcResult_t Bootstrap::agree(tpcResult_t mine, const char* step) {
+  const int32_t code = mine;
+  std::string blob(reinterpret_cast<const char*>(&code), sizeof(code));
+  if (mine != tpcSuccess) blob += threadLastError();
+  std::vector<std::string> all;
+  TPC_CHECK(allGather(blob, &all));
+  if (mine != tpcSuccess) return mine;
+  for (int r = 0; r < nranks_; ++r) {
+    int32_t theirs = tpcSuccess;
+    if (all[r].size() >= sizeof(theirs)) std::memcpy(&theirs, all[r].data(), sizeof(theirs));
+    if (theirs != tpcSuccess) {
+      return fail(tpcRemoteError, "rank %d: rank %d failed while %s: %s", rank_, r, step,
+                  all[r].substr(sizeof(theirs)).c_str());
+    }
+  }
+  return tpcSuccess;
+}
+
 tpcResult_t Bootstrap::allGatherFd(int fd, std::vector<int>* fds) {
   const Deadline dl = deadline();
   fds->assign(nranks_, -1);

@@ -54,6 +54,11 @@ class Bootstrap {
   // Rank `root`'s data ends up in *data on every rank.
   tpcResult_t broadcast(int root, std::string* data);
   tpcResult_t barrier();
+  // Tells every rank how this rank's step went (with its error text); fails on every rank, with
+  // tpcRemoteError naming the rank, if any rank failed. A rank whose own step failed keeps its own
+  // error. Every rank takes part even when its step failed, so that a failure reaches all ranks
+  // at once instead of leaving them waiting for the timeout.
+  tpcResult_t agree(tpcResult_t mine, const char* step);
   // (*fds)[r] is a new descriptor for rank r's `fd`, owned by the caller; (*fds)[rank()] is -1.
   tpcResult_t allGatherFd(int fd, std::vector<int>* fds);
   // Any number of descriptors per rank: (*all)[r] are new descriptors for rank r's, owned by

@@ -14,7 +14,7 @@ constexpr const char* kNames[] = {
     "TPCOMM_DEBUG",       "TPCOMM_DEBUG_FILE", "TPCOMM_ALGO",         "TPCOMM_STAGING_BYTES",
     "TPCOMM_MAX_BLOCKS",  "TPCOMM_TIMEOUT_MS", "TPCOMM_NCCL_LIBRARY", "TPCOMM_DISABLE",
     "TPCOMM_P2P_CHECK",   "TPCOMM_MAX_BYTES",  "TPCOMM_NCCL",         "TPCOMM_ZERO_COPY_GRAPHS",
-    "TPCOMM_GRAPH_SLOTS",
+    "TPCOMM_GRAPH_SLOTS", "TPCOMM_PUSH_BYTES", "TPCOMM_PDL",
 };
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(EnvVar::kCount),
               "every EnvVar needs a name");

@@ -11,8 +11,8 @@ enum class EnvVar {
   kDebug,
   // Log file instead of stderr; %h expands to the host name and %p to the process id.
   kDebugFile,
-  // Forces an all-reduce algorithm when the config leaves it at auto: auto, oneshot, twoshot or
-  // nccl.
+  // Forces an all-reduce algorithm when the config leaves it at auto: auto, oneshot, twoshot,
+  // push-oneshot, push-twoshot or nccl.
   kAlgo,
   // Per-rank staging buffer in bytes (suffixes K, M, G) when the config leaves it at 0.
   kStagingBytes,
@@ -35,6 +35,12 @@ enum class EnvVar {
   kZeroCopyGraphs,
   // Zero-copy slots per communicator when the config leaves graphSlots at 0.
   kGraphSlots,
+  // The largest message (K, M, G suffixes) a push kernel carries in one launch when the config
+  // leaves pushBytes at 0; it sizes the push kernels' receive buffers.
+  kPushBytes,
+  // 1 launches the kernels as programmatic dependents of the kernel before them, 0 never, when
+  // the config leaves pdl at 0.
+  kPdl,
   kCount
 };
 

@@ -24,6 +24,12 @@ tpcResult_t fail(tpcResult_t code, const char* fmt, ...) {
   return code;
 }
 
+tpcResult_t repeatFailure(tpcResult_t code, const std::string& message) {
+  lastError() = message;
+  TPC_TRACE("%s (%s, again)", message.c_str(), resultName(code));
+  return code;
+}
+
 tpcResult_t failCuda(cudaError_t err, const char* call, const char* file, int line) {
   // Clear the error unless it is sticky, so that later calls of this thread are not blamed for it.
   cudaGetLastError();

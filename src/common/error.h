@@ -14,6 +14,11 @@ namespace tpcomm {
 // Records `fmt` as the calling thread's last error, logs it as a warning, and returns `code`.
 tpcResult_t fail(tpcResult_t code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// For a failure already reported once (a communicator that stays failed): records `message` as
+// the thread's last error without another warning, so that a failed rank does not flood the log
+// at its call rate.
+tpcResult_t repeatFailure(tpcResult_t code, const std::string& message);
+
 // fail() for a CUDA runtime call that returned `err`.
 tpcResult_t failCuda(cudaError_t err, const char* call, const char* file, int line);
 

@@ -2,20 +2,26 @@
 
 #include <algorithm>
 
+#include "core/config.h"
+
 namespace tpcomm {
 
 AlgorithmTable AlgorithmTable::defaults() {
   constexpr size_t KiB = 1024, MiB = 1024 * KiB, kAny = ~size_t{0};
-  // From the crossovers published for peer-to-peer all-reduce on H100/H200 NVLink (vLLM's custom
-  // all-reduce, MSCCL++): one-shot wins to about 512 KB up to four ranks and 256 KB up to eight;
-  // two-shot then wins to 4-8 MB, where NCCL took over in runs that let it use NVLink multicast,
-  // which tpcomm's NCCL does not; with two ranks two-shot moves as much data as one-shot and
-  // waits at one more barrier. Graph and eager calls share the table until measurements on real
-  // NVLink machines set them apart.
+  // Two ranks: measured by tools/tune.py and tpcomm-perf on 2 x H100 80GB HBM3 SXM joined by
+  // NVLink (NV18), bf16, NCCL 2.28 in the same runs, graph and eager alike. Push one-shot wins to
+  // 1 MB (graph: 7.4 us, push two-shot 7.8, NCCL 15.5), push two-shot from there (2 MB: 10.0
+  // against 13.0 us; 128 MB: 455 against NCCL's 471), NCCL beyond 128 MB (256 MB: 885 against
+  // 914 us). The pull kernels lose at every size (8 KB: 7.5 us against 4.9).
+  // Four and eight ranks: not measured yet. Push one-shot moves (n-1) times the message per rank
+  // and push two-shot 2(n-1)/n of it, so one-shot should win while latency dominates, to about
+  // 512 KB at four ranks and 256 KB at eight as published peer-to-peer crossovers on H100/H200
+  // put it, and two-shot beyond.
   const std::vector<RouteRule> rules = {
-      {2, 8 * MiB, Route::kOneShot}, {2, kAny, Route::kNccl}, {4, 512 * KiB, Route::kOneShot},
-      {4, 8 * MiB, Route::kTwoShot}, {4, kAny, Route::kNccl}, {8, 256 * KiB, Route::kOneShot},
-      {8, 8 * MiB, Route::kTwoShot}, {8, kAny, Route::kNccl},
+      {2, 1 * MiB, Route::kPushOneShot}, {2, 128 * MiB, Route::kPushTwoShot},
+      {2, kAny, Route::kNccl},           {4, 512 * KiB, Route::kPushOneShot},
+      {4, kAny, Route::kPushTwoShot},    {8, 256 * KiB, Route::kPushOneShot},
+      {8, kAny, Route::kPushTwoShot},
   };
   return AlgorithmTable{rules, rules};
 }
@@ -30,13 +36,17 @@ Route AlgorithmTable::lookup(int nranks, size_t bytes, bool graphMode) const {
 Route chooseRoute(const AlgorithmTable& table, const RoutePolicy& policy, int nranks, size_t bytes,
                   bool graphMode) {
   if (!policy.customPath) return Route::kNccl;
-  // The largest-message kernel when NCCL is not there to take over.
-  const Route widest = nranks <= 2 ? Route::kOneShot : Route::kTwoShot;
+  // The kernel that takes any size when NCCL is not there to take over.
+  const Route widest = Route::kPushTwoShot;
   switch (policy.forced) {
     case tpcAlgoOneShot:
       return Route::kOneShot;
     case tpcAlgoTwoShot:
       return Route::kTwoShot;
+    case tpcAlgoPushOneShot:
+      return Route::kPushOneShot;
+    case tpcAlgoPushTwoShot:
+      return Route::kPushTwoShot;
     case tpcAlgoNccl:
       return policy.ncclAvailable ? Route::kNccl : widest;
     default:
@@ -55,26 +65,23 @@ tpcAlgorithm_t routeAlgorithm(Route route) {
       return tpcAlgoOneShot;
     case Route::kTwoShot:
       return tpcAlgoTwoShot;
+    case Route::kPushOneShot:
+      return tpcAlgoPushOneShot;
+    case Route::kPushTwoShot:
+      return tpcAlgoPushTwoShot;
     default:
       return tpcAlgoNccl;
   }
 }
 
-const char* routeName(Route route) {
-  switch (route) {
-    case Route::kOneShot:
-      return "oneshot";
-    case Route::kTwoShot:
-      return "twoshot";
-    default:
-      return "nccl";
-  }
-}
+const char* routeName(Route route) { return algorithmName(routeAlgorithm(route)); }
 
 int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap) {
   const size_t elemsPerVec = 16 / elemBytes;
   size_t vectors = (count + elemsPerVec - 1) / elemsPerVec;
-  if (route == Route::kTwoShot) vectors = (vectors + nranks - 1) / nranks;
+  if (route == Route::kTwoShot || route == Route::kPushTwoShot) {
+    vectors = (vectors + nranks - 1) / nranks;
+  }
   const size_t blocks = (vectors + device::kBlockThreads - 1) / device::kBlockThreads;
   return static_cast<int>(std::clamp<size_t>(blocks, 1, static_cast<size_t>(std::max(cap, 1))));
 }

@@ -9,7 +9,13 @@
 
 namespace tpcomm {
 
-enum class Route { kOneShot, kTwoShot, kNccl };
+enum class Route { kOneShot, kTwoShot, kPushOneShot, kPushTwoShot, kNccl };
+
+// Routes that run one of tpcomm's push kernels (no barrier, receive buffers) rather than a pull
+// kernel (barriers, staging buffers).
+inline bool isPush(Route route) {
+  return route == Route::kPushOneShot || route == Route::kPushTwoShot;
+}
 
 // A row of the algorithm table: messages of at most maxBytes on at most maxRanks ranks take
 // `route`. Rows are tried in order and the first that matches wins, so a tuning tool can write a
@@ -45,11 +51,12 @@ tpcAlgorithm_t routeAlgorithm(Route route);
 const char* routeName(Route route);
 
 // Published NVLink all-reduce kernels launch at most 24-36 blocks of 512 threads: more blocks
-// contend on the links without gain. Used when every rank has a device to itself.
+// contend on the links without gain. The pull kernels' cap when every rank has a device to itself.
 constexpr int kNvlinkMaxBlocks = 36;
 
 // Blocks for one kernel over `count` elements of `elemBytes` each: enough for one 16-byte vector
-// per thread of the largest phase, at least 1, at most `cap`.
+// per thread of the largest phase (a two-shot kernel's phases cover one slice), at least 1, at
+// most `cap`.
 int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
 // Per-rank block cap from residency: blocksPerSm * smCount shared by the ranks on that device,

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "core/communicator.h"
 #include "core/config.h"
+#include "core/group.h"
 #include "core/handle.h"
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/tpcomm.h"
@@ -151,6 +152,23 @@ TPC_API tpcResult_t tpcCommDestroy(tpcComm_t comm) {
   comm->magic = kDestroyedMagic;
   comm->lastError.clear();
   return result;
+}
+
+TPC_API tpcResult_t tpcCommAbort(tpcComm_t comm) {
+  clearThreadLastError();
+  TPC_CHECK(checkComm(comm, "tpcCommAbort"));
+  const tpcResult_t result = comm->impl->abort();
+  comm->impl.reset();
+  comm->magic = kDestroyedMagic;
+  comm->lastError.clear();
+  return result;
+}
+
+TPC_API tpcResult_t tpcGroupStart(void) { return groupStart(); }
+
+TPC_API tpcResult_t tpcGroupEnd(void) {
+  clearThreadLastError();
+  return groupEnd();
 }
 
 TPC_API tpcResult_t tpcCommCount(const tpcComm_t comm, int* count) {

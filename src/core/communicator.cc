@@ -6,13 +6,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "common/cuda_util.h"
 #include "common/error.h"
 #include "core/algorithm.h"
+#include "core/group.h"
 #include "kernels/allreduce.h"
 
 namespace tpcomm {
+
+static_assert(device::kMaxBlocks <= device::kMaxPushBlocks,
+              "a push grid may be as large as a pull grid: every block needs a rotation entry");
 
 // What every rank tells the others at init.
 struct Communicator::RankInfo {
@@ -20,7 +25,8 @@ struct Communicator::RankInfo {
   char busId[32];
   uint8_t uuid[16];
   int32_t smCount;
-  int32_t blocksPerSm;
+  int32_t pullBlocksPerSm;
+  int32_t pushBlocksPerSm;
 };
 
 tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
@@ -35,7 +41,8 @@ tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
 Communicator::~Communicator() { releaseResources(); }
 
 tpcResult_t Communicator::setup(const tpcUniqueId& id) {
-  layout_ = BufferLayout::forStaging(config_.stagingBytes);
+  key_.assign(id.internal, sizeof(id.internal));
+  layout_ = BufferLayout::make(config_.stagingBytes, config_.pushBytes, nranks_);
   Bootstrap::Options options;
   options.rank = rank_;
   options.nranks = nranks_;
@@ -46,7 +53,7 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   // From here on every rank takes part in every exchange even when its own step failed, so that
   // a failure reaches all ranks at once instead of leaving them waiting for the timeout.
   RankInfo mine{};
-  TPC_CHECK(agree(prepareLocal(&mine), "allocating its buffers"));
+  TPC_CHECK(bootstrap_->agree(prepareLocal(&mine), "allocating its buffers"));
   std::vector<std::string> blobs;
   TPC_CHECK(bootstrap_->allGather(std::string(reinterpret_cast<const char*>(&mine), sizeof(mine)),
                                   &blobs));
@@ -58,7 +65,9 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
     }
     std::memcpy(&all[r], blobs[r].data(), sizeof(RankInfo));
   }
+  ranksInProcess_ = 0;
   for (int i = 0; i < nranks_; ++i) {
+    ranksInProcess_ += all[i].buffer.processToken == processToken();
     for (int j = 0; j < nranks_; ++j) {
       if (i == j || std::memcmp(all[i].uuid, all[j].uuid, sizeof(all[i].uuid)) != 0) continue;
       sharesDevice_ = true;  // every rank must see this alike: it decides whether NCCL runs
@@ -70,13 +79,26 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   TPC_CHECK(decidePaths(all));
   std::vector<bool> sameProcess(nranks_);
   for (int r = 0; r < nranks_; ++r) sameProcess[r] = all[r].buffer.processToken == processToken();
-  TPC_CHECK(agree(
+  std::vector<bool> sameDevice(nranks_);
+  for (int r = 0; r < nranks_; ++r) {
+    sameDevice[r] = sameProcess[r] && all[r].buffer.device == all[rank_].buffer.device;
+  }
+  TPC_CHECK(bootstrap_->agree(
       registry_.init(rank_, nranks_,
-                     config_.zeroCopyGraphs ? config_.graphSlots : kRegistrationSlots, sameProcess),
+                     config_.zeroCopyGraphs ? config_.graphSlots : kRegistrationSlots, sameProcess,
+                     sameDevice),
       "allocating its zero-copy slots"));
+  TPC_CUDA_CHECK(cudaStreamCreateWithFlags(&controlStream_, cudaStreamNonBlocking));
+  TPC_CUDA_CHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
   if (topology_.decision.custom) {
-    chooseBlockCap(all);
+    chooseBlockCaps(all);
     buildParams();
+  }
+  // A dependent kernel's blocks become resident before the kernel it follows has finished: where
+  // ranks share a device they could take the place the running kernels of other ranks need.
+  dependentLaunch_ = config_.pdl && !sharesDevice_;
+  if (config_.pdl && sharesDevice_) {
+    TPC_INFO("rank %d: programmatic dependent launch stays off: ranks share a device", rank_);
   }
   if (sharesDeviceInProcess_ && rank_ == 0) {
     const char* connections = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
@@ -88,8 +110,13 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
           device_);
     }
   }
-  TPC_INFO("rank %d/%d on device %d ready: staging %zu bytes, at most %d blocks per kernel, %s",
-           rank_, nranks_, device_, layout_.stagingBytes, blockCap_, config_.digest().c_str());
+  TPC_INFO(
+      "rank %d/%d on device %d ready: staging %zu bytes, push chunks %zu / %zu bytes, at most %d "
+      "(pull) and %d (push) blocks per kernel, %s",
+      rank_, nranks_, device_, layout_.stagingBytes,
+      layout_.receive(device::kPushOneShot).chunkBytes,
+      layout_.receive(device::kPushTwoShot).chunkBytes, pullBlockCap_, pushBlockCap_,
+      config_.digest().c_str());
   TPC_INFO("rank %d: custom path %s: %s; NCCL: %s", rank_, topology_.decision.custom ? "on" : "off",
            topology_.decision.reason.c_str(), nccl_.description().c_str());
   return tpcSuccess;
@@ -102,16 +129,19 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   std::memcpy(mine->uuid, prop.uuid.bytes, sizeof(mine->uuid));
   TPC_CUDA_CHECK(cudaDeviceGetPCIBusId(mine->busId, sizeof(mine->busId), device_));
   mine->smCount = prop.multiProcessorCount;
-  int blocksPerSm = 0;
-  TPC_CUDA_CHECK(allReduceBlocksPerSm(&blocksPerSm));
-  if (blocksPerSm < 1) {
+  int pull = 0, push = 0;
+  TPC_CUDA_CHECK(allReduceBlocksPerSm(&pull, &push));
+  if (pull < 1 || push < 1) {
     return fail(tpcInternalError, "rank %d: the all-reduce kernels cannot run on device %d", rank_,
                 device_);
   }
-  mine->blocksPerSm = blocksPerSm;
-  TPC_CHECK(local_.allocate(layout_));
+  mine->pullBlocksPerSm = pull;
+  mine->pushBlocksPerSm = push;
+  local_ = std::make_shared<LocalBuffer>();
+  TPC_CHECK(local_->allocate(layout_));
+  publishLocalBuffer(key_, rank_, local_);
   TPC_CUDA_CHECK(failure_.allocate());
-  TPC_CHECK(local_.exportTo(&mine->buffer));
+  TPC_CHECK(local_->exportTo(&mine->buffer));
   return tpcSuccess;
 }
 
@@ -119,7 +149,7 @@ void Communicator::mapPeers(const std::vector<RankInfo>& all) {
   peers_.clear();
   peers_.resize(nranks_);
   for (int r = 0; r < nranks_; ++r) {
-    if (r != rank_ && peers_[r].open(rank_, r, all[r].buffer) != tpcSuccess) {
+    if (r != rank_ && peers_[r].open(rank_, r, all[r].buffer, key_) != tpcSuccess) {
       TPC_INFO("rank %d: rank %d's buffer stays unmapped; the topology decides what follows", rank_,
                r);
     }
@@ -131,6 +161,11 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
   for (int r = 0; r < nranks_; ++r) {
     PeerView& v = views[r];
     v.busId = all[r].busId;
+    char hex[2 * sizeof(all[r].uuid) + 1];
+    for (size_t i = 0; i < sizeof(all[r].uuid); ++i) {
+      std::snprintf(hex + 2 * i, 3, "%02x", all[r].uuid[i]);
+    }
+    v.uuid = hex;
     if (all[r].buffer.processToken == processToken()) {
       v.visibleDevice = all[r].buffer.device;
     } else if (cudaDeviceGetByPCIBusId(&v.visibleDevice, all[r].busId) != cudaSuccess) {
@@ -144,7 +179,7 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
   switches.p2pCheck = config_.p2pCheck;
   TPC_CHECK(discoverTopology(*bootstrap_, device_, views, controlOf(rank_)->p2pCheck, switches,
                              &topology_));
-  TPC_CHECK(agree(nccl_.setUp(config_, *bootstrap_, sharesDevice_), "setting up NCCL"));
+  TPC_CHECK(bootstrap_->agree(nccl_.setUp(config_, *bootstrap_, sharesDevice_), "setting up NCCL"));
   if (!topology_.decision.custom && !nccl_.available()) {
     return fail(tpcNotSupported,
                 "rank %d: tpcomm's kernels cannot serve these devices (%s), and NCCL is not "
@@ -162,106 +197,156 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
   return tpcSuccess;
 }
 
-tpcResult_t Communicator::agree(tpcResult_t mine, const char* step) {
-  const int32_t code = mine;
-  std::string blob(reinterpret_cast<const char*>(&code), sizeof(code));
-  if (mine != tpcSuccess) blob += threadLastError();
-  std::vector<std::string> all;
-  TPC_CHECK(bootstrap_->allGather(blob, &all));
-  if (mine != tpcSuccess) return mine;  // the message of the local failure stands
-  for (int r = 0; r < nranks_; ++r) {
-    int32_t theirs = tpcSuccess;
-    if (all[r].size() >= sizeof(theirs)) std::memcpy(&theirs, all[r].data(), sizeof(theirs));
-    if (theirs != tpcSuccess) {
-      return fail(tpcRemoteError, "rank %d: rank %d failed while %s: %s", rank_, r, step,
-                  all[r].substr(sizeof(theirs)).c_str());
-    }
-  }
-  return tpcSuccess;
-}
-
-void Communicator::chooseBlockCap(const std::vector<RankInfo>& all) {
-  // Every rank computes the same cap from the same gathered facts, so all launch equal grids.
-  int cap = device::kMaxBlocks;
+void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
+  // Every rank computes the same caps from the same gathered facts, so all launch equal grids.
+  int pullCap = device::kMaxBlocks, pushCap = device::kMaxBlocks;
   for (int r = 0; r < nranks_; ++r) {
     int onDevice = 0;
     for (int q = 0; q < nranks_; ++q) {
       onDevice += std::memcmp(all[q].uuid, all[r].uuid, sizeof(all[r].uuid)) == 0;
     }
     // Ranks sharing a device spin on each other: all their blocks must be resident at once.
-    cap = std::min(cap, residentBlockShare(all[r].blocksPerSm, all[r].smCount, onDevice));
+    pullCap =
+        std::min(pullCap, residentBlockShare(all[r].pullBlocksPerSm, all[r].smCount, onDevice));
+    pushCap =
+        std::min(pushCap, residentBlockShare(all[r].pushBlocksPerSm, all[r].smCount, onDevice));
   }
-  if (!sharesDevice_) cap = std::min(cap, kNvlinkMaxBlocks);
+  // With a device each, the pull kernels stay at the published NVLink cap; the push kernels may
+  // fill every multiprocessor, one block each, to keep enough stores and polls in flight.
+  if (!sharesDevice_) pullCap = std::min(pullCap, kNvlinkMaxBlocks);
   if (config_.maxBlocks > 0) {
-    if (config_.maxBlocks > cap) {
-      TPC_INFO("rank %d: maxBlocks %d lowered to %d so that every rank's blocks stay resident",
-               rank_, config_.maxBlocks, cap);
+    if (config_.maxBlocks > std::min(pullCap, pushCap)) {
+      TPC_INFO(
+          "rank %d: maxBlocks %d lowered to %d (pull) and %d (push) so that every rank's "
+          "blocks stay resident",
+          rank_, config_.maxBlocks, std::min(pullCap, config_.maxBlocks),
+          std::min(pushCap, config_.maxBlocks));
     }
-    cap = std::min(cap, config_.maxBlocks);
+    pullCap = std::min(pullCap, config_.maxBlocks);
+    pushCap = std::min(pushCap, config_.maxBlocks);
   }
-  blockCap_ = cap;
+  pullBlockCap_ = pullCap;
+  pushBlockCap_ = pushCap;
 }
 
 char* Communicator::bufferOf(int rank) const {
-  return rank == rank_ ? local_.base() : peers_[rank].base();
+  return rank == rank_ ? local_->base() : peers_[rank].base();
 }
 
 void Communicator::buildParams() {
-  for (int a = 0; a < device::kNumAlgorithms; ++a) {
-    device::AllReduceParams& p = params_[a];
-    p = device::AllReduceParams{};
+  auto* mine = controlOf(rank_);
+  device::CallParams call{};
+  for (int r = 0; r < nranks_; ++r) call.failure.claims[r] = &controlOf(r)->failureClaim;
+  call.failure.record = failure_.device();
+  call.failure.timeoutNs = static_cast<unsigned long long>(config_.timeoutMs) * 1000000ull;
+  call.rank = rank_;
+  call.nranks = nranks_;
+  for (int a = 0; a < device::kNumPullAlgorithms; ++a) {
+    device::PullParams& p = pull_[a];
+    p = device::PullParams{};
+    static_cast<device::CallParams&>(p) = call;
     for (int r = 0; r < nranks_; ++r) {
       char* base = bufferOf(r);
-      auto* control = reinterpret_cast<ControlBlock*>(base);
       p.staging[r] = base + layout_.stagingOffset;
       p.scratch[r] = base + layout_.scratchOffset;
-      p.barrier.inbox[r] = control->inbox[a];
+      p.barrier.inbox[r] = controlOf(r)->inbox[a];
+      p.barrier.tags[r] = controlOf(r)->tags[a];
     }
-    auto* mine = reinterpret_cast<ControlBlock*>(local_.base());
     p.barrier.epochs = mine->epochs[a];
-    p.failure.claim = &mine->failureClaim;
-    p.failure.record = failure_.device();
-    p.failure.timeoutNs = static_cast<unsigned long long>(config_.timeoutMs) * 1000000ull;
-    p.rank = rank_;
-    p.nranks = nranks_;
+  }
+  for (int a = 0; a < device::kNumPushAlgorithms; ++a) {
+    const ReceiveRegion& region = layout_.push[a];
+    device::PushParams& p = push_[a];
+    p = device::PushParams{};
+    static_cast<device::CallParams&>(p) = call;
+    for (int r = 0; r < nranks_; ++r) p.receive[r] = bufferOf(r) + region.offset;
+    p.bufferBytes = region.bufferBytes;
+    p.slotVectors = region.slotVectors;
+    p.state = mine->push[a];
   }
 }
 
+namespace {
+
+// Tags that differ for calls the kernels must not mix: size, type, protocol.
+uint32_t callTag(int algorithm, tpcDataType_t type, size_t count) {
+  uint64_t h = count * 0x9e3779b97f4a7c15ull ^ (static_cast<uint64_t>(type) << 8 | algorithm);
+  h ^= h >> 31;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 29;
+  return static_cast<uint32_t>(h);
+}
+
+tpcResult_t resultOf(int failureKind) {
+  switch (failureKind) {
+    case device::kFailureTimeout:
+      return tpcTimeout;
+    case device::kFailurePeerFailed:
+      return tpcRemoteError;
+    default:
+      return tpcInvalidUsage;
+  }
+}
+
+}  // namespace
+
 std::string Communicator::describeFailure(const device::FailureRecord& record) const {
-  static const char* const kAlgorithms[] = {"one-shot", "two-shot"};
+  static const char* const kAlgorithms[] = {"one-shot", "two-shot", "push one-shot",
+                                            "push two-shot"};
   static const char* const kWaits[] = {"to copy its input", "to reduce its slice",
-                                       "to finish reading"};
+                                       "to finish reading", "to send its data",
+                                       "to send its reduced slice"};
   const char* algorithm = record.algorithm >= 0 && record.algorithm < device::kNumAlgorithms
                               ? kAlgorithms[record.algorithm]
                               : "unknown";
+  const char* waitingFor =
+      record.phase >= 0 && record.phase < device::kNumPhases ? kWaits[record.phase] : "to signal";
   char text[512];
-  if (record.kind == device::kFailureUnregistered) {
-    std::snprintf(text, sizeof(text),
-                  "rank %d (device %d): a CUDA graph with zero-copy all-reduces ran before "
-                  "tpcCommRegisterGraphBuffers registered its buffers; the communicator can no "
-                  "longer be used",
-                  record.rank, device_);
-    return text;
+  switch (record.kind) {
+    case device::kFailureUnregistered:
+      std::snprintf(text, sizeof(text),
+                    "rank %d (device %d): a zero-copy all-reduce ran while its buffers were not "
+                    "registered (a CUDA graph launched before tpcCommRegisterGraphBuffers, or "
+                    "after its buffer was deregistered); the communicator can no longer be used",
+                    record.rank, device_);
+      break;
+    case device::kFailureStaleSlot:
+      std::snprintf(text, sizeof(text),
+                    "rank %d (device %d): a CUDA graph ran a zero-copy all-reduce whose registered "
+                    "buffer was deregistered since it was captured; the communicator can no longer "
+                    "be used",
+                    record.rank, device_);
+      break;
+    case device::kFailurePeerFailed:
+      std::snprintf(text, sizeof(text),
+                    "rank %d (device %d): rank %d failed or was aborted while this rank's %s "
+                    "all-reduce waited for it in block %d; the communicator can no longer be used",
+                    record.rank, device_, record.peer, algorithm, record.block);
+      break;
+    case device::kFailureMismatch:
+      std::snprintf(text, sizeof(text),
+                    "rank %d (device %d): rank %d made a different call at the same point as this "
+                    "rank's %s all-reduce (another size, type, algorithm or zero-copy mode; every "
+                    "rank must make the same calls in the same order); the communicator can no "
+                    "longer be used",
+                    record.rank, device_, record.peer, algorithm);
+      break;
+    default:
+      std::snprintf(text, sizeof(text),
+                    "rank %d (device %d): %s all-reduce timed out after %.3f s in block %d "
+                    "waiting for rank %d %s; the communicator can no longer be used",
+                    record.rank, device_, algorithm, static_cast<double>(record.waitedNs) * 1e-9,
+                    record.block, record.peer, waitingFor);
   }
-  const char* waitingFor = record.phase >= 0 && record.phase <= device::kPhasePeersDone
-                               ? kWaits[record.phase]
-                               : "to signal";
-  std::snprintf(text, sizeof(text),
-                "rank %d (device %d): %s all-reduce timed out after %.3f s in block %d waiting "
-                "for rank %d %s; the communicator can no longer be used",
-                record.rank, device_, algorithm, static_cast<double>(record.waitedNs) * 1e-9,
-                record.block, record.peer, waitingFor);
   return text;
 }
 
 tpcResult_t Communicator::checkHealthy() {
-  if (stickyError_ == tpcSuccess && failure_.host() != nullptr && failure_.host()->ready) {
-    std::atomic_thread_fence(std::memory_order_acquire);
-    stickyError_ =
-        failure_.host()->kind == device::kFailureUnregistered ? tpcInvalidUsage : tpcTimeout;
-    stickyMessage_ = describeFailure(*failure_.host());
-  }
-  if (stickyError_ == tpcSuccess) return tpcSuccess;
+  if (stickyError_ != tpcSuccess) return repeatFailure(stickyError_, stickyMessage_);
+  if (failure_.host() == nullptr || !failure_.host()->ready) return tpcSuccess;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  stickyError_ = resultOf(failure_.host()->kind);
+  stickyMessage_ = describeFailure(*failure_.host());
   return fail(stickyError_, "%s", stickyMessage_.c_str());
 }
 
@@ -298,7 +383,7 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   TPC_TRACE("rank %d: all-reduce of %zu bytes (%s%s) on stream %p", rank_, bytes, routeName(route),
             capturing ? ", captured" : "", static_cast<void*>(stream));
   if (route == Route::kNccl && nccl_.available()) {
-    return nccl_.allReduce(sendbuff, recvbuff, count, type, op, stream, rank_);
+    return ncclAllReduce(sendbuff, recvbuff, count, type, op, stream);
   }
   if (nranks_ == 1) {
     // Every reduction over one rank is the identity.
@@ -313,21 +398,55 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
                 "float16 and bfloat16), and NCCL is not available (%s)",
                 rank_, opName(op), typeName(type), nccl_.description().c_str());
   }
-  return launchKernels(route, sendbuff, recvbuff, count, type, stream, capturing);
+  if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
+  TPC_CHECK(launchKernels(route, sendbuff, recvbuff, count, type, stream, capturing));
+  if (!capturing) {
+    TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
+    lastStream_ = stream;
+    haveLastCall_ = true;
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::orderAfterPreviousCall(cudaStream_t stream) {
+  if (haveLastCall_ && stream != lastStream_) {
+    TPC_CUDA_CHECK(cudaStreamWaitEvent(stream, lastCall_, 0));
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
+                                        tpcDataType_t type, tpcRedOp_t op, cudaStream_t stream) {
+  if (ranksInProcess_ > 1) {
+    // This process drives several ranks: NCCL would wait in this call for ranks not called yet.
+    if (!inGroup()) {
+      return fail(tpcInvalidUsage,
+                  "rank %d: this process holds %d ranks of the communicator, and this all-reduce "
+                  "(%zu elements of %s, %s) goes to NCCL, which needs every rank's call at once: "
+                  "bracket the ranks' calls with tpcGroupStart and tpcGroupEnd",
+                  rank_, ranksInProcess_, count, typeName(type), opName(op));
+    }
+    TPC_CHECK(joinNcclGroup(nccl_.library()));
+  }
+  return nccl_.allReduce(sendbuff, recvbuff, count, type, op, stream, rank_);
 }
 
 tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void* recvbuff,
                                         size_t count, tpcDataType_t type, cudaStream_t stream,
                                         bool capturing) {
+  if (isPush(route)) return launchPushKernels(route, sendbuff, recvbuff, count, type, stream);
   const size_t elemBytes = typeSize(type);
   const size_t bytes = count * elemBytes;
-  // Zero-copy: out of place only, since peers read this rank's input while it writes its output.
+  // Zero-copy: out of place only, since peers read this rank's input while it writes its output;
+  // and 16-byte aligned, as every rank's input then is (ranks call at the same offsets into
+  // registered buffers whose bases registration found aligned).
   const device::SourceSlot* slot = nullptr;
+  uint32_t generation = 0;
   size_t sourceOffset = 0;
   if (sendbuff != recvbuff) {
     int s = -1;
     if (registry_.findRegistered(sendbuff, bytes, &s, &sourceOffset)) {
-      slot = registry_.deviceSlot(s);
+      if (sourceOffset % 16 == 0) slot = registry_.deviceSlot(s);
     } else if (capturing && config_.zeroCopyGraphs) {
       s = registry_.reserveGraphSlot(sendbuff, bytes);
       if (s >= 0) {
@@ -340,11 +459,13 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
             rank_, registry_.capacity());
       }
     }
+    if (slot != nullptr) generation = registry_.generation(s);
   }
   const device::Algorithm algorithm =
       route == Route::kTwoShot ? device::kTwoShot : device::kOneShot;
-  device::AllReduceParams p = params_[algorithm];
+  device::PullParams p = pull_[algorithm];
   p.slot = slot;
+  p.slotGeneration = generation;
   const size_t chunkElems = layout_.stagingBytes / elemBytes;
   for (size_t offset = 0; offset < count; offset += chunkElems) {
     p.input = static_cast<const char*>(sendbuff) + offset * elemBytes;
@@ -353,8 +474,29 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
     p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
     p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
     p.sourceOffset = sourceOffset + offset * elemBytes;
-    const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, blockCap_);
-    TPC_CUDA_CHECK(launchAllReduce(type, algorithm, p, blocks, stream));
+    p.tag = callTag(algorithm, type, p.count);
+    const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, pullBlockCap_);
+    TPC_CUDA_CHECK(launchPull(type, algorithm, p, blocks, dependentLaunch_, stream));
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, void* recvbuff,
+                                            size_t count, tpcDataType_t type, cudaStream_t stream) {
+  const size_t elemBytes = typeSize(type);
+  const device::Algorithm algorithm =
+      route == Route::kPushTwoShot ? device::kPushTwoShot : device::kPushOneShot;
+  device::PushParams p = push_[algorithm - device::kPushOneShot];
+  const size_t chunkElems = layout_.receive(algorithm).chunkBytes / elemBytes;
+  for (size_t offset = 0; offset < count; offset += chunkElems) {
+    p.input = static_cast<const char*>(sendbuff) + offset * elemBytes;
+    p.output = static_cast<char*>(recvbuff) + offset * elemBytes;
+    p.count = std::min(chunkElems, count - offset);
+    p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
+    p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
+    p.tag = callTag(algorithm, type, p.count);
+    const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, pushBlockCap_);
+    TPC_CUDA_CHECK(launchPush(type, algorithm, p, blocks, dependentLaunch_, stream));
   }
   return tpcSuccess;
 }
@@ -391,6 +533,8 @@ tpcResult_t Communicator::deregister(void* handle) {
 tpcMemoryInfo_t Communicator::memoryInfo() const {
   tpcMemoryInfo_t info{};
   info.deviceBytes = layout_.totalBytes + registry_.tableBytes();
+  info.stagingBytes = layout_.stagingBytes + layout_.scratchBytes;
+  for (const ReceiveRegion& region : layout_.push) info.receiveBytes += region.bytes();
   info.hostBytes = sizeof(device::FailureRecord);
   for (const PeerMapping& peer : peers_) {
     if (peer.opened()) info.peerBytes += layout_.totalBytes;
@@ -456,7 +600,10 @@ tpcResult_t Communicator::releaseResources() {
     if (peer.release() != tpcSuccess) result = tpcUnhandledCudaError;
   }
   peers_.clear();
-  if (local_.release() != tpcSuccess) result = tpcUnhandledCudaError;
+  // Freed here unless a rank of this process still holds it; then with the last of them.
+  local_.reset();
+  if (lastCall_ != nullptr) cudaEventDestroy(std::exchange(lastCall_, nullptr));
+  if (controlStream_ != nullptr) cudaStreamDestroy(std::exchange(controlStream_, nullptr));
   bootstrap_.reset();
   return result;
 }
@@ -474,6 +621,32 @@ tpcResult_t Communicator::destroy() {
   }
   TPC_CHECK(releaseResources());
   return tpcSuccess;
+}
+
+tpcResult_t Communicator::abort() {
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  if (stickyError_ == tpcSuccess) {
+    stickyError_ = tpcInvalidUsage;
+    stickyMessage_ = "rank " + std::to_string(rank_) + " was aborted (tpcCommAbort)";
+  }
+  TPC_INFO("rank %d: aborting", rank_);
+  // The failure word stops this rank's kernels at their next check and tells its peers. The copy
+  // engine sets it: every multiprocessor may be busy with a kernel that waits.
+  if (local_ != nullptr && controlStream_ != nullptr) {
+    static const uint32_t kFailed = 1;
+    cudaError_t err = cudaMemcpyAsync(&controlOf(rank_)->failureClaim, &kFailed, sizeof(kFailed),
+                                      cudaMemcpyHostToDevice, controlStream_);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(controlStream_);
+    if (err != cudaSuccess) {
+      TPC_WARN("rank %d: could not mark the rank failed on device %d: %s", rank_, device_,
+               cudaGetErrorString(err));
+      cudaGetLastError();
+    }
+  }
+  // NCCL's kernels in flight would otherwise keep the device synchronization below waiting.
+  nccl_.release();
+  return destroy();
 }
 
 }  // namespace tpcomm

@@ -1,5 +1,8 @@
 // One rank of a communicator: its rendezvous connections, its shared buffers and its peers', how
 // its calls are carried (tpcomm's kernels or NCCL), and the all-reduce entry point.
+//
+// Setup (create) does every exchange, allocation and decision once; the per-call path (allReduce)
+// checks the call, picks a route and launches from parameters prepared at setup.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,6 +32,8 @@ class Communicator {
 
   // Waits for the device's outstanding work, then frees every resource; reports what failed.
   tpcResult_t destroy();
+  // Stops this rank's kernels and tells its peers, then frees every resource (tpcCommAbort).
+  tpcResult_t abort();
 
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
@@ -36,7 +41,7 @@ class Communicator {
   const DiscoveryResult& topology() const { return topology_; }
   const NcclFallback& nccl() const { return nccl_; }
 
-  // tpcSuccess while healthy; otherwise the sticky error with its explanation set via fail().
+  // tpcSuccess while healthy; otherwise the sticky error, explained (warned about once).
   tpcResult_t checkHealthy();
 
   // The route of an eager all-reduce of `count` elements of `type` (which must be valid).
@@ -70,9 +75,11 @@ class Communicator {
   // Checks that `stream` belongs to this rank's device (once per stream, outside capture) and
   // says whether it is capturing a graph.
   tpcResult_t checkStream(cudaStream_t stream, bool* capturing);
-  // Tells every rank how this rank's step went; fails on every rank if any rank failed.
-  tpcResult_t agree(tpcResult_t mine, const char* step);
-  void chooseBlockCap(const std::vector<RankInfo>& all);
+  // An eager call on another stream than the rank's previous eager call waits for that call.
+  tpcResult_t orderAfterPreviousCall(cudaStream_t stream);
+  tpcResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
+                            tpcRedOp_t op, cudaStream_t stream);
+  void chooseBlockCaps(const std::vector<RankInfo>& all);
   void buildParams();
   char* bufferOf(int rank) const;
   ControlBlock* controlOf(int rank) const {
@@ -81,6 +88,8 @@ class Communicator {
   std::string describeFailure(const device::FailureRecord& record) const;
   tpcResult_t launchKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
                             tpcDataType_t type, cudaStream_t stream, bool capturing);
+  tpcResult_t launchPushKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
+                                tpcDataType_t type, cudaStream_t stream);
   tpcResult_t releaseResources();
 
   int rank_;
@@ -89,8 +98,9 @@ class Communicator {
   ResolvedConfig config_;
   BufferLayout layout_;
   std::unique_ptr<Bootstrap> bootstrap_;
-  LocalBuffer local_;
-  std::vector<PeerMapping> peers_;  // by rank; empty for this rank and for unmapped peers
+  std::string key_;                     // the communicator's rendezvous id, the same on every rank
+  std::shared_ptr<LocalBuffer> local_;  // shared with the ranks of this process (see PeerMapping)
+  std::vector<PeerMapping> peers_;      // by rank; empty for this rank and for unmapped peers
   MappedHost<device::FailureRecord> failure_;
   DiscoveryResult topology_;
   NcclFallback nccl_;
@@ -98,10 +108,18 @@ class Communicator {
   bool warnedSlotsExhausted_ = false;
   AlgorithmTable table_ = AlgorithmTable::defaults();
   RoutePolicy policy_;
-  device::AllReduceParams params_[device::kNumAlgorithms] = {};
-  int blockCap_ = 1;
-  bool sharesDevice_ = false;           // some ranks of the communicator share a device
-  bool sharesDeviceInProcess_ = false;  // this rank shares its device within this process
+  device::PullParams pull_[device::kNumPullAlgorithms] = {};
+  device::PushParams push_[device::kNumPushAlgorithms] = {};
+  int pullBlockCap_ = 1;
+  int pushBlockCap_ = 1;
+  bool dependentLaunch_ = false;          // programmatic dependent launch of the kernels
+  bool sharesDevice_ = false;             // some ranks of the communicator share a device
+  bool sharesDeviceInProcess_ = false;    // this rank shares its device within this process
+  int ranksInProcess_ = 1;                // ranks of this communicator in this process
+  cudaStream_t controlStream_ = nullptr;  // the copy engine's way to this rank's failure word
+  cudaEvent_t lastCall_ = nullptr;        // the end of the rank's previous eager call
+  cudaStream_t lastStream_ = nullptr;
+  bool haveLastCall_ = false;
   cudaStream_t checkedStream_ = nullptr;
   bool streamChecked_ = false;
   bool warnedBlockingStream_ = false;

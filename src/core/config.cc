@@ -41,6 +41,10 @@ const char* algorithmName(tpcAlgorithm_t algorithm) {
       return "twoshot";
     case tpcAlgoNccl:
       return "nccl";
+    case tpcAlgoPushOneShot:
+      return "push-oneshot";
+    case tpcAlgoPushTwoShot:
+      return "push-twoshot";
     default:
       return "unknown";
   }
@@ -63,7 +67,8 @@ std::string ResolvedConfig::digest() const {
          " nccl=" + (ncclComm != nullptr ? "borrowed" : (ncclOff ? "off" : "auto")) +
          " maxBytes=" + std::to_string(maxBytes) + " disabled=" + (disabled ? "1" : "0") +
          " p2pCheck=" + (p2pCheck ? "1" : "0") + " zeroCopyGraphs=" + (zeroCopyGraphs ? "1" : "0") +
-         " graphSlots=" + std::to_string(graphSlots);
+         " graphSlots=" + std::to_string(graphSlots) + " pushBytes=" + std::to_string(pushBytes) +
+         " pdl=" + (pdl ? "1" : "0");
 }
 
 namespace {
@@ -139,7 +144,8 @@ tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
     if (const char* text = envValue(EnvVar::kAlgo)) {
       tpcAlgorithm_t parsed;
       if (!parseAlgorithm(text, &parsed)) {
-        return fail(tpcInvalidArgument, "%s=%s: expected auto, oneshot, twoshot or nccl",
+        return fail(tpcInvalidArgument,
+                    "%s=%s: expected auto, oneshot, twoshot, push-oneshot, push-twoshot or nccl",
                     envName(EnvVar::kAlgo), text);
       }
       algorithm = parsed;
@@ -220,6 +226,32 @@ tpcResult_t resolveConfig(const tpcConfig_t* config, ResolvedConfig* out) {
     }
   }
   if (slots != 0) r.graphSlots = slots;
+
+  size_t push = TPC_HAS_FIELD(config, pushBytes) ? config->pushBytes : 0;
+  if (push == 0) {
+    if (const char* text = envValue(EnvVar::kPushBytes)) {
+      if (!parseByteSize(text, &push) || push == 0) {
+        return fail(tpcInvalidArgument, "%s=%s is not a byte size", envName(EnvVar::kPushBytes),
+                    text);
+      }
+    }
+  }
+  if (push != 0) {
+    if (push < kMinPushBytes || push > kMaxPushBytes) {
+      return fail(tpcInvalidArgument, "pushBytes %zu is outside [%zu, %zu]", push, kMinPushBytes,
+                  kMaxPushBytes);
+    }
+    r.pushBytes = (push + 15) / 16 * 16;
+  }
+
+  const int pdl = TPC_HAS_FIELD(config, pdl) ? config->pdl : 0;
+  if (pdl < -1 || pdl > 1) return fail(tpcInvalidArgument, "pdl %d is not -1, 0 or 1", pdl);
+  if (pdl != 0) {
+    r.pdl = pdl == 1;
+  } else if (!envFlag(EnvVar::kPdl, r.pdl, &r.pdl)) {
+    return fail(tpcInvalidArgument, "%s=%s: expected 0 or 1", envName(EnvVar::kPdl),
+                envValue(EnvVar::kPdl));
+  }
 
   *out = r;
   return tpcSuccess;

@@ -102,7 +102,7 @@ tpcResult_t NcclFallback::allReduce(const void* sendbuff, void* recvbuff, size_t
 }
 
 void NcclFallback::release() {
-  if (comm_ != nullptr && owned_) lib_->commDestroy(comm_);
+  if (comm_ != nullptr && owned_) lib_->commAbort(comm_);
   comm_ = nullptr;
 }
 

@@ -30,7 +30,10 @@ class NcclFallback {
 
   tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                         tpcRedOp_t op, cudaStream_t stream, int rank);
-  // Destroys an owned communicator; forgets a borrowed one.
+  const nccl::Library* library() const { return lib_; }
+  // Frees an owned communicator once this rank's device work has finished; forgets a borrowed
+  // one. Never waits for a peer: ncclCommDestroy finalizes collectively (it waits until every
+  // rank has destroyed its communicator too), which would tie this rank's teardown to its peers'.
   void release();
 
  private:

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "common/env.h"
@@ -31,6 +32,7 @@ bool bindAll(void* handle, Library* lib, std::string* whyNot) {
                   bind(handle, "ncclGetUniqueId", &lib->getUniqueId, &missing) &&
                   bind(handle, "ncclCommInitRank", &lib->commInitRank, &missing) &&
                   bind(handle, "ncclCommDestroy", &lib->commDestroy, &missing) &&
+                  bind(handle, "ncclCommAbort", &lib->commAbort, &missing) &&
                   bind(handle, "ncclCommCount", &lib->commCount, &missing) &&
                   bind(handle, "ncclCommUserRank", &lib->commUserRank, &missing) &&
                   bind(handle, "ncclAllReduce", &lib->allReduce, &missing) &&
@@ -46,6 +48,13 @@ bool bindAll(void* handle, Library* lib, std::string* whyNot) {
     *whyNot = "ncclGetVersion failed";
     return false;
   }
+  // Symmetric memory windows (NCCL 2.27 and newer); absent from older versions.
+  lib->memAlloc = reinterpret_cast<decltype(lib->memAlloc)>(dlsym(handle, "ncclMemAlloc"));
+  lib->memFree = reinterpret_cast<decltype(lib->memFree)>(dlsym(handle, "ncclMemFree"));
+  lib->windowRegister =
+      reinterpret_cast<decltype(lib->windowRegister)>(dlsym(handle, "ncclCommWindowRegister"));
+  lib->windowDeregister =
+      reinterpret_cast<decltype(lib->windowDeregister)>(dlsym(handle, "ncclCommWindowDeregister"));
   return true;
 }
 
@@ -82,7 +91,9 @@ Loaded load() {
 
 }  // namespace
 
-const Library* library(std::string* whyNot) {
+namespace {
+
+const Loaded& loaded() {
   static const Loaded loaded = [] {
     Loaded l = load();
     if (l.ok) {
@@ -92,12 +103,24 @@ const Library* library(std::string* whyNot) {
     }
     return l;
   }();
+  return loaded;
+}
+
+std::atomic<bool> everLoaded{false};
+
+}  // namespace
+
+const Library* library(std::string* whyNot) {
+  const Loaded& loaded = nccl::loaded();
+  everLoaded = true;
   if (!loaded.ok) {
     if (whyNot != nullptr) *whyNot = loaded.whyNot;
     return nullptr;
   }
   return &loaded.lib;
 }
+
+const Library* libraryIfLoaded() { return everLoaded ? library(nullptr) : nullptr; }
 
 }  // namespace nccl
 }  // namespace tpcomm

@@ -12,6 +12,7 @@ namespace tpcomm {
 namespace nccl {
 
 typedef struct ncclComm* Comm;
+typedef struct ncclWindow* Window;
 struct UniqueId {
   char internal[128];
 };
@@ -25,6 +26,7 @@ struct Library {
   Result (*getUniqueId)(UniqueId*) = nullptr;
   Result (*commInitRank)(Comm*, int, UniqueId, int) = nullptr;
   Result (*commDestroy)(Comm) = nullptr;
+  Result (*commAbort)(Comm) = nullptr;
   Result (*commCount)(Comm, int*) = nullptr;
   Result (*commUserRank)(Comm, int*) = nullptr;
   Result (*allReduce)(const void*, void*, size_t, int, int, Comm, cudaStream_t) = nullptr;
@@ -33,12 +35,22 @@ struct Library {
   Result (*groupEnd)() = nullptr;
   const char* (*getErrorString)(Result) = nullptr;
   const char* (*getLastError)(Comm) = nullptr;
+  // Symmetric memory windows, NCCL 2.27 and newer (null before): buffers from memAlloc registered
+  // with windowRegister(comm, buffer, bytes, &window, kWindowSymmetric) on every rank.
+  Result (*memAlloc)(void**, size_t) = nullptr;
+  Result (*memFree)(void*) = nullptr;
+  Result (*windowRegister)(Comm, void*, size_t, Window*, int) = nullptr;
+  Result (*windowDeregister)(Comm, Window) = nullptr;
 };
+
+constexpr int kWindowSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 
 // The process's NCCL, loaded on first use: the library TPCOMM_NCCL_LIBRARY names if set, else one
 // already loaded into the process, else libnccl.so.2 from the loader's search path. Null, with
 // *whyNot filled, when none can be loaded.
 const Library* library(std::string* whyNot);
+// The process's NCCL if some communicator has asked for it already, else null (never loads it).
+const Library* libraryIfLoaded();
 
 }  // namespace nccl
 }  // namespace tpcomm

@@ -4,34 +4,71 @@
 #include "tpcomm/device/allreduce.cuh"
 
 namespace tpcomm {
+namespace {
 
-bool kernelSupports(tpcDataType_t type) {
-  return type == tpcFloat32 || type == tpcFloat16 || type == tpcBfloat16;
-}
-
-cudaError_t launchAllReduce(tpcDataType_t type, device::Algorithm algorithm,
-                            const device::AllReduceParams& params, int blocks,
-                            cudaStream_t stream) {
+template <typename Fn>
+cudaError_t byType(tpcDataType_t type, Fn fn) {
   switch (type) {
     case tpcFloat32:
-      return device::launchAllReduce<float>(algorithm, params, blocks, stream);
+      return fn(float{});
     case tpcFloat16:
-      return device::launchAllReduce<__half>(algorithm, params, blocks, stream);
+      return fn(__half{});
     case tpcBfloat16:
-      return device::launchAllReduce<__nv_bfloat16>(algorithm, params, blocks, stream);
+      return fn(__nv_bfloat16{});
     default:
       return cudaErrorInvalidValue;
   }
 }
 
-cudaError_t allReduceBlocksPerSm(int* blocks) {
-  int f32 = 0, f16 = 0, bf16 = 0;
-  cudaError_t err = device::residentBlocksPerSm<float>(&f32);
-  if (err == cudaSuccess) err = device::residentBlocksPerSm<__half>(&f16);
-  if (err == cudaSuccess) err = device::residentBlocksPerSm<__nv_bfloat16>(&bf16);
-  if (err != cudaSuccess) return err;
-  *blocks = std::min({f32, f16, bf16});
+__global__ void fillEmptyWords(uint32_t* words, size_t count) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    words[i] = device::kEmpty;
+  }
+}
+
+}  // namespace
+
+bool kernelSupports(tpcDataType_t type) {
+  return type == tpcFloat32 || type == tpcFloat16 || type == tpcBfloat16;
+}
+
+cudaError_t launchPull(tpcDataType_t type, device::Algorithm algorithm,
+                       const device::PullParams& params, int blocks, bool dependent,
+                       cudaStream_t stream) {
+  return byType(type, [&](auto zero) {
+    return device::launchPull<decltype(zero)>(algorithm, params, blocks, dependent, stream);
+  });
+}
+
+cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
+                       const device::PushParams& params, int blocks, bool dependent,
+                       cudaStream_t stream) {
+  return byType(type, [&](auto zero) {
+    return device::launchPush<decltype(zero)>(algorithm, params, blocks, dependent, stream);
+  });
+}
+
+cudaError_t allReduceBlocksPerSm(int* pull, int* push) {
+  *pull = *push = device::kMaxBlocks;
+  for (tpcDataType_t type : {tpcFloat32, tpcFloat16, tpcBfloat16}) {
+    int pullBlocks = 0, pushBlocks = 0;
+    const cudaError_t err = byType(type, [&](auto zero) {
+      return device::residentBlocksPerSm<decltype(zero)>(&pullBlocks, &pushBlocks);
+    });
+    if (err != cudaSuccess) return err;
+    *pull = std::min(*pull, pullBlocks);
+    *push = std::min(*push, pushBlocks);
+  }
   return cudaSuccess;
+}
+
+cudaError_t fillEmpty(void* base, size_t bytes) {
+  if (bytes == 0) return cudaSuccess;
+  const size_t words = bytes / 4;
+  const unsigned blocks = static_cast<unsigned>(std::min<size_t>((words + 255) / 256, 4096));
+  fillEmptyWords<<<blocks, 256>>>(static_cast<uint32_t*>(base), words);
+  return cudaGetLastError();
 }
 
 }  // namespace tpcomm

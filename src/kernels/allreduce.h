@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
+
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/tpcomm.h"
 
@@ -11,10 +13,19 @@ namespace tpcomm {
 // True for the types the kernels reduce (float32, float16, bfloat16).
 bool kernelSupports(tpcDataType_t type);
 
-cudaError_t launchAllReduce(tpcDataType_t type, device::Algorithm algorithm,
-                            const device::AllReduceParams& params, int blocks, cudaStream_t stream);
+cudaError_t launchPull(tpcDataType_t type, device::Algorithm algorithm,
+                       const device::PullParams& params, int blocks, bool dependent,
+                       cudaStream_t stream);
+cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
+                       const device::PushParams& params, int blocks, bool dependent,
+                       cudaStream_t stream);
 
-// Blocks per multiprocessor that every all-reduce kernel can keep resident on the current device.
-cudaError_t allReduceBlocksPerSm(int* blocks);
+// Blocks per multiprocessor that every pull kernel, and every push kernel, can keep resident on
+// the current device.
+cudaError_t allReduceBlocksPerSm(int* pull, int* push);
+
+// Marks `bytes` (a multiple of 4) of receive buffers on the current device empty, on the legacy
+// default stream.
+cudaError_t fillEmpty(void* base, size_t bytes);
 
 }  // namespace tpcomm

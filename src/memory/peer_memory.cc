@@ -11,6 +11,7 @@ namespace {
 
 // Driver entry points, fetched through the runtime: tpcomm does not link libcuda.
 struct Driver {
+  CUresult (*getAttributes)(unsigned, CUpointer_attribute*, void**, CUdeviceptr) = nullptr;
   CUresult (*getAddressRange)(CUdeviceptr*, size_t*, CUdeviceptr) = nullptr;
   CUresult (*retainHandle)(CUmemGenericAllocationHandle*, void*) = nullptr;
   CUresult (*release)(CUmemGenericAllocationHandle) = nullptr;
@@ -44,7 +45,8 @@ bool entry(const char* name, Fn* fn) {
 const Driver& driver() {
   static const Driver d = [] {
     Driver x;
-    x.ok = entry("cuMemGetAddressRange", &x.getAddressRange) &&
+    x.ok = entry("cuPointerGetAttributes", &x.getAttributes) &&
+           entry("cuMemGetAddressRange", &x.getAddressRange) &&
            entry("cuMemRetainAllocationHandle", &x.retainHandle) &&
            entry("cuMemRelease", &x.release) &&
            entry("cuMemExportToShareableHandle", &x.exportHandle) &&
@@ -74,17 +76,33 @@ tpcResult_t exportBuffer(const void* ptr, size_t bytes, ExportedBuffer* out, std
     *whyNot = "the driver lacks the entry points for sharing memory";
     return tpcSuccess;
   }
-  const CUdeviceptr begin = reinterpret_cast<CUdeviceptr>(ptr);
+  // Asked all at once, these never fail for memory CUDA does not know (they read as zero), so
+  // that sharing an unshareable buffer leaves no failed call behind.
+  unsigned long long memoryType = 0, managed = 0, legacyIpc = 0, handleTypes = 0;
   CUdeviceptr base = 0;
   size_t size = 0;
-  if (drv.getAddressRange(&base, &size, begin) != CUDA_SUCCESS) {
-    *whyNot = "not device memory of this context";
+  CUpointer_attribute attributes[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                      CU_POINTER_ATTRIBUTE_IS_MANAGED,
+                                      CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
+                                      CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES,
+                                      CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                      CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+  void* values[] = {&memoryType, &managed, &legacyIpc, &handleTypes, &base, &size};
+  const CUdeviceptr begin = reinterpret_cast<CUdeviceptr>(ptr);
+  if (drv.getAttributes(6, attributes, values, begin) != CUDA_SUCCESS ||
+      memoryType != CU_MEMORYTYPE_DEVICE || managed != 0 || base == 0) {
+    *whyNot = "not device memory of this context (host or managed memory?)";
     return tpcSuccess;
   }
   // cudaMalloc memory: one handle for the whole allocation, from its base.
-  if (cudaIpcGetMemHandle(&out->ipc, reinterpret_cast<void*>(base)) == cudaSuccess) {
+  if (legacyIpc != 0) {
     if (begin + bytes > base + size) {
       *whyNot = "the buffer runs past the end of its allocation";
+      return tpcSuccess;
+    }
+    if (cudaIpcGetMemHandle(&out->ipc, reinterpret_cast<void*>(base)) != cudaSuccess) {
+      cudaGetLastError();
+      *whyNot = "cudaIpcGetMemHandle refused the allocation";
       return tpcSuccess;
     }
     out->kind = MemoryKind::kLegacyIpc;
@@ -92,14 +110,12 @@ tpcResult_t exportBuffer(const void* ptr, size_t bytes, ExportedBuffer* out, std
     out->spanBytes = size;
     return tpcSuccess;
   }
-  cudaGetLastError();
   // cuMem memory: every segment the buffer touches, exported as a file descriptor.
-  CUmemGenericAllocationHandle handle;
-  if (drv.retainHandle(&handle, const_cast<void*>(ptr)) != CUDA_SUCCESS) {
-    *whyNot = "neither cudaMalloc nor cuMem memory (host or managed memory?)";
+  if ((handleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) == 0) {
+    *whyNot = "cuMem memory allocated without a POSIX file descriptor handle type";
     return tpcSuccess;
   }
-  drv.release(handle);
+  CUmemGenericAllocationHandle handle;
   const size_t firstFd = fds->size();
   uint64_t span = 0;
   for (CUdeviceptr at = begin; at < begin + bytes;) {
@@ -154,6 +170,7 @@ tpcResult_t PeerMemory::mapVmm(const ExportedBuffer& e, const int* fds, Mapping*
       return fail(tpcUnhandledCudaError, "cannot map segment %u of a peer's cuMem buffer", s);
     }
     offset += e.segmentBytes[s];
+    m->mappedBytes = offset;
   }
   CUmemAccessDesc access = {};
   access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
@@ -225,7 +242,8 @@ void PeerMemory::unmap(Mapping* m) {
   }
   const Driver& drv = driver();
   const CUdeviceptr va = reinterpret_cast<CUdeviceptr>(m->base);
-  if (va != 0) drv.unmap(va, m->bytes);
+  // Segments are mapped in order from the start: unmap exactly what was mapped.
+  if (va != 0 && m->mappedBytes != 0) drv.unmap(va, m->mappedBytes);
   for (CUmemGenericAllocationHandle h : m->handles) drv.release(h);
   if (va != 0) drv.addressFree(va, m->bytes);
 }

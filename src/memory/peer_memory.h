@@ -65,7 +65,8 @@ class PeerMemory {
     int peer;
     std::string key;  // legacy: the peer and its handle's bytes
     char* base = nullptr;
-    size_t bytes = 0;
+    size_t bytes = 0;        // the address range reserved (VMM) or opened (legacy)
+    size_t mappedBytes = 0;  // VMM: of it, mapped so far
     std::vector<CUmemGenericAllocationHandle> handles;  // VMM segments
     int refs = 0;
   };

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include "common/error.h"
 
@@ -87,12 +88,13 @@ size_t ExportPlan::fdOffset(size_t e) const {
   return offset;
 }
 
-tpcResult_t Registry::init(int rank, int nranks, int capacity,
-                           const std::vector<bool>& sameProcess) {
+tpcResult_t Registry::init(int rank, int nranks, int capacity, const std::vector<bool>& sameProcess,
+                           const std::vector<bool>& sameDevice) {
   rank_ = rank;
   nranks_ = nranks;
   capacity_ = capacity;
   sameProcess_ = sameProcess;
+  sameDevice_ = sameDevice;
   void* p = nullptr;
   TPC_CUDA_CHECK(cudaMalloc(&p, tableBytes()));
   slots_ = static_cast<device::SourceSlot*>(p);
@@ -101,6 +103,7 @@ tpcResult_t Registry::init(int rank, int nranks, int capacity,
   free_.clear();
   for (int s = capacity - 1; s >= 0; --s) free_.push_back(s);
   stagedSlot_.assign(capacity, false);
+  generations_.assign(capacity, 0);
   staged_ = 0;
   return tpcSuccess;
 }
@@ -109,6 +112,7 @@ int Registry::takeSlot() {
   if (free_.empty()) return -1;
   const int slot = free_.back();
   free_.pop_back();
+  ++generations_[slot];
   return slot;
 }
 
@@ -117,6 +121,38 @@ int Registry::reserveGraphSlot(const void* input, size_t bytes) {
   if (slot >= 0) pending_.push_back(SlotRequest{static_cast<uint32_t>(slot), input, bytes});
   return slot;
 }
+
+namespace {
+
+// Descriptors received from peers that no mapping has taken yet; closed when the registration
+// ends, however it ends.
+class ReceivedFds {
+ public:
+  ReceivedFds() = default;
+  ReceivedFds(const ReceivedFds&) = delete;
+  ReceivedFds& operator=(const ReceivedFds&) = delete;
+  ~ReceivedFds() {
+    for (std::vector<int>& rank : fds_) {
+      for (int fd : rank) {
+        if (fd >= 0) close(fd);
+      }
+    }
+  }
+  std::vector<std::vector<int>>* all() { return &fds_; }
+  // The `count` descriptors of rank r from `offset`, now the caller's to close.
+  std::vector<int> take(int r, size_t offset, size_t count) {
+    std::vector<int> out;
+    for (size_t i = offset; i < offset + count && i < fds_[r].size(); ++i) {
+      out.push_back(std::exchange(fds_[r][i], -1));
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::vector<int>> fds_;
+};
+
+}  // namespace
 
 tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>& requests,
                            std::vector<uint64_t>* refs) {
@@ -133,47 +169,62 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
   }
 
   ExportPlan mine;
+  tpcResult_t exported = tpcSuccess;
   for (const SlotRequest& request : requests) {
     ExportedBuffer e;
     std::vector<int> fds;
     std::string whyNot;
-    TPC_CHECK(exportBuffer(request.input, request.bytes, &e, &fds, &whyNot));
+    exported = exportBuffer(request.input, request.bytes, &e, &fds, &whyNot);
+    if (exported != tpcSuccess) break;
     mine.add(request, e, std::move(fds), whyNot);
   }
+  const tpcResult_t agreed = bootstrap.agree(exported, "exporting its buffers");
+  if (agreed != tpcSuccess) {
+    for (int fd : mine.fds) close(fd);
+    return agreed;
+  }
   std::vector<std::string> blobs;
-  TPC_CHECK(bootstrap.allGather(mine.serialize(), &blobs));
-  std::vector<std::vector<int>> fds;
-  const tpcResult_t passed = bootstrap.allGatherFds(mine.fds, &fds);
+  const tpcResult_t gathered = bootstrap.allGather(mine.serialize(), &blobs);
+  ReceivedFds fds;
+  const tpcResult_t passed =
+      gathered == tpcSuccess ? bootstrap.allGatherFds(mine.fds, fds.all()) : gathered;
   for (int fd : mine.fds) close(fd);  // the peers hold their own copies now
   TPC_CHECK(passed);
 
-  // Map every peer's exports; one that cannot be mapped leaves its calls on staging.
+  // Map every peer's exports; one that cannot be mapped leaves its calls on staging. A peer in
+  // this process on this device is read through its own pointers, and so is cudaMalloc memory of
+  // one on another device (peer access is on between them); its cuMem memory needs a mapping
+  // that gives this device access, as another process's does.
   std::vector<ExportPlan> plans(nranks_);
   std::vector<std::vector<const char*>> mapped(nranks_);
   for (int r = 0; r < nranks_; ++r) {
     if (!plans[r].parse(blobs[r])) {
-      for (int fd : fds[r]) close(fd);
       return fail(tpcInternalError, "rank %d: rank %d's export plan did not parse", rank_, r);
     }
     mapped[r].assign(plans[r].exports.size(), nullptr);
     for (size_t e = 0; e < plans[r].exports.size(); ++e) {
       const ExportedBuffer& x = plans[r].exports[e];
-      const int* segmentFds = fds[r].data() + plans[r].fdOffset(e);
-      if (r == rank_ || sameProcess_[r]) {
+      const bool direct =
+          r == rank_ || sameDevice_[r] || (sameProcess_[r] && x.kind == MemoryKind::kLegacyIpc);
+      std::vector<int> segmentFds = x.kind == MemoryKind::kVmm
+                                        ? fds.take(r, plans[r].fdOffset(e), x.segments)
+                                        : std::vector<int>();
+      if (direct) {
+        for (int fd : segmentFds) {
+          if (fd >= 0) close(fd);
+        }
         mapped[r][e] = reinterpret_cast<const char*>(x.address);
         continue;
       }
       uint64_t ref = 0;
-      if (peers_.open(r, x, segmentFds, &mapped[r][e], &ref) == tpcSuccess) {
+      if (segmentFds.size() == x.segments &&
+          peers_.open(r, x, segmentFds.data(), &mapped[r][e], &ref) == tpcSuccess) {
         refs->push_back(ref);
       } else {
         mapped[r][e] = nullptr;
         TPC_INFO("rank %d: a buffer of rank %d stays unmapped; its calls copy through staging",
                  rank_, r);
       }
-    }
-    if (r != rank_ && sameProcess_[r]) {
-      for (int fd : fds[r]) close(fd);
     }
   }
 
@@ -191,6 +242,7 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
   for (size_t k = 0; k < requests.size(); ++k) {
     device::SourceSlot slot{};
     slot.state = device::kSlotPeerInputs;
+    slot.generation = generations_[requests[k].slot];
     for (int r = 0; r < nranks_; ++r) {
       if (verdicts[r][k] != '1') slot.state = device::kSlotStaging;
     }
@@ -199,7 +251,7 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
         const ExportedRequest& q = plans[r].requests[k];
         slot.input[r] = r == rank_ ? requests[k].input : mapped[r][q.exportIndex] + q.offset;
       }
-    } else {
+    } else if (!stagedSlot_[requests[k].slot]) {
       ++staged;
       stagedSlot_[requests[k].slot] = true;
       ++staged_;
@@ -215,22 +267,38 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
 }
 
 tpcResult_t Registry::registerGraphBuffers(Bootstrap& bootstrap) {
-  const std::vector<SlotRequest> requests = std::move(pending_);
+  std::vector<uint64_t> refs;
+  const tpcResult_t res = fill(bootstrap, pending_, &refs);
+  if (res != tpcSuccess) {
+    // The captured calls keep their slots and stay pending for another attempt.
+    for (uint64_t ref : refs) peers_.release(ref);
+    return res;
+  }
+  graphRefs_.insert(graphRefs_.end(), refs.begin(), refs.end());
   pending_.clear();
-  return fill(bootstrap, requests, &graphRefs_);
+  return tpcSuccess;
 }
 
 tpcResult_t Registry::registerBuffer(Bootstrap& bootstrap, void* ptr, size_t bytes,
                                      uint64_t* handle) {
   const int slot = takeSlot();
   // Every rank must take part in the exchange, even one without a free slot.
-  std::vector<std::string> haveSlot;
-  TPC_CHECK(bootstrap.allGather(slot >= 0 ? "1" : "0", &haveSlot));
+  std::vector<std::string> offers;
+  TPC_CHECK(bootstrap.allGather(slot >= 0 ? std::to_string(bytes) : std::string("-"), &offers));
   for (int r = 0; r < nranks_; ++r) {
-    if (haveSlot[r] != "1") {
+    tpcResult_t res = tpcSuccess;
+    if (offers[r] == "-") {
+      res = fail(tpcInvalidUsage, "rank %d: rank %d has no free slot for another registration",
+                 rank_, r);
+    } else if (offers[r] != std::to_string(bytes)) {
+      res = fail(tpcInvalidUsage,
+                 "rank %d: ranks register buffers of different sizes (%zu bytes here, %s on rank "
+                 "%d); calls read every rank's buffer at the same offsets",
+                 rank_, bytes, offers[r].c_str(), r);
+    }
+    if (res != tpcSuccess) {
       if (slot >= 0) free_.push_back(slot);
-      return fail(tpcInvalidUsage, "rank %d: rank %d has no free slot for another registration",
-                  rank_, r);
+      return res;
     }
   }
   Registration reg{nextId_++, static_cast<const char*>(ptr), bytes, slot, {}};
@@ -249,12 +317,14 @@ tpcResult_t Registry::registerBuffer(Bootstrap& bootstrap, void* ptr, size_t byt
 tpcResult_t Registry::deregister(Bootstrap& bootstrap, uint64_t handle) {
   size_t i = 0;
   while (i < registrations_.size() && registrations_[i].id != handle) ++i;
-  if (i == registrations_.size()) {
-    return fail(tpcInvalidArgument, "rank %d: %llu is not a registration of this communicator",
-                rank_, static_cast<unsigned long long>(handle));
-  }
+  const tpcResult_t known =
+      i < registrations_.size()
+          ? tpcSuccess
+          : fail(tpcInvalidArgument, "rank %d: %llu is not a registration of this communicator",
+                 rank_, static_cast<unsigned long long>(handle));
   // No kernel of this rank may still read through the slot, and no peer may still read this
   // rank's buffer through its mapping: wait for the device, then for every rank.
+  TPC_CHECK(bootstrap.agree(known, "deregistering"));
   TPC_CUDA_CHECK(cudaDeviceSynchronize());
   TPC_CHECK(bootstrap.barrier());
   Registration& reg = registrations_[i];

@@ -62,18 +62,27 @@ class Registry {
   Registry& operator=(const Registry&) = delete;
   ~Registry() { release(); }
 
-  // Allocates the slot table on the current device, every slot unregistered.
-  tpcResult_t init(int rank, int nranks, int capacity, const std::vector<bool>& sameProcess);
+  // Allocates the slot table on the current device, every slot unregistered. Peers in this
+  // process on this rank's device are read through their own pointers; peers in this process on
+  // other devices too, except cuMem memory, which is mapped for this device like another
+  // process's.
+  tpcResult_t init(int rank, int nranks, int capacity, const std::vector<bool>& sameProcess,
+                   const std::vector<bool>& sameDevice);
 
   // During capture: the slot of the next captured call, recorded for the next registration;
   // -1 when every slot is taken.
   int reserveGraphSlot(const void* input, size_t bytes);
   const device::SourceSlot* deviceSlot(int slot) const { return slots_ + slot; }
+  // Changes each time the slot is taken: a call records it, and its kernel fails if the slot has
+  // since been given to another registration.
+  uint32_t generation(int slot) const { return generations_[slot]; }
   size_t pendingGraphCalls() const { return pending_.size(); }
 
-  // Collective: fills the slots of every call captured since the last registration.
+  // Collective: fills the slots of every call captured since the last registration. On failure
+  // the calls stay pending, for another attempt.
   tpcResult_t registerGraphBuffers(Bootstrap& bootstrap);
-  // Collective: registers `bytes` at `ptr` for eager zero-copy calls.
+  // Collective: registers `bytes` at `ptr` for eager zero-copy calls. Every rank must register
+  // as many bytes (calls read every rank's buffer at the same offsets).
   tpcResult_t registerBuffer(Bootstrap& bootstrap, void* ptr, size_t bytes, uint64_t* handle);
   // Collective: forgets a registration and releases its peer mappings.
   tpcResult_t deregister(Bootstrap& bootstrap, uint64_t handle);
@@ -108,6 +117,8 @@ class Registry {
   int nranks_ = 0;
   int capacity_ = 0;
   std::vector<bool> sameProcess_;
+  std::vector<bool> sameDevice_;
+  std::vector<uint32_t> generations_;    // by slot
   device::SourceSlot* slots_ = nullptr;  // device memory
   std::vector<int> free_;                // free slots, the lowest last
   std::vector<bool> stagedSlot_;         // by slot: registered, but copying through staging

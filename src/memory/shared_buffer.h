@@ -1,14 +1,18 @@
 // The device memory a rank shares with its peers, and its peers' memory mapped into this rank.
 //
 // Each rank owns one allocation: a control block of signal words at its head, then the staging
-// buffer, then the scratch buffer. Peers in other processes map it through a CUDA IPC handle;
-// peers in this process use the pointer directly (through peer access when on another device).
+// buffer, the scratch buffer and the push kernels' receive buffers. Peers in other processes map
+// it through a CUDA IPC handle; peers in this process use the pointer directly (through peer
+// access when on another device) and share ownership of it, so that a rank destroyed or aborted
+// before them never frees memory their kernels still read.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/tpcomm.h"
@@ -16,10 +20,22 @@
 namespace tpcomm {
 
 struct ControlBlock {
-  uint32_t inbox[device::kNumAlgorithms][device::kInboxWords];
-  uint32_t epochs[device::kNumAlgorithms][device::kMaxBlocks];
-  uint32_t failureClaim;
+  uint32_t inbox[device::kNumPullAlgorithms][device::kInboxWords];
+  uint32_t tags[device::kNumPullAlgorithms][device::kInboxWords];
+  uint32_t epochs[device::kNumPullAlgorithms][device::kMaxBlocks];
+  device::PushState push[device::kNumPushAlgorithms][device::kMaxPushBlocks];
+  uint32_t failureClaim;                 // nonzero once this rank failed; peers read it
   uint32_t p2pCheck[device::kMaxRanks];  // rank q's check pattern lands in word q
+};
+
+// One push protocol's receive buffers in a rank's allocation: three rotating buffers of `slots`
+// slots of `slotVectors` 16-byte vectors (see device/params.cuh). Every rank has the same shape.
+struct ReceiveRegion {
+  size_t offset = 0;
+  size_t bufferBytes = 0;
+  uint32_t slotVectors = 0;
+  size_t chunkBytes = 0;  // the largest message one launch carries
+  size_t bytes() const { return 3 * bufferBytes; }
 };
 
 struct BufferLayout {
@@ -27,10 +43,16 @@ struct BufferLayout {
   size_t stagingBytes = 0;
   size_t scratchOffset = 0;
   size_t scratchBytes = 0;
+  ReceiveRegion push[device::kNumPushAlgorithms];  // by algorithm - kPushOneShot
   size_t totalBytes = 0;
 
-  // Two-shot keeps one reduced slice of at most half a chunk (nranks >= 2) in scratch.
-  static BufferLayout forStaging(size_t stagingBytes);
+  // Two-shot keeps one reduced slice of at most half a chunk (nranks >= 2) in scratch. Push
+  // one-shot receives a message of pushBytes / (nranks - 1) from every peer; push two-shot
+  // receives, per peer, a slice of pushBytes / nranks and a reduced slice as large.
+  static BufferLayout make(size_t stagingBytes, size_t pushBytes, int nranks);
+  const ReceiveRegion& receive(int algorithm) const {
+    return push[algorithm - device::kPushOneShot];
+  }
 };
 
 // Random per process: ranks with the same token share an address space.
@@ -52,7 +74,8 @@ class LocalBuffer {
   LocalBuffer& operator=(const LocalBuffer&) = delete;
   ~LocalBuffer() { release(); }
 
-  // Allocates and zeroes the buffer on the current device; zeroed before any peer can see it.
+  // Allocates the buffer on the current device, zeroed and with empty receive buffers, before
+  // any peer can see it.
   tpcResult_t allocate(const BufferLayout& layout);
   tpcResult_t exportTo(BufferExport* out) const;
   char* base() const { return base_; }
@@ -73,8 +96,10 @@ class PeerMapping {
   PeerMapping& operator=(PeerMapping&& other) noexcept;
   ~PeerMapping() { release(); }
 
-  // Maps rank `peerRank`'s buffer for use by kernels of `rank` on the current device.
-  tpcResult_t open(int rank, int peerRank, const BufferExport& peer);
+  // Maps rank `peerRank`'s buffer for use by kernels of `rank` on the current device. A peer in
+  // this process is found among the buffers published under `communicator`.
+  tpcResult_t open(int rank, int peerRank, const BufferExport& peer,
+                   const std::string& communicator);
   char* base() const { return base_; }
   // Mapped through CUDA IPC (memory of another process), rather than shared within this one.
   bool opened() const { return opened_; }
@@ -82,8 +107,13 @@ class PeerMapping {
 
  private:
   char* base_ = nullptr;
-  bool opened_ = false;  // through cudaIpcOpenMemHandle, which must be closed
+  bool opened_ = false;                // through cudaIpcOpenMemHandle, which must be closed
+  std::shared_ptr<LocalBuffer> kept_;  // a peer in this process: its buffer, kept alive
 };
+
+// Makes a rank's buffer findable by the other ranks of `communicator` in this process.
+void publishLocalBuffer(const std::string& communicator, int rank,
+                        const std::shared_ptr<LocalBuffer>& buffer);
 
 // One object of T in pinned host memory that kernels can write (a mapped allocation).
 template <typename T>

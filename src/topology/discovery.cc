@@ -1,8 +1,10 @@
 #include "topology/discovery.h"
 
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 
 #include "common/error.h"
 #include "kernels/p2p_check.h"
@@ -12,31 +14,40 @@
 namespace tpcomm {
 namespace {
 
-std::string driverKey(const nvml::Nvml* lib) {
-  std::string version = nvml::driverVersion(lib);
-  if (!version.empty()) return version;
-  int cudaDriver = 0;
-  cudaDriverGetVersion(&cudaDriver);
-  return "cuda-" + std::to_string(cudaDriver);
+std::string firstLine(const char* path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
 }
 
-TopologyCache cacheKey(const std::string& driver, const std::vector<std::string>& busIds) {
+// What the cached facts belong to: this host, since its last boot, under this driver. A home
+// directory shared by several machines then never hands one machine's facts to another.
+std::string machineKey(const nvml::Nvml* lib) {
+  char host[256] = "";
+  gethostname(host, sizeof(host) - 1);
+  std::string driver = nvml::driverVersion(lib);
+  if (driver.empty()) {
+    int cudaDriver = 0;
+    cudaDriverGetVersion(&cudaDriver);
+    driver = "cuda-" + std::to_string(cudaDriver);
+  }
+  return std::string("host ") + host + " boot " + firstLine("/proc/sys/kernel/random/boot_id") +
+         " driver " + driver;
+}
+
+TopologyCache cacheKey(const std::string& machine, const std::vector<std::string>& gpus) {
   TopologyCache cache;
-  cache.driver = driver;
-  cache.devices = busIds;
+  cache.machine = machine;
+  cache.devices = gpus;
   std::sort(cache.devices.begin(), cache.devices.end());
   cache.devices.erase(std::unique(cache.devices.begin(), cache.devices.end()), cache.devices.end());
   cache.pairs.assign(cache.devices.size() * (cache.devices.size() - 1) / 2, LinkFacts{});
   return cache;
 }
 
-size_t indexOf(const TopologyCache& cache, const std::string& bus) {
-  return std::lower_bound(cache.devices.begin(), cache.devices.end(), bus) - cache.devices.begin();
-}
-
-bool checkComplete(const TopologyCache& cache) {
-  return std::none_of(cache.pairs.begin(), cache.pairs.end(),
-                      [](const LinkFacts& f) { return f.works == Fact::kUnknown; });
+size_t indexOf(const TopologyCache& cache, const std::string& gpu) {
+  return std::lower_bound(cache.devices.begin(), cache.devices.end(), gpu) - cache.devices.begin();
 }
 
 // Writes this rank's pattern into every peer it has mapped, then, once every rank has written,
@@ -94,47 +105,36 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
   const int rank = bootstrap.rank(), n = bootstrap.nranks();
   Topology& t = out->topology;
   t.busIds.clear();
-  for (const PeerView& p : peers) t.busIds.push_back(p.busId);
+  std::vector<std::string> gpus;
+  for (const PeerView& p : peers) {
+    t.busIds.push_back(p.busId);
+    gpus.push_back(p.uuid);
+  }
   t.facts.assign(static_cast<size_t>(n) * n, LinkFacts{});
   const nvml::Nvml* lib = nvml::get(nullptr);
 
   // Rank 0 reads the cache and tells everyone what it found, so that every rank decides alike.
   const std::string directory = defaultCacheDirectory();
+  TopologyCache cache = cacheKey(machineKey(lib), gpus);
   std::string cached;
-  if (rank == 0) {
-    TopologyCache cache = cacheKey(driverKey(lib), t.busIds);
-    if (cache.devices.size() > 1 && loadTopologyCache(directory, &cache) &&
-        (!switches.p2pCheck || checkComplete(cache))) {
-      cached = cache.driver + "\n" + cache.serialize();
-    }
+  if (rank == 0 && cache.devices.size() > 1 && loadTopologyCache(directory, &cache) &&
+      (!switches.p2pCheck || cache.verified())) {
+    cached = cache.serialize();
   }
   TPC_CHECK(bootstrap.broadcast(0, &cached));
-  if (!cached.empty()) {
-    const size_t newline = cached.find('\n');
-    TopologyCache cache = cacheKey(cached.substr(0, newline), t.busIds);
-    if (!cache.parse(cached.substr(newline + 1))) {
-      return fail(tpcInternalError, "rank %d: rank 0's topology cache did not parse", rank);
-    }
-    t.nvmlAvailable = true;  // the cached facts stand in for NVML's
-    for (int i = 0; i < n; ++i) {
-      for (int j = 0; j < n; ++j) {
-        if (i == j || t.sameDevice(i, j)) continue;
-        t.at(i, j) = cache.pair(indexOf(cache, t.busIds[i]), indexOf(cache, t.busIds[j]));
-      }
-    }
-    out->fromCache = true;
-    out->verified = switches.p2pCheck;
-    out->decision = decidePath(t, switches);
-    return tpcSuccess;
+  const bool hit = !cached.empty();
+  if (hit && !cache.parse(cached)) {
+    return fail(tpcInternalError, "rank %d: rank 0's topology cache did not parse", rank);
   }
 
-  // This rank's view of every peer, then everyone's views merged.
+  // This rank's view of every peer, from this run's mappings and the driver's answers now, with
+  // NVML's facts and the functional check from the cache where it has them; then everyone's
+  // views merged.
   std::vector<LinkFacts> row(n);
   for (int p = 0; p < n; ++p) {
     if (p == rank) continue;
-    if (peers[p].checkWord == nullptr) row[p].works = Fact::kNo;
+    if (peers[p].checkWord == nullptr) row[p].works = Fact::kNo;  // its mapping failed now
     if (t.sameDevice(rank, p)) continue;
-    row[p].nvlink = nvml::nvlinkBetween(lib, peers[rank].busId, peers[p].busId);
     if (peers[p].visibleDevice >= 0) {
       // Both of the runtime's answers must agree that the pair can access each other.
       int can = 0, supported = 0;
@@ -143,10 +143,17 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
                                                peers[p].visibleDevice));
       row[p].peerAccess = can && supported ? Fact::kYes : Fact::kNo;
     }
+    if (hit) {
+      const LinkFacts& known = cache.pair(indexOf(cache, gpus[rank]), indexOf(cache, gpus[p]));
+      row[p].nvlink = known.nvlink;
+      if (row[p].works != Fact::kNo) row[p].works = known.works;
+    } else {
+      row[p].nvlink = nvml::nvlinkBetween(lib, peers[rank].busId, peers[p].busId);
+    }
   }
-  if (switches.p2pCheck) TPC_CHECK(runCheck(bootstrap, peers, myCheckWords, &row));
+  if (!hit && switches.p2pCheck) TPC_CHECK(runCheck(bootstrap, peers, myCheckWords, &row));
   std::vector<std::string> rows;
-  TPC_CHECK(bootstrap.allGather(encodeRow(lib != nullptr, row), &rows));
+  TPC_CHECK(bootstrap.allGather(encodeRow(hit || lib != nullptr, row), &rows));
   t.nvmlAvailable = true;
   for (int i = 0; i < n; ++i) {
     t.nvmlAvailable = t.nvmlAvailable && rows[i][0] == '1';
@@ -154,22 +161,20 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
       if (i != j) t.at(i, j) = mergeFacts(factsAt(rows[i], j), factsAt(rows[j], i));
     }
   }
+  out->fromCache = hit;
   out->verified = switches.p2pCheck;
   out->decision = decidePath(t, switches);
 
-  if (rank == 0) {
-    TopologyCache cache = cacheKey(driverKey(lib), t.busIds);
-    if (cache.devices.size() > 1) {
-      for (int i = 0; i < n; ++i) {
-        for (int j = i + 1; j < n; ++j) {
-          if (t.sameDevice(i, j)) continue;
-          LinkFacts& f = cache.pair(indexOf(cache, t.busIds[i]), indexOf(cache, t.busIds[j]));
-          f = mergeFacts(f, t.at(i, j));
+  if (rank == 0 && !hit && cache.devices.size() > 1) {
+    for (int i = 0; i < n; ++i) {
+      for (int j = i + 1; j < n; ++j) {
+        if (!t.sameDevice(i, j)) {
+          cache.record(indexOf(cache, gpus[i]), indexOf(cache, gpus[j]), t.at(i, j));
         }
       }
-      if (!storeTopologyCache(directory, cache)) {
-        TPC_INFO("rank 0: could not write the topology cache in %s", directory.c_str());
-      }
+    }
+    if (!storeTopologyCache(directory, cache)) {
+      TPC_INFO("rank 0: could not write the topology cache in %s", directory.c_str());
     }
   }
   return tpcSuccess;

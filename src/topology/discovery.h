@@ -15,6 +15,7 @@ namespace tpcomm {
 // How this rank sees rank p.
 struct PeerView {
   std::string busId;
+  std::string uuid;               // the GPU's UUID, in hex
   int visibleDevice = -1;         // p's device as a CUDA ordinal of this process; -1 if not visible
   uint32_t* checkWord = nullptr;  // where this rank writes its check pattern in p's memory;
                                   // null where p's buffer could not be mapped

@@ -13,7 +13,7 @@
 namespace tpcomm {
 namespace {
 
-constexpr const char* kCacheMagic = "tpcomm-topology 1";
+constexpr const char* kCacheMagic = "tpcomm-topology 2";
 
 Fact mergeFact(Fact a, Fact b) {
   if (a == Fact::kNo || b == Fact::kNo) return Fact::kNo;
@@ -95,12 +95,22 @@ PathDecision decidePath(const Topology& t, const PathSwitches& s) {
 }
 
 std::string TopologyCache::path(const std::string& directory) const {
-  std::string key = driver;
+  std::string key = machine;
   for (const std::string& d : devices) key += "|" + d;
   char name[64];
   std::snprintf(name, sizeof(name), "/topology-%016llx.txt",
                 static_cast<unsigned long long>(fnv1a(key)));
   return directory + name;
+}
+
+void TopologyCache::record(size_t i, size_t j, const LinkFacts& facts) {
+  pair(i, j) = LinkFacts{facts.peerAccess, facts.nvlink,
+                         facts.works == Fact::kYes ? Fact::kYes : Fact::kUnknown};
+}
+
+bool TopologyCache::verified() const {
+  return std::all_of(pairs.begin(), pairs.end(),
+                     [](const LinkFacts& f) { return f.works == Fact::kYes; });
 }
 
 LinkFacts& TopologyCache::pair(size_t i, size_t j) {
@@ -112,7 +122,7 @@ LinkFacts& TopologyCache::pair(size_t i, size_t j) {
 
 std::string TopologyCache::serialize() const {
   std::ostringstream out;
-  out << kCacheMagic << "\ndriver " << driver << "\ndevices " << devices.size();
+  out << kCacheMagic << "\nmachine " << machine << "\ndevices " << devices.size();
   for (const std::string& d : devices) out << ' ' << d;
   out << '\n';
   size_t k = 0;
@@ -130,7 +140,7 @@ bool TopologyCache::parse(const std::string& text) {
   std::istringstream in(text);
   std::string line;
   if (!std::getline(in, line) || line != kCacheMagic) return false;
-  if (!std::getline(in, line) || line != "driver " + driver) return false;
+  if (!std::getline(in, line) || line != "machine " + machine) return false;
   std::string word;
   size_t n = 0;
   if (!(in >> word >> n) || word != "devices" || n != devices.size()) return false;
@@ -147,9 +157,10 @@ bool TopologyCache::parse(const std::string& text) {
           b != j) {
         return false;
       }
-      for (int v : {access, nvlink, works}) {
+      for (int v : {access, nvlink}) {
         if (v < -1 || v > 1) return false;
       }
+      if (works != -1 && works != 1) return false;  // a failed check is never stored
       parsed.push_back(LinkFacts{static_cast<Fact>(access), static_cast<Fact>(nvlink),
                                  static_cast<Fact>(works)});
     }

@@ -51,26 +51,32 @@ struct PathDecision {
 
 PathDecision decidePath(const Topology& topology, const PathSwitches& switches);
 
-// The cache of link facts for one set of devices under one driver, so that the functional check
-// costs nothing the second time.
+// The cache of link facts for one set of GPUs on one machine, so that NVML and the functional
+// check cost nothing the second time. Only what the hardware says is kept: NVML's NVLink claim,
+// the driver's peer-access claim, and a functional check that passed. A failed check is never
+// stored (the next run checks again), and a hit is still combined with what this run saw.
 struct TopologyCache {
-  std::string driver;                // driver version
-  std::vector<std::string> devices;  // sorted bus ids
+  std::string machine;               // host, boot and driver: a reboot or a new driver misses
+  std::vector<std::string> devices;  // sorted GPU UUIDs
   // facts of the pair (devices[i], devices[j]), i < j, in row order
   std::vector<LinkFacts> pairs;
 
-  // The cache file for this driver and set of devices in `directory`.
+  // The cache file for this machine and set of GPUs in `directory`.
   std::string path(const std::string& directory) const;
   std::string serialize() const;
-  // False when `text` is not a cache of exactly this driver and set of devices.
+  // False when `text` is not a cache of exactly this machine and set of GPUs.
   bool parse(const std::string& text);
   LinkFacts& pair(size_t i, size_t j);
+  // Stores what may be cached of `facts` for the pair.
+  void record(size_t i, size_t j, const LinkFacts& facts);
+  // Every pair's functional check has passed before.
+  bool verified() const;
 };
 
 // $XDG_CACHE_HOME/tpcomm, else ~/.cache/tpcomm; empty when neither is known.
 std::string defaultCacheDirectory();
 
-// False when the file is missing, unreadable, corrupt or of another driver or device set.
+// False when the file is missing, unreadable, corrupt or of another machine or GPU set.
 bool loadTopologyCache(const std::string& directory, TopologyCache* cache);
 // Writes atomically (temporary file, then rename); false on any failure.
 bool storeTopologyCache(const std::string& directory, const TopologyCache& cache);

@@ -58,11 +58,11 @@ void runCase(const Ranks& ranks, RankBuffers& b, size_t count, bool inPlace, boo
     }
     CUDA_OK(cudaGetLastError());
   }
-  for (int r = 0; r < n; ++r) {
-    ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r], out[r], count, TypeInfo<T>::kType, tpcSum,
-                                       ranks.comms[r], ranks.streams[r]))
-        << what << ": " << tpcCommGetLastError(ranks.comms[r]);
-  }
+  std::string message;
+  ASSERT_EQ(tpcSuccess, allReduceAll(ranks, std::vector<const void*>(in.begin(), in.end()),
+                                     std::vector<void*>(out.begin(), out.end()), count,
+                                     TypeInfo<T>::kType, &message))
+      << what << ": " << message;
   for (int r = 0; r < n; ++r) {
     ranks.use(r);
     if (exact) {
@@ -119,24 +119,26 @@ TEST_P(AllReduce, EveryTypeCountAndPlacement) {
 }
 
 std::string caseName(const ::testing::TestParamInfo<AllReduce::ParamType>& info) {
-  static const char* const kNames[] = {"auto", "oneshot", "twoshot"};
-  return std::to_string(std::get<0>(info.param)) + "ranks_" + kNames[std::get<1>(info.param)];
+  return std::to_string(std::get<0>(info.param)) + "ranks_" +
+         algorithmTestName(std::get<1>(info.param));
 }
 
 INSTANTIATE_TEST_SUITE_P(WorldSizesAndAlgorithms, AllReduce,
                          ::testing::Combine(::testing::Range(2, 9),
                                             ::testing::Values(tpcAlgoAuto, tpcAlgoOneShot,
-                                                              tpcAlgoTwoShot)),
+                                                              tpcAlgoTwoShot, tpcAlgoPushOneShot,
+                                                              tpcAlgoPushTwoShot)),
                          caseName);
 
 // Buffers that start off 16-byte alignment take the element-wise path at both ends.
 TEST(AllReduceAlignment, UnalignedBuffersAndOddCounts) {
   SKIP_WITHOUT_GPU();
-  for (tpcAlgorithm_t algorithm : {tpcAlgoOneShot, tpcAlgoTwoShot}) {
+  for (tpcAlgorithm_t algorithm : kKernelAlgorithms) {
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
     config.algorithm = algorithm;
     config.timeoutMs = 20000;
     config.stagingBytes = 64 << 10;  // small, so that large counts are chunked
+    config.pushBytes = 64 << 10;
     Ranks ranks(3, config);
     ASSERT_TRUE(ranks.ok()) << ranks.message;
     RankBuffers b;
@@ -154,13 +156,14 @@ TEST(AllReduceAlignment, UnalignedBuffersAndOddCounts) {
   }
 }
 
-// Chunking: messages many times the staging buffer, with a tail chunk.
-TEST(AllReduceChunks, MessagesLargerThanStaging) {
+// Chunking: messages many times the staging or receive buffers, with a tail chunk.
+TEST(AllReduceChunks, MessagesLargerThanTheBuffers) {
   SKIP_WITHOUT_GPU();
-  for (tpcAlgorithm_t algorithm : {tpcAlgoOneShot, tpcAlgoTwoShot}) {
+  for (tpcAlgorithm_t algorithm : kKernelAlgorithms) {
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
     config.algorithm = algorithm;
     config.stagingBytes = 64 << 10;
+    config.pushBytes = 64 << 10;
     config.timeoutMs = 20000;
     Ranks ranks(4, config);
     ASSERT_TRUE(ranks.ok()) << ranks.message;

@@ -51,9 +51,17 @@ TEST(ApiGpu, BadCallsGetCodesAndSentences) {
             tpcAllReduce(p, p, 4, static_cast<tpcDataType_t>(42), tpcSum, comm, stream));
   EXPECT_EQ(tpcInvalidArgument,
             tpcAllReduce(p, p, 4, tpcFloat32, static_cast<tpcRedOp_t>(-1), comm, stream));
-  EXPECT_EQ(tpcNotSupported, tpcAllReduce(p, p, 4, tpcInt32, tpcSum, comm, stream));
-  EXPECT_EQ(tpcNotSupported, tpcAllReduce(p, p, 4, tpcFloat32, tpcMax, comm, stream));
-  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("max over float32"));
+  // Types and operations only NCCL reduces: refused without NCCL; with NCCL, refused outside a
+  // group, since this thread drives both ranks and NCCL would wait in the call for the other.
+  tpcPathInfo_t info;
+  TPC_OK(tpcCommGetPathInfo(comm, &info));
+  const tpcResult_t ncclOnly = info.ncclAvailable ? tpcInvalidUsage : tpcNotSupported;
+  EXPECT_EQ(ncclOnly, tpcAllReduce(p, p, 4, tpcInt32, tpcSum, comm, stream));
+  EXPECT_EQ(ncclOnly, tpcAllReduce(p, p, 4, tpcFloat32, tpcMax, comm, stream));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm))
+                                   .find(info.ncclAvailable ? "tpcGroupStart" : "max over float32"))
+      << tpcCommGetLastError(comm);
+  EXPECT_EQ(tpcInvalidUsage, tpcGroupEnd()) << "an end without a start";
   EXPECT_EQ(tpcInvalidArgument, tpcAllReduce(p, p, SIZE_MAX / 2, tpcFloat32, tpcSum, comm, stream));
   EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("overflows"));
   EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("rank 0"));
@@ -160,6 +168,57 @@ TEST(ApiGpu, IndependentCommunicatorsInterleave) {
     CUDA_OK(ranks.syncAll());
   }
   for (int r = 0; r < 2; ++r) EXPECT_EQ(0u, wrong[r].read());
+}
+
+// One communicator used from two streams without any synchronization between them: every eager
+// call waits for the rank's previous one, so no two calls of a rank overlap and every sum is
+// right.
+TEST(ApiGpu, CallsOnSeveralStreamsAreOrdered) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kCalls = 60;
+  const size_t count = 70001;
+  for (tpcAlgorithm_t algorithm : kKernelAlgorithms) {
+    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+    config.algorithm = algorithm;
+    config.timeoutMs = 20000;
+    Ranks ranks(2, config);
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    std::vector<cudaStream_t> second(2);
+    std::vector<DeviceBuffer> in, out;
+    std::vector<Counter> wrong;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      CUDA_OK(cudaStreamCreateWithFlags(&second[r], cudaStreamNonBlocking));
+      in.emplace_back(kCalls * count * sizeof(float));
+      out.emplace_back(kCalls * count * sizeof(float));
+      wrong.emplace_back();
+    }
+    for (int k = 0; k < kCalls; ++k) {
+      for (int r = 0; r < 2; ++r) {
+        ranks.use(r);
+        cudaStream_t s = k % 2 == 0 ? ranks.streams[r] : second[r];
+        fillExact<<<checkGrid(count), 256, 0, s>>>(in[r].get<float>() + k * count, count, r, k);
+      }
+      for (int r = 0; r < 2; ++r) {
+        cudaStream_t s = k % 2 == 0 ? ranks.streams[r] : second[r];
+        ASSERT_EQ(tpcSuccess,
+                  tpcAllReduce(in[r].get<float>() + k * count, out[r].get<float>() + k * count,
+                               count, tpcFloat32, tpcSum, ranks.comms[r], s))
+            << tpcCommGetLastError(ranks.comms[r]);
+      }
+    }
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      CUDA_OK(cudaDeviceSynchronize());
+      for (int k = 0; k < kCalls; ++k) {
+        checkExact<<<checkGrid(count), 256>>>(out[r].get<float>() + k * count, count, 2, k,
+                                              wrong[r].get());
+      }
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(0u, wrong[r].read()) << algorithmTestName(algorithm) << ", rank " << r;
+      CUDA_OK(cudaStreamDestroy(second[r]));
+    }
+  }
 }
 
 TEST(CppApiGpu, RaiiCommunicatorsAllReduce) {

@@ -1,12 +1,15 @@
-// The path decision on a real GPU: the functional check through same-device peer mappings, and
-// NCCL carrying the calls tpcomm's kernels do not take, through real NCCL communicators of one
-// rank (owned by tpcomm, and borrowed from the caller).
+// The path decision on a real GPU: the functional check through same-device peer mappings, NCCL
+// carrying the calls tpcomm's kernels do not take, through real NCCL communicators of one rank
+// (owned by tpcomm, and borrowed from the caller), and one thread driving every route in groups.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <climits>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "core/handle.h"
 #include "fallback/nccl_library.h"
 #include "gpu_test_util.cuh"
 #include "tpcomm/tpcomm.h"
@@ -53,9 +56,10 @@ void checkOneRank(tpcComm_t comm, cudaStream_t stream) {
   EXPECT_EQ(0u, wrong.read());
 }
 
+// Ranks that share a GPU, on any machine: all on device 0.
 TEST(PathDecision, FunctionalCheckOnSameDeviceRanks) {
   SKIP_WITHOUT_GPU();
-  Ranks ranks(3);
+  Ranks ranks(std::vector<int>{0, 0, 0});
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   for (int r = 0; r < 3; ++r) {
     tpcPathInfo_t info;
@@ -70,7 +74,7 @@ TEST(PathDecision, FunctionalCheckOnSameDeviceRanks) {
 
 TEST(PathDecision, WithoutNcclUnsupportedTypesAreRefusedClearly) {
   SKIP_WITHOUT_GPU();
-  Ranks ranks(3);
+  Ranks ranks(std::vector<int>{0, 0, 0});
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   ranks.use(0);
   DeviceBuffer buf(64);
@@ -81,7 +85,7 @@ TEST(PathDecision, WithoutNcclUnsupportedTypesAreRefusedClearly) {
   EXPECT_NE(std::string::npos, message.find("share a GPU")) << message;
   tpcAlgorithm_t algo;
   TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], size_t{1} << 30, tpcBfloat16, &algo));
-  EXPECT_EQ(tpcAlgoTwoShot, algo) << "without NCCL the kernels take every size";
+  EXPECT_EQ(tpcAlgoPushTwoShot, algo) << "without NCCL the kernels take every size";
 }
 
 TEST(NcclFallback, OwnedCommunicatorOfOneRank) {
@@ -99,7 +103,7 @@ TEST(NcclFallback, OwnedCommunicatorOfOneRank) {
   TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], 4099, tpcFloat32, &algo));
   EXPECT_EQ(tpcAlgoNccl, algo);
   TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], 16, tpcFloat32, &algo));
-  EXPECT_EQ(tpcAlgoOneShot, algo);
+  EXPECT_EQ(tpcAlgoPushOneShot, algo);
   TPC_OK(tpcCommGetAlgorithm(ranks.comms[0], 16, tpcInt32, &algo));
   EXPECT_EQ(tpcAlgoNccl, algo);
   ranks.use(0);
@@ -133,6 +137,97 @@ TEST(NcclFallback, BorrowedCommunicatorIsNeverDestroyed) {
             lib->allReduce(buf.get(), buf.get(), 4, tpcFloat32, tpcSum, borrowed, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(nccl::kSuccess, lib->commDestroy(borrowed));
+}
+
+// Int32 inputs, summed or maxed over ranks: types and operations only NCCL carries.
+__global__ void fillRankInts(int* out, size_t count, int rank) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    out[i] = static_cast<int>(i % 1000) * (rank + 1) - 500;
+  }
+}
+
+__global__ void checkRankInts(const int* out, size_t count, int nranks, bool max,
+                              unsigned long long* wrong) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    int expected = max ? INT_MIN : 0;
+    for (int r = 0; r < nranks; ++r) {
+      const int v = static_cast<int>(i % 1000) * (r + 1) - 500;
+      expected = max ? (v > expected ? v : expected) : expected + v;
+    }
+    if (out[i] != expected) atomicAdd(wrong, 1ull);
+  }
+}
+
+// One thread drives every rank (on one GPU or one per GPU) through every route, in groups: each
+// kernel, and NCCL where the communicator has it, for types the kernels sum and types only NCCL
+// reduces. Every result is checked.
+TEST(Routes, OneThreadDrivesEveryRouteInGroups) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(2);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  tpcPathInfo_t info;
+  TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
+  const size_t count = 300001;
+  std::vector<DeviceBuffer> in, out;
+  std::vector<Counter> wrong;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    in.emplace_back(count * sizeof(float));
+    out.emplace_back(count * sizeof(float));
+    wrong.emplace_back();
+  }
+  const std::vector<const void*> inputs = {in[0].get(), in[1].get()};
+  const std::vector<void*> outputs = {out[0].get(), out[1].get()};
+  std::vector<tpcAlgorithm_t> algorithms(std::begin(kKernelAlgorithms),
+                                         std::end(kKernelAlgorithms));
+  algorithms.push_back(tpcAlgoAuto);
+  if (info.ncclAvailable) algorithms.push_back(tpcAlgoNccl);
+  uint32_t seed = 40;
+  for (tpcAlgorithm_t algorithm : algorithms) {
+    for (int r = 0; r < 2; ++r) ranks.comms[r]->impl->forceAlgorithm(algorithm);
+    ++seed;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(in[r].get<float>(), count, r, seed);
+    }
+    std::string message;
+    ASSERT_EQ(tpcSuccess, allReduceAll(ranks, inputs, outputs, count, tpcFloat32, &message))
+        << algorithmTestName(algorithm) << ": " << message;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      checkExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(out[r].get<float>(), count, 2,
+                                                                 seed, wrong[r].get());
+    }
+    CUDA_OK(ranks.syncAll());
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      EXPECT_EQ(0u, wrong[r].read()) << algorithmTestName(algorithm) << ", rank " << r;
+    }
+  }
+  if (!info.ncclAvailable) GTEST_SKIP() << "no NCCL here (" << info.nccl << "): int32 not run";
+  for (bool max : {false, true}) {
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      wrong[r].reset();
+      fillRankInts<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(in[r].get<int>(), count, r);
+    }
+    std::string message;
+    ASSERT_EQ(tpcSuccess, allReduceAll(ranks, inputs, outputs, count, tpcInt32, &message,
+                                       max ? tpcMax : tpcSum))
+        << message;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      checkRankInts<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(out[r].get<int>(), count, 2,
+                                                                    max, wrong[r].get());
+    }
+    CUDA_OK(ranks.syncAll());
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      EXPECT_EQ(0u, wrong[r].read()) << (max ? "max" : "sum") << ", rank " << r;
+    }
+  }
 }
 
 }  // namespace

@@ -29,6 +29,28 @@ namespace testing {
     ASSERT_EQ(tpcSuccess, res_) << #call << ": " << tpcCommGetLastError(nullptr); \
   } while (0)
 
+// Every algorithm that runs one of tpcomm's own kernels.
+constexpr tpcAlgorithm_t kKernelAlgorithms[] = {tpcAlgoOneShot, tpcAlgoTwoShot, tpcAlgoPushOneShot,
+                                                tpcAlgoPushTwoShot};
+
+// A name gtest accepts in a test's name.
+inline std::string algorithmTestName(tpcAlgorithm_t algorithm) {
+  switch (algorithm) {
+    case tpcAlgoOneShot:
+      return "oneshot";
+    case tpcAlgoTwoShot:
+      return "twoshot";
+    case tpcAlgoPushOneShot:
+      return "pushoneshot";
+    case tpcAlgoPushTwoShot:
+      return "pushtwoshot";
+    case tpcAlgoNccl:
+      return "nccl";
+    default:
+      return "auto";
+  }
+}
+
 inline int gpuCount() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -84,7 +106,13 @@ inline std::vector<int> rankDevices(int nranks) {
 class Ranks {
  public:
   explicit Ranks(int nranks, tpcConfig_t config = TPC_CONFIG_INITIALIZER)
-      : devices(rankDevices(nranks)), comms(nranks, nullptr), streams(nranks, nullptr) {
+      : Ranks(rankDevices(nranks), config) {}
+  // Rank r on devices[r]: tests of ranks that share a GPU say so with {0, 0, ...}.
+  explicit Ranks(const std::vector<int>& rankDevices, tpcConfig_t config = TPC_CONFIG_INITIALIZER)
+      : devices(rankDevices),
+        comms(rankDevices.size(), nullptr),
+        streams(rankDevices.size(), nullptr) {
+    const int nranks = static_cast<int>(rankDevices.size());
     // A broken kernel must fail the test in seconds, not wait out the default timeout.
     if (config.timeoutMs == 0) config.timeoutMs = 20000;
     result = tpcCommInitAll(comms.data(), nranks, devices.data(), &config);
@@ -125,6 +153,29 @@ class Ranks {
   tpcResult_t result = tpcSuccess;
   std::string message;
 };
+
+// One all-reduce on every rank, issued from this thread as a group (what a thread driving
+// several ranks needs wherever NCCL may carry the call). The first failure's code is returned
+// and its rank's explanation left in *message.
+inline tpcResult_t allReduceAll(const Ranks& ranks, const std::vector<const void*>& in,
+                                const std::vector<void*>& out, size_t count, tpcDataType_t type,
+                                std::string* message = nullptr, tpcRedOp_t op = tpcSum) {
+  tpcResult_t first = tpcGroupStart();
+  for (int r = 0; r < ranks.size() && first == tpcSuccess; ++r) {
+    const tpcResult_t res =
+        tpcAllReduce(in[r], out[r], count, type, op, ranks.comms[r], ranks.streams[r]);
+    if (res != tpcSuccess) {
+      first = res;
+      if (message != nullptr) *message = tpcCommGetLastError(ranks.comms[r]);
+    }
+  }
+  const tpcResult_t ended = tpcGroupEnd();
+  if (first == tpcSuccess && ended != tpcSuccess) {
+    first = ended;
+    if (message != nullptr) *message = tpcCommGetLastError(nullptr);
+  }
+  return first;
+}
 
 // A counter in device memory of the current device. Reset and read it only while no kernel that
 // updates it is in flight.

@@ -1,7 +1,10 @@
-// All-reduces captured in CUDA graphs: the kernels advance their barrier counters in device
-// memory, so a graph replays any number of times, interleaved with eager calls.
+// All-reduces captured in CUDA graphs: the kernels advance their barrier counters and
+// receive-buffer rotations in device memory, so a graph replays any number of times, interleaved
+// with eager calls, whatever algorithm it holds.
 #include <gtest/gtest.h>
 
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "gpu_test_util.cuh"
@@ -17,14 +20,15 @@ constexpr int kReplays = 10;
 // Small odd sizes, with every fourth call large enough for two-shot above two ranks.
 size_t countOf(int call) { return call % 4 == 0 ? 300000 + call : 1 + 97 * call; }
 
-class GraphReplay : public ::testing::TestWithParam<int> {};
+class GraphReplay : public ::testing::TestWithParam<std::tuple<int, tpcAlgorithm_t>> {};
 
 TEST_P(GraphReplay, HundredAllReducesReplayedTenTimesWithFreshInputs) {
   SKIP_WITHOUT_GPU();
   using T = __nv_bfloat16;
-  const int n = GetParam();
+  const int n = std::get<0>(GetParam());
   tpcConfig_t config = TPC_CONFIG_INITIALIZER;
   config.timeoutMs = 20000;
+  config.algorithm = std::get<1>(GetParam());
   Ranks ranks(n, config);
   ASSERT_TRUE(ranks.ok()) << ranks.message;
 
@@ -85,10 +89,13 @@ TEST_P(GraphReplay, HundredAllReducesReplayedTenTimesWithFreshInputs) {
     fillExact<<<checkGrid(countOf(1)), 256, 0, ranks.streams[r]>>>(in[r].get<T>(), countOf(1), r,
                                                                    4242u);
   }
+  std::vector<const void*> inputs;
+  std::vector<void*> outputs;
   for (int r = 0; r < n; ++r) {
-    ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r].get<T>(), out[r].get<T>(), countOf(1), tpcBfloat16,
-                                       tpcSum, ranks.comms[r], ranks.streams[r]));
+    inputs.push_back(in[r].get());
+    outputs.push_back(out[r].get());
   }
+  ASSERT_EQ(tpcSuccess, allReduceAll(ranks, inputs, outputs, countOf(1), tpcBfloat16));
   for (int r = 0; r < n; ++r) {
     ranks.use(r);
     checkExact<<<checkGrid(countOf(1)), 256, 0, ranks.streams[r]>>>(out[r].get<T>(), countOf(1), n,
@@ -102,7 +109,15 @@ TEST_P(GraphReplay, HundredAllReducesReplayedTenTimesWithFreshInputs) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(WorldSizes, GraphReplay, ::testing::Values(2, 5, 8));
+INSTANTIATE_TEST_SUITE_P(WorldSizesAndAlgorithms, GraphReplay,
+                         ::testing::Combine(::testing::Values(2, 5, 8),
+                                            ::testing::Values(tpcAlgoAuto, tpcAlgoOneShot,
+                                                              tpcAlgoPushOneShot,
+                                                              tpcAlgoPushTwoShot)),
+                         [](const ::testing::TestParamInfo<GraphReplay::ParamType>& info) {
+                           return std::to_string(std::get<0>(info.param)) + "ranks_" +
+                                  algorithmTestName(std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace testing

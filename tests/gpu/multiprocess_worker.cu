@@ -1,20 +1,31 @@
 // One rank of the multi-process tests: joins a communicator through tpcCommInitRank (the public
-// API of the shared library only), runs a few verified all-reduces, and exits 0 when every
-// result was exact.
+// API of the shared library only), does what its mode says, and exits 0 when every check held.
 //
-// usage: tpcomm_mp_worker RANK NRANKS ID_ONESHOT_HEX ID_TWOSHOT_HEX
-//        tpcomm_mp_worker RANK NRANKS ID_HEX zerocopy
-//
-// The zerocopy form captures all-reduces whose inputs lie in cudaMalloc memory (at offsets that
-// differ between ranks) and in cuMem memory, registers the graph's buffers across the processes
-// (CUDA IPC handles and file descriptors over the rendezvous socket), replays with fresh inputs,
-// then registers and deregisters an eager buffer 100 times and checks that nothing stays mapped.
+// usage: tpcomm_mp_worker RANK NRANKS MODE ID_HEX...
+//   kernels ID1 ID2 ID3 ID4  verified all-reduces with each of tpcomm's kernels (pull one-shot,
+//                            pull two-shot, push one-shot, push two-shot), a communicator each
+//   zerocopy ID              captured all-reduces whose inputs lie in cudaMalloc memory (at
+//                            offsets that differ between ranks) and in cuMem memory, registered
+//                            across the processes (CUDA IPC handles and file descriptors over the
+//                            rendezvous socket), replayed with fresh inputs; then 1,000 eager
+//                            registrations, after which no descriptor, device memory or mapping
+//                            may remain
+//   teardown ID FILE         rank 0 destroys its communicator and then creates FILE; the others
+//                            destroy theirs only once FILE exists: a destroy that waited for its
+//                            peers (NCCL's collective finalization) would never return
+//   killed ID                rank 1 kills itself after one verified call; rank 0 then calls again
+//                            and must fail within its timeout, naming rank 1, and still tear down
 #include <cuda_runtime.h>
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu/gpu_test_util.cuh"
@@ -103,9 +114,20 @@ size_t wrongElements(const T* out, size_t count, int nranks, uint32_t seed) {
   return wrong;
 }
 
+// Open file descriptors of this process.
+int openDescriptors() {
+  int n = 0;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (readdir(dir) != nullptr) ++n;
+    closedir(dir);
+  }
+  return n;
+}
+
 int zeroCopyMain(int rank, int nranks, const tpcUniqueId& id) {
   using T = __nv_bfloat16;
   tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.algorithm = tpcAlgoOneShot;  // the pull kernels read registered inputs in place
   config.zeroCopyGraphs = 1;
   config.stagingBytes = 256 << 10;
   config.timeoutMs = 60000;
@@ -180,17 +202,23 @@ int zeroCopyMain(int rank, int nranks, const tpcUniqueId& id) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
 
-  // Eager registrations: the first one carries a verified call; none may leave anything mapped.
+  // Eager registrations: the first one carries a verified call; none may leave anything mapped,
+  // open or allocated.
   tpcMemoryInfo_t before, after;
   CHECK_TPC(tpcCommGetMemoryInfo(comm, &before));
-  for (int cycle = 0; cycle < 100; ++cycle) {
+  const int fdsBefore = openDescriptors();
+  size_t freeBefore = 0, freeAfter = 0, total = 0;
+  cudaMemGetInfo(&freeBefore, &total);
+  for (int cycle = 0; cycle < 1000; ++cycle) {
     void* handle = nullptr;
-    CHECK_TPC(tpcCommRegister(comm, legacy, size_t{4} << 20, &handle));
-    if (cycle == 0) {
-      upload(legacy + 1024, 4099, rank, 555);
-      CHECK_TPC(tpcAllReduce(legacy + 1024, outs, 4099, tpcBfloat16, tpcSum, comm, stream));
+    CHECK_TPC(tpcCommRegister(comm, cycle % 2 ? vmm.get() : static_cast<void*>(legacy),
+                              size_t{4} << 20, &handle));
+    if (cycle < 2) {
+      T* base = cycle % 2 ? vmm.get<T>() : legacy;
+      upload(base + 1024, 4099, rank, 555 + cycle);
+      CHECK_TPC(tpcAllReduce(base + 1024, outs, 4099, tpcBfloat16, tpcSum, comm, stream));
       cudaStreamSynchronize(stream);
-      if (wrongElements(outs, 4099, nranks, 555) != 0) {
+      if (wrongElements(outs, 4099, nranks, 555 + cycle) != 0) {
         std::fprintf(stderr, "rank %d: the eager call on a registered buffer is wrong\n", rank);
         return 1;
       }
@@ -198,9 +226,15 @@ int zeroCopyMain(int rank, int nranks, const tpcUniqueId& id) {
     CHECK_TPC(tpcCommDeregister(comm, handle));
   }
   CHECK_TPC(tpcCommGetMemoryInfo(comm, &after));
-  if (after.peerBytes != before.peerBytes || after.slotsUsed != before.slotsUsed) {
-    std::fprintf(stderr, "rank %d: registrations leaked: %zu -> %zu peer bytes, %d -> %d slots\n",
-                 rank, before.peerBytes, after.peerBytes, before.slotsUsed, after.slotsUsed);
+  cudaMemGetInfo(&freeAfter, &total);
+  const int fdsAfter = openDescriptors();
+  if (after.peerBytes != before.peerBytes || after.slotsUsed != before.slotsUsed ||
+      fdsAfter != fdsBefore || freeBefore > freeAfter + (size_t{8} << 20)) {
+    std::fprintf(stderr,
+                 "rank %d: registrations leaked: %zu -> %zu peer bytes, %d -> %d slots, %d -> %d "
+                 "descriptors, %zu -> %zu bytes of free device memory\n",
+                 rank, before.peerBytes, after.peerBytes, before.slotsUsed, after.slotsUsed,
+                 fdsBefore, fdsAfter, freeBefore, freeAfter);
     return 7;
   }
   CHECK_TPC(tpcCommDestroy(comm));
@@ -210,36 +244,16 @@ int zeroCopyMain(int rank, int nranks, const tpcUniqueId& id) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  if (argc == 5 && std::strcmp(argv[4], "zerocopy") == 0) {
-    const int rank = std::atoi(argv[1]);
-    int gpus = 0;
-    cudaGetDeviceCount(&gpus);
-    cudaSetDevice(gpus > 0 ? rank % gpus : 0);
-    tpcUniqueId id;
-    if (!decodeId(argv[3], &id)) return 64;
-    return zeroCopyMain(rank, std::atoi(argv[2]), id);
-  }
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: %s RANK NRANKS ID_ONESHOT ID_TWOSHOT\n", argv[0]);
-    return 64;
-  }
-  const int rank = std::atoi(argv[1]);
-  const int nranks = std::atoi(argv[2]);
-  int gpus = 0;
-  cudaGetDeviceCount(&gpus);
-  cudaSetDevice(gpus > 0 ? rank % gpus : 0);
-  const tpcAlgorithm_t algorithms[] = {tpcAlgoOneShot, tpcAlgoTwoShot};
-  for (int a = 0; a < 2; ++a) {
-    tpcUniqueId id;
-    if (!decodeId(argv[3 + a], &id)) return 64;
+int kernelsMain(int rank, int nranks, const std::vector<tpcUniqueId>& ids) {
+  const tpcAlgorithm_t algorithms[] = {tpcAlgoOneShot, tpcAlgoTwoShot, tpcAlgoPushOneShot,
+                                       tpcAlgoPushTwoShot};
+  if (ids.size() != 4) return 64;
+  for (int a = 0; a < 4; ++a) {
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
     config.algorithm = algorithms[a];
     config.timeoutMs = 60000;
     tpcComm_t comm = nullptr;
-    CHECK_TPC(tpcCommInitRank(&comm, nranks, id, rank, &config));
+    CHECK_TPC(tpcCommInitRank(&comm, nranks, ids[a], rank, &config));
     for (size_t count : {size_t{1}, size_t{4099}, size_t{300000}}) {
       int rc = verifiedCall<__nv_bfloat16>(comm, rank, nranks, count, false, 17 + a);
       if (rc == 0) rc = verifiedCall<float>(comm, rank, nranks, count, true, 29 + a);
@@ -248,4 +262,94 @@ int main(int argc, char** argv) {
     CHECK_TPC(tpcCommDestroy(comm));
   }
   return 0;
+}
+
+int teardownMain(int rank, int nranks, const tpcUniqueId& id, const std::string& file) {
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.timeoutMs = 60000;
+  tpcComm_t comm = nullptr;
+  CHECK_TPC(tpcCommInitRank(&comm, nranks, id, rank, &config));
+  const int rc = verifiedCall<float>(comm, rank, nranks, 4099, false, 5);
+  if (rc != 0) return rc;
+  if (rank != 0) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (access(file.c_str(), F_OK) != 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr, "rank %d: rank 0 never finished destroying its communicator\n", rank);
+        return 8;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  CHECK_TPC(tpcCommDestroy(comm));
+  if (rank == 0) {
+    FILE* f = std::fopen(file.c_str(), "w");
+    if (f == nullptr) return 9;
+    std::fclose(f);
+  }
+  return 0;
+}
+
+int killedMain(int rank, int nranks, const tpcUniqueId& id) {
+  constexpr int kTimeoutMs = 2000;
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.timeoutMs = kTimeoutMs;
+  tpcComm_t comm = nullptr;
+  CHECK_TPC(tpcCommInitRank(&comm, nranks, id, rank, &config));
+  const int rc = verifiedCall<float>(comm, rank, nranks, 4099, false, 6);
+  if (rc != 0) return rc;
+  if (rank == 1) raise(SIGKILL);
+  if (rank != 0) return 0;
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<float> host(4099, 1.0f);
+  float* buf = nullptr;
+  cudaMalloc(&buf, host.size() * sizeof(float));
+  cudaMemcpy(buf, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice);
+  CHECK_TPC(tpcAllReduce(buf, buf, host.size(), tpcFloat32, tpcSum, comm, nullptr));
+  if (cudaDeviceSynchronize() != cudaSuccess) {
+    std::fprintf(stderr, "rank 0: device error after the peer died\n");
+    return 3;
+  }
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  tpcResult_t async = tpcSuccess;
+  CHECK_TPC(tpcCommGetAsyncError(comm, &async));
+  const std::string message = lastError(comm);
+  if (async != tpcTimeout || message.find("for rank 1") == std::string::npos ||
+      waited > kTimeoutMs * 1e-3 + 10) {
+    std::fprintf(stderr, "rank 0: after %.1f s: %d, %s\n", waited, async, message.c_str());
+    return 10;
+  }
+  if (tpcCommDestroy(comm) != tpcSuccess) {
+    std::fprintf(stderr, "rank 0: destroy failed: %s\n", lastError(nullptr));
+    return 11;
+  }
+  cudaFree(buf);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 5) {
+    std::fprintf(stderr, "usage: %s RANK NRANKS MODE ID_HEX...\n", argv[0]);
+    return 64;
+  }
+  const int rank = std::atoi(argv[1]);
+  const int nranks = std::atoi(argv[2]);
+  const std::string mode = argv[3];
+  int gpus = 0;
+  cudaGetDeviceCount(&gpus);
+  cudaSetDevice(gpus > 0 ? rank % gpus : 0);
+  std::vector<tpcUniqueId> ids;
+  for (int i = 4; i < argc; ++i) {
+    tpcUniqueId id;
+    if (decodeId(argv[i], &id)) ids.push_back(id);
+  }
+  if (ids.empty()) return 64;
+  if (mode == "kernels") return kernelsMain(rank, nranks, ids);
+  if (mode == "zerocopy") return zeroCopyMain(rank, nranks, ids[0]);
+  if (mode == "teardown" && argc == 6) return teardownMain(rank, nranks, ids[0], argv[5]);
+  if (mode == "killed") return killedMain(rank, nranks, ids[0]);
+  return 64;
 }

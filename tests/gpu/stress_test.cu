@@ -1,7 +1,9 @@
-// Many calls in a row that switch size, type and algorithm on every call, all verified on the
-// device: the barrier counters of each algorithm must stay in step whatever the sequence.
+// Many calls in a row that switch size, type and algorithm in random order, all verified on the
+// device: the barrier counters and receive-buffer rotations of every protocol must stay in step
+// whatever the sequence.
 #include <gtest/gtest.h>
 
+#include <random>
 #include <vector>
 
 #include "core/handle.h"
@@ -13,7 +15,7 @@ namespace testing {
 namespace {
 
 constexpr int kCalls = 10000;
-// With a 64 KB staging buffer the largest size runs in several chunks.
+// With 64 KB staging and receive buffers the largest size runs in several chunks.
 constexpr size_t kSizes[] = {1, 7, 4096, 65536 + 5, 300000};
 
 template <typename T>
@@ -24,11 +26,15 @@ void launchCall(const Ranks& ranks, std::vector<DeviceBuffer>& in, std::vector<D
     ranks.use(r);
     fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(in[r].get<T>(), count, r, seed);
   }
+  std::vector<const void*> inputs;
+  std::vector<void*> outputs;
   for (int r = 0; r < n; ++r) {
-    ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r].get(), out[r].get(), count, TypeInfo<T>::kType, tpcSum,
-                                       ranks.comms[r], ranks.streams[r]))
-        << tpcCommGetLastError(ranks.comms[r]);
+    inputs.push_back(in[r].get());
+    outputs.push_back(out[r].get());
   }
+  std::string message;
+  ASSERT_EQ(tpcSuccess, allReduceAll(ranks, inputs, outputs, count, TypeInfo<T>::kType, &message))
+      << message;
   for (int r = 0; r < n; ++r) {
     ranks.use(r);
     checkExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(out[r].get<T>(), count, n, seed,
@@ -44,6 +50,7 @@ TEST_P(Stress, TenThousandCallsAlternatingSizesTypesAndAlgorithms) {
   tpcConfig_t config = TPC_CONFIG_INITIALIZER;
   config.timeoutMs = 20000;
   config.stagingBytes = 64 << 10;
+  config.pushBytes = 64 << 10;
   Ranks ranks(n, config);
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   std::vector<DeviceBuffer> in, out;
@@ -54,13 +61,17 @@ TEST_P(Stress, TenThousandCallsAlternatingSizesTypesAndAlgorithms) {
     out.emplace_back(300000 * sizeof(float));
     wrong.emplace_back();
   }
-  const tpcAlgorithm_t algorithms[] = {tpcAlgoOneShot, tpcAlgoTwoShot, tpcAlgoAuto};
+  const tpcAlgorithm_t algorithms[] = {tpcAlgoOneShot, tpcAlgoTwoShot, tpcAlgoPushOneShot,
+                                       tpcAlgoPushTwoShot, tpcAlgoAuto};
+  // The same sequence on every run, different on every call: every pair of algorithms, sizes
+  // (hence grid sizes and chunk counts) and types follows every other many times.
+  std::mt19937 random(20261125u + n);
   for (int call = 0; call < kCalls; ++call) {
-    // Coprime cycles (3 algorithms, 5 sizes, 3 types...) visit every combination and order.
-    for (int r = 0; r < n; ++r) ranks.comms[r]->impl->forceAlgorithm(algorithms[call % 3]);
-    const size_t count = kSizes[call % 5];
+    const tpcAlgorithm_t algorithm = algorithms[random() % 5];
+    for (int r = 0; r < n; ++r) ranks.comms[r]->impl->forceAlgorithm(algorithm);
+    const size_t count = kSizes[random() % 5];
     const uint32_t seed = static_cast<uint32_t>(call);
-    switch (call % 7 % 3) {
+    switch (random() % 3) {
       case 0:
         launchCall<__nv_bfloat16>(ranks, in, out, wrong, count, seed);
         break;
@@ -80,7 +91,7 @@ TEST_P(Stress, TenThousandCallsAlternatingSizesTypesAndAlgorithms) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(WorldSizes, Stress, ::testing::Values(3, 4));
+INSTANTIATE_TEST_SUITE_P(WorldSizes, Stress, ::testing::Values(2, 3, 4));
 
 }  // namespace
 }  // namespace testing

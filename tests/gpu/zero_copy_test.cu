@@ -1,11 +1,13 @@
-// Zero-copy all-reduces: captured calls that read their peers' inputs in place once the graph's
-// buffers are registered, eager calls on registered buffers, and the lifetime of registrations.
+// Zero-copy all-reduces: captured calls of the pull kernels that read their peers' inputs in place
+// once the graph's buffers are registered, eager calls on registered buffers, and the lifetime of
+// registrations. (The push kernels read only their own rank's input and need no registration.)
 #include <gtest/gtest.h>
 
 #include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "gpu_test_util.cuh"
@@ -71,12 +73,13 @@ std::vector<Call> layoutCalls(int rank, int calls, size_t* elements) {
   return out;
 }
 
-class ZeroCopyGraph : public ::testing::TestWithParam<int> {
+class ZeroCopyGraph : public ::testing::TestWithParam<std::tuple<int, tpcAlgorithm_t>> {
  protected:
   void SetUp() override {
     if (gpuCount() == 0) GTEST_SKIP() << "no CUDA device";
-    n_ = GetParam();
+    n_ = std::get<0>(GetParam());
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+    config.algorithm = std::get<1>(GetParam());
     config.zeroCopyGraphs = 1;
     config.stagingBytes = 256 << 10;  // the largest calls run in several chunks
     ranks_ = std::make_unique<Ranks>(n_, config);
@@ -259,12 +262,25 @@ TEST_P(ZeroCopyGraph, RanksMustCaptureTheSameNumberOfCalls) {
   EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(ranks_->comms[0])).find("disagree"));
 }
 
-INSTANTIATE_TEST_SUITE_P(WorldSizes, ZeroCopyGraph, ::testing::Values(2, 4, 8));
+INSTANTIATE_TEST_SUITE_P(WorldSizesAndPullKernels, ZeroCopyGraph,
+                         ::testing::Combine(::testing::Values(2, 4, 8),
+                                            ::testing::Values(tpcAlgoOneShot, tpcAlgoTwoShot)),
+                         [](const ::testing::TestParamInfo<ZeroCopyGraph::ParamType>& info) {
+                           return std::to_string(std::get<0>(info.param)) + "ranks_" +
+                                  algorithmTestName(std::get<1>(info.param));
+                         });
+
+// The pull kernels that read registered buffers in place.
+tpcConfig_t pullConfig(tpcAlgorithm_t algorithm = tpcAlgoOneShot) {
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.algorithm = algorithm;
+  return config;
+}
 
 TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
   SKIP_WITHOUT_GPU();
   const int n = 3;
-  Ranks ranks(n);
+  Ranks ranks(n, pullConfig());
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   const size_t elements = size_t{1} << 21;
   std::vector<DeviceBuffer> in, out;
@@ -283,9 +299,10 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
     TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
     EXPECT_EQ(0, info.slotsStaged) << "a registered cudaMalloc buffer is read in place";
   }
-  // Every rank calls at the same offsets into its registered buffer.
+  // Every rank calls at the same offsets into its registered buffer; an offset that is not a
+  // whole 16-byte vector (3 elements) copies through staging for that call.
   uint32_t seed = 9;
-  for (size_t offset : {size_t{0}, size_t{8}, size_t{4096}, size_t{1} << 20}) {
+  for (size_t offset : {size_t{0}, size_t{3}, size_t{8}, size_t{4096}, size_t{1} << 20}) {
     for (size_t count : {size_t{1}, size_t{4095}, size_t{100003}}) {
       for (int r = 0; r < n; ++r) {
         ranks.use(r);
@@ -317,7 +334,7 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
 TEST(ZeroCopyEager, UnshareableMemoryFallsBackToStaging) {
   SKIP_WITHOUT_GPU();
   const int n = 2;
-  Ranks ranks(n);
+  Ranks ranks(n, pullConfig());
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   const size_t count = 10001;
   std::vector<T*> host(n, nullptr);
@@ -363,7 +380,7 @@ TEST(ZeroCopyEager, UnshareableMemoryFallsBackToStaging) {
 TEST(ZeroCopyEager, ThousandRegistrationCyclesLeakNothing) {
   SKIP_WITHOUT_GPU();
   const int n = 2;
-  Ranks ranks(n);
+  Ranks ranks(n, pullConfig());
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   std::vector<DeviceBuffer> bufs;
   for (int r = 0; r < n; ++r) {
@@ -398,16 +415,95 @@ TEST(ZeroCopyEager, MemoryInfoCountsWhatTheRankHolds) {
   SKIP_WITHOUT_GPU();
   tpcConfig_t config = TPC_CONFIG_INITIALIZER;
   config.stagingBytes = 1 << 20;
+  config.pushBytes = 2 << 20;
   Ranks ranks(2, config);
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   tpcMemoryInfo_t info;
   TPC_OK(tpcCommGetMemoryInfo(ranks.comms[0], &info));
-  EXPECT_GE(info.deviceBytes, size_t{3} << 19) << "staging and scratch at least";
-  EXPECT_LT(info.deviceBytes, size_t{3} << 20);
-  EXPECT_EQ(0u, info.peerBytes) << "peers in the same process map nothing";
+  EXPECT_GE(info.stagingBytes, size_t{3} << 19) << "staging and scratch at least";
+  EXPECT_LT(info.stagingBytes, size_t{2} << 20);
+  // Two ranks: push one-shot 3 x 2 MiB, push two-shot 3 x (2 x 1 MiB), plus tag vectors.
+  EXPECT_GE(info.receiveBytes, size_t{12} << 20);
+  EXPECT_LT(info.receiveBytes, size_t{13} << 20);
+  EXPECT_GE(info.deviceBytes, info.stagingBytes + info.receiveBytes);
+  EXPECT_LT(info.deviceBytes, info.stagingBytes + info.receiveBytes + (size_t{1} << 20));
   EXPECT_EQ(0, info.slotsUsed);
   EXPECT_GT(info.slots, 0);
   EXPECT_EQ(tpcInvalidArgument, tpcCommGetMemoryInfo(ranks.comms[0], nullptr));
+}
+
+// Ranks must register buffers of the same size: calls read every rank's buffer at the same
+// offsets. All ranks fail, and none is left holding a registration.
+TEST(ZeroCopyEager, RegistrationsOfDifferentSizesAreRefused) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(2, pullConfig());
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  std::vector<DeviceBuffer> bufs;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    bufs.emplace_back(1 << 20);
+  }
+  std::vector<void*> handles(2, nullptr);
+  const tpcResult_t res = onEveryRank(ranks, [&](int r) {
+    return tpcCommRegister(ranks.comms[r], bufs[r].get(), r == 0 ? 1 << 20 : 1 << 19, &handles[r]);
+  });
+  EXPECT_EQ(tpcInvalidUsage, res);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(std::string::npos,
+              std::string(tpcCommGetLastError(ranks.comms[r])).find("different sizes"))
+        << tpcCommGetLastError(ranks.comms[r]);
+    tpcMemoryInfo_t info;
+    TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
+    EXPECT_EQ(0, info.slotsUsed);
+  }
+}
+
+// A graph captured while a buffer was registered, replayed after the registration was replaced
+// by another in the same slot, fails instead of reading the other buffer.
+TEST(ZeroCopyEager, GraphOfAReplacedRegistrationFails) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(2, pullConfig());
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const size_t count = 4096;
+  std::vector<DeviceBuffer> a, b, out;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    a.emplace_back(count * sizeof(T));
+    b.emplace_back(count * sizeof(T));
+    out.emplace_back(count * sizeof(T));
+  }
+  std::vector<void*> handles;
+  ASSERT_EQ(tpcSuccess,
+            registerOnEveryRank(ranks, {a[0].get(), a[1].get()}, count * sizeof(T), &handles));
+  std::vector<cudaGraphExec_t> exec(2, nullptr);
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(ranks.streams[r], cudaStreamCaptureModeThreadLocal));
+    ASSERT_EQ(tpcSuccess, tpcAllReduce(a[r].get(), out[r].get(), count, tpcBfloat16, tpcSum,
+                                       ranks.comms[r], ranks.streams[r]));
+    CUDA_OK(cudaStreamEndCapture(ranks.streams[r], &graph));
+    CUDA_OK(cudaGraphInstantiate(&exec[r], graph, 0));
+    CUDA_OK(cudaGraphDestroy(graph));
+  }
+  ASSERT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, handles));
+  ASSERT_EQ(tpcSuccess,
+            registerOnEveryRank(ranks, {b[0].get(), b[1].get()}, count * sizeof(T), &handles));
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaGraphLaunch(exec[r], ranks.streams[r]));
+  }
+  CUDA_OK(ranks.syncAll());
+  for (int r = 0; r < 2; ++r) {
+    tpcResult_t async = tpcSuccess;
+    TPC_OK(tpcCommGetAsyncError(ranks.comms[r], &async));
+    EXPECT_EQ(tpcInvalidUsage, async);
+    EXPECT_NE(std::string::npos,
+              std::string(tpcCommGetLastError(ranks.comms[r])).find("deregistered"))
+        << tpcCommGetLastError(ranks.comms[r]);
+    ranks.use(r);
+    CUDA_OK(cudaGraphExecDestroy(exec[r]));
+  }
 }
 
 }  // namespace

@@ -21,28 +21,31 @@ Route route(const RoutePolicy& policy, int nranks, size_t bytes, bool graph = fa
 
 TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   const RoutePolicy p = withNccl(true);
-  EXPECT_EQ(Route::kOneShot, route(p, 2, 8 * MiB));
-  EXPECT_EQ(Route::kNccl, route(p, 2, 8 * MiB + 1));
+  EXPECT_EQ(Route::kPushOneShot, route(p, 2, 8));
+  EXPECT_EQ(Route::kPushOneShot, route(p, 2, 1 * MiB));
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 1 * MiB + 1));
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 128 * MiB));
+  EXPECT_EQ(Route::kNccl, route(p, 2, 128 * MiB + 1)) << "measured faster beyond";
+  EXPECT_EQ(Route::kPushTwoShot, route(withNccl(false), 2, 256 * MiB)) << "unless there is none";
   for (int n : {3, 4}) {
-    EXPECT_EQ(Route::kOneShot, route(p, n, 512 * KiB)) << n;
-    EXPECT_EQ(Route::kTwoShot, route(p, n, 512 * KiB + 1)) << n;
-    EXPECT_EQ(Route::kTwoShot, route(p, n, 8 * MiB)) << n;
-    EXPECT_EQ(Route::kNccl, route(p, n, 8 * MiB + 1)) << n;
+    EXPECT_EQ(Route::kPushOneShot, route(p, n, 512 * KiB)) << n;
+    EXPECT_EQ(Route::kPushTwoShot, route(p, n, 512 * KiB + 1)) << n;
   }
   for (int n : {5, 6, 7, 8}) {
-    EXPECT_EQ(Route::kOneShot, route(p, n, 256 * KiB)) << n;
-    EXPECT_EQ(Route::kTwoShot, route(p, n, 256 * KiB + 1)) << n;
-    EXPECT_EQ(Route::kNccl, route(p, n, 64 * MiB)) << n;
+    EXPECT_EQ(Route::kPushOneShot, route(p, n, 256 * KiB)) << n;
+    EXPECT_EQ(Route::kPushTwoShot, route(p, n, 256 * KiB + 1)) << n;
   }
-  for (bool graph : {false, true}) EXPECT_EQ(Route::kOneShot, route(p, 8, 8 * KiB, graph));
+  for (bool graph : {false, true}) EXPECT_EQ(Route::kPushOneShot, route(p, 8, 8 * KiB, graph));
 }
 
 TEST(AlgorithmTable, WithoutNcclTheKernelsTakeEverySize) {
   const RoutePolicy p = withNccl(false);
-  EXPECT_EQ(Route::kOneShot, route(p, 2, size_t{1} << 40));
-  EXPECT_EQ(Route::kTwoShot, route(p, 4, size_t{1} << 40));
-  EXPECT_EQ(Route::kTwoShot, route(p, 8, 64 * MiB));
-  EXPECT_EQ(Route::kOneShot, route(p, 8, 8 * KiB));
+  AlgorithmTable t;
+  t.eager = t.graph = {{8, 1 * MiB, Route::kPushOneShot}, {8, ~size_t{0}, Route::kNccl}};
+  EXPECT_EQ(Route::kPushOneShot, chooseRoute(t, p, 2, 1 * MiB, false));
+  EXPECT_EQ(Route::kPushTwoShot, chooseRoute(t, p, 2, size_t{1} << 40, false))
+      << "a row for NCCL falls to the kernel that takes any size";
+  EXPECT_EQ(Route::kPushTwoShot, chooseRoute(t, p, 8, 64 * MiB, true));
 }
 
 TEST(AlgorithmTable, WithoutTheCustomPathNcclTakesEverything) {
@@ -60,19 +63,23 @@ TEST(AlgorithmTable, ForcedAlgorithmWins) {
   EXPECT_EQ(Route::kTwoShot, route(p, 8, size_t{1} << 30));
   p.forced = tpcAlgoOneShot;
   EXPECT_EQ(Route::kOneShot, route(p, 8, size_t{1} << 30));
+  p.forced = tpcAlgoPushOneShot;
+  EXPECT_EQ(Route::kPushOneShot, route(p, 8, size_t{1} << 30));
+  p.forced = tpcAlgoPushTwoShot;
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 8));
   p.forced = tpcAlgoNccl;
   EXPECT_EQ(Route::kNccl, route(p, 8, 8));
   p.ncclAvailable = false;
-  EXPECT_EQ(Route::kOneShot, route(p, 2, 8)) << "forcing NCCL without NCCL keeps the kernels";
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 8)) << "forcing NCCL without NCCL keeps the kernels";
 }
 
 TEST(AlgorithmTable, MaxBytesSendsLargerMessagesToNccl) {
   RoutePolicy p = withNccl(true);
   p.maxCustomBytes = 64 * KiB;
-  EXPECT_EQ(Route::kOneShot, route(p, 8, 64 * KiB));
+  EXPECT_EQ(Route::kPushOneShot, route(p, 8, 64 * KiB));
   EXPECT_EQ(Route::kNccl, route(p, 8, 64 * KiB + 1));
   p.ncclAvailable = false;
-  EXPECT_EQ(Route::kTwoShot, route(p, 8, 1 * MiB)) << "no NCCL to hand it to";
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 8, 1 * MiB)) << "no NCCL to hand it to";
 }
 
 TEST(AlgorithmTable, RowsAreTriedInOrder) {
@@ -88,8 +95,14 @@ TEST(AlgorithmTable, RowsAreTriedInOrder) {
 TEST(AlgorithmTable, RouteNames) {
   EXPECT_EQ(tpcAlgoOneShot, routeAlgorithm(Route::kOneShot));
   EXPECT_EQ(tpcAlgoTwoShot, routeAlgorithm(Route::kTwoShot));
+  EXPECT_EQ(tpcAlgoPushOneShot, routeAlgorithm(Route::kPushOneShot));
+  EXPECT_EQ(tpcAlgoPushTwoShot, routeAlgorithm(Route::kPushTwoShot));
   EXPECT_EQ(tpcAlgoNccl, routeAlgorithm(Route::kNccl));
   EXPECT_STREQ("twoshot", routeName(Route::kTwoShot));
+  EXPECT_STREQ("push-oneshot", routeName(Route::kPushOneShot));
+  EXPECT_STREQ("push-twoshot", routeName(Route::kPushTwoShot));
+  EXPECT_TRUE(isPush(Route::kPushTwoShot));
+  EXPECT_FALSE(isPush(Route::kOneShot));
 }
 
 TEST(Algorithm, GridCoversOneVectorPerThread) {
@@ -103,6 +116,8 @@ TEST(Algorithm, GridCoversOneVectorPerThread) {
   EXPECT_EQ(1, gridBlocks(Route::kTwoShot, 4, threads * 8 * 4, 2, 36));
   EXPECT_EQ(2, gridBlocks(Route::kTwoShot, 4, threads * 8 * 4 + 8 * 4, 2, 36));
   EXPECT_EQ(1, gridBlocks(Route::kTwoShot, 8, 0, 2, 36));
+  EXPECT_EQ(2, gridBlocks(Route::kPushTwoShot, 4, threads * 8 * 4 + 8 * 4, 2, 132));
+  EXPECT_EQ(132, gridBlocks(Route::kPushOneShot, 2, size_t{1} << 30, 2, 132));
 }
 
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
@@ -115,7 +130,7 @@ TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
 
 TEST(BufferLayout, RegionsAreAlignedAndLargeEnough) {
   for (size_t staging : {size_t{64} << 10, (size_t{64} << 10) + 16, size_t{16} << 20}) {
-    const BufferLayout l = BufferLayout::forStaging(staging);
+    const BufferLayout l = BufferLayout::make(staging, 8 * MiB, 4);
     EXPECT_EQ(0u, l.stagingOffset % 4096);
     EXPECT_EQ(0u, l.scratchOffset % 4096);
     EXPECT_GE(l.stagingOffset, sizeof(ControlBlock));
@@ -124,8 +139,34 @@ TEST(BufferLayout, RegionsAreAlignedAndLargeEnough) {
     // Two-shot's slice of a full chunk, at two ranks, must fit the scratch buffer.
     const size_t vectors = l.stagingBytes / 16;
     EXPECT_GE(l.scratchBytes, (vectors + 1) / 2 * 16);
-    EXPECT_GE(l.totalBytes, l.scratchOffset + l.scratchBytes);
+    EXPECT_GE(l.push[0].offset, l.scratchOffset + l.scratchBytes);
+    EXPECT_GE(l.push[1].offset, l.push[0].offset + l.push[0].bytes());
+    EXPECT_GE(l.totalBytes, l.push[1].offset + l.push[1].bytes());
   }
+}
+
+// A push launch's message fits its slots: one-shot, a whole chunk per peer slot; two-shot, a
+// slice of a chunk per slot; and the buffers stay near the budget the configuration sets.
+TEST(BufferLayout, PushChunksFitTheirSlots) {
+  for (int n : {2, 3, 5, 8}) {
+    for (size_t budget : {64 * KiB, 8 * MiB, 8 * MiB + 48}) {
+      const BufferLayout l = BufferLayout::make(1 * MiB, budget, n);
+      const ReceiveRegion& one = l.receive(device::kPushOneShot);
+      const ReceiveRegion& two = l.receive(device::kPushTwoShot);
+      EXPECT_EQ(0u, one.chunkBytes % 16);
+      EXPECT_EQ(0u, two.chunkBytes % (16 * n));
+      EXPECT_GE(one.slotVectors, 1 + one.chunkBytes / 16) << "tag vector plus a whole chunk";
+      EXPECT_GE(two.slotVectors, 1 + two.chunkBytes / 16 / n);
+      EXPECT_EQ(static_cast<size_t>(n - 1) * one.slotVectors * 16, one.bufferBytes);
+      EXPECT_EQ(static_cast<size_t>(2 * (n - 1)) * two.slotVectors * 16, two.bufferBytes);
+      EXPECT_LE(one.chunkBytes * (n - 1), budget);
+      EXPECT_LE(two.chunkBytes, budget);
+      EXPECT_LE(one.bytes() + two.bytes(), 9 * budget + 64 * 16 * n) << n << " ranks";
+      EXPECT_EQ(0u, one.offset % 4096);
+    }
+  }
+  const BufferLayout single = BufferLayout::make(1 * MiB, 8 * MiB, 1);
+  EXPECT_EQ(0u, single.push[0].bytes() + single.push[1].bytes()) << "one rank pushes nothing";
 }
 
 }  // namespace

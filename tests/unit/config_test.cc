@@ -248,6 +248,15 @@ TEST(Config, EnvironmentFillsUnsetFields) {
   expected = ResolvedConfig{};
   expected.algorithm = tpcAlgoNccl;
   EXPECT_EQ(0, runProbe("TPCOMM_ALGO", "nccl", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.algorithm = tpcAlgoPushTwoShot;
+  EXPECT_EQ(0, runProbe("TPCOMM_ALGO", "push-twoshot", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.pushBytes = size_t{2} << 20;
+  EXPECT_EQ(0, runProbe("TPCOMM_PUSH_BYTES", "2M", expected.digest().c_str()));
+  expected = ResolvedConfig{};
+  expected.pdl = false;
+  EXPECT_EQ(0, runProbe("TPCOMM_PDL", "0", expected.digest().c_str()));
   EXPECT_EQ(0, runProbe("TPCOMM_DISABLE", "0", ResolvedConfig{}.digest().c_str()));
 }
 
@@ -261,6 +270,27 @@ TEST(Config, BadEnvironmentValuesAreErrors) {
   EXPECT_EQ(0, runProbe("TPCOMM_P2P_CHECK", "off", "error"));
   EXPECT_EQ(0, runProbe("TPCOMM_MAX_BYTES", "big", "error"));
   EXPECT_EQ(0, runProbe("TPCOMM_NCCL", "2", "error"));
+  EXPECT_EQ(0, runProbe("TPCOMM_PUSH_BYTES", "1K", "error"));
+  EXPECT_EQ(0, runProbe("TPCOMM_PDL", "on", "error"));
+}
+
+TEST(Config, PushBytesAndPdl) {
+  SKIP_UNLESS_CLEAN_ENV();
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  ResolvedConfig r;
+  ASSERT_EQ(tpcSuccess, resolveConfig(&config, &r));
+  EXPECT_EQ(kDefaultPushBytes, r.pushBytes);
+  EXPECT_TRUE(r.pdl) << "measured to help";
+  config.pushBytes = (size_t{1} << 20) + 5;
+  config.pdl = -1;
+  ASSERT_EQ(tpcSuccess, resolveConfig(&config, &r));
+  EXPECT_EQ((size_t{1} << 20) + 16, r.pushBytes) << "whole vectors";
+  EXPECT_FALSE(r.pdl);
+  config.pdl = 2;
+  EXPECT_EQ(tpcInvalidArgument, resolveConfig(&config, &r));
+  config.pdl = 0;
+  config.pushBytes = kMinPushBytes - 16;
+  EXPECT_EQ(tpcInvalidArgument, resolveConfig(&config, &r));
 }
 
 TEST(Config, NcclFieldsAreCheckedAgainstEachOther) {

@@ -61,6 +61,12 @@ TEST(PerfOptions, NcclTestsFlags) {
   EXPECT_GT(o.graphLaunches, 0);
   EXPECT_EQ(tpcFloat32, o.dtype);
   EXPECT_EQ(4096u, o.stepBytes);
+  for (const char* algo : {"push-oneshot", "push-twoshot", "auto", "nccl"}) {
+    ASSERT_TRUE(parse({"-a", algo}, &o)) << algo;
+    EXPECT_EQ(algo, o.algo);
+  }
+  ASSERT_TRUE(parse({"-a", "PUSH-ONESHOT"}, &o));
+  EXPECT_EQ("push-oneshot", o.algo) << "as TPCOMM_ALGO reads it";
 }
 
 TEST(PerfOptions, BadArgumentsAreOneLineErrors) {
@@ -232,13 +238,13 @@ TEST(PerfReport, GoldenTable) {
       "#                                                              out-of-place                 "
       "      in-place                                \n"
       "#       size         count      type   redop    root     time   algbw   busbw #wrong     "
-      "time   algbw   busbw #wrong      algo  nccl(us)  speedup\n"
+      "time   algbw   busbw #wrong          algo  nccl(us)   sym(us)  speedup\n"
       "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            "
-      "(us)  (GB/s)  (GB/s)                                   \n"
+      "(us)  (GB/s)  (GB/s)                                                \n"
       "        8192          4096  bfloat16     sum      -1     6.25    1.31    1.31       0     "
-      "6.50    1.26    1.26       0   oneshot     20.00    3.20x  loopback\n"
+      "6.50    1.26    1.26       0       oneshot     20.00         -    3.20x  loopback\n"
       "    67108864      33554432  bfloat16     sum      -1    12346    5.44    5.44       3   "
-      "250.00  268.44  268.44       0   twoshot         -        -  loopback\n"
+      "250.00  268.44  268.44       0       twoshot         -         -        -  loopback\n"
       "# Out of bounds values : 3 FAILED\n"
       "# Avg bus bandwidth    : 69.1106 (loopback)\n"
       "#\n";
@@ -248,20 +254,41 @@ TEST(PerfReport, GoldenTable) {
 
 TEST(PerfReport, MemoryLineAppearsOnceReported) {
   Report r = goldenReport();
-  r.deviceBytes = size_t{24} << 20;
-  r.peerBytes = size_t{3} << 20;
-  r.slotsUsed = 520;
+  r.memory.deviceBytes = size_t{72} << 20;
+  r.memory.receiveBytes = size_t{48} << 20;
+  r.memory.stagingBytes = size_t{24} << 20;
+  r.memory.peerBytes = size_t{3} << 20;
+  r.memory.slotsUsed = 520;
   EXPECT_NE(std::string::npos,
-            formatFooter(r).find("# tpcomm memory per rank: 24.0 MiB on the device, 3.0 MiB of "
-                                 "peers mapped, 520 zero-copy slots taken"))
+            formatFooter(r).find("# tpcomm memory per rank: 72.0 MiB on the device (48.0 MiB push "
+                                 "receive buffers, 24.0 MiB pull staging), 3.0 MiB of peers "
+                                 "mapped, 520 zero-copy slots taken"))
       << formatFooter(r);
-  size_t device = 0, peers = 0;
-  int slots = 0;
-  ASSERT_TRUE(
-      decodeMemory(encodeMemory(r.deviceBytes, r.peerBytes, r.slotsUsed), &device, &peers, &slots));
-  EXPECT_EQ(r.deviceBytes, device);
-  EXPECT_EQ(r.peerBytes, peers);
-  EXPECT_EQ(520, slots);
+  MemoryReport back;
+  ASSERT_TRUE(decodeMemory(encodeMemory(r.memory), &back));
+  EXPECT_EQ(r.memory.deviceBytes, back.deviceBytes);
+  EXPECT_EQ(r.memory.receiveBytes, back.receiveBytes);
+  EXPECT_EQ(r.memory.stagingBytes, back.stagingBytes);
+  EXPECT_EQ(r.memory.peerBytes, back.peerBytes);
+  EXPECT_EQ(520, back.slotsUsed);
+}
+
+TEST(PerfReport, SpeedupIsAgainstTheFasterNccl) {
+  Row row;
+  row.outOfPlace = {4.0, 0};
+  EXPECT_LT(row.bestNcclUs(), 0);
+  row.ncclUs = 10;
+  EXPECT_EQ(10, row.bestNcclUs());
+  row.ncclSymUs = 8;
+  EXPECT_EQ(8, row.bestNcclUs());
+  row.ncclUs = -1;
+  EXPECT_EQ(8, row.bestNcclUs());
+  Report r = goldenReport();
+  row.ncclUs = 12;
+  row.algo = "push-oneshot";
+  EXPECT_NE(std::string::npos, formatRow(r, row).find("push-oneshot     12.00      8.00    2.00x"))
+      << formatRow(r, row);
+  EXPECT_NE(std::string::npos, formatJson(r).find("\"nccl_symmetric\": \"\""));
 }
 
 TEST(PerfReport, GoldenJson) {
@@ -280,8 +307,10 @@ TEST(PerfReport, GoldenJson) {
       "  \"iters\": 20,\n"
       "  \"check\": true,\n"
       "  \"nccl\": \"off: NCCL cannot run several ranks on one GPU\",\n"
+      "  \"nccl_symmetric\": \"\",\n"
       "  \"zero_copy\": false,\n"
-      "  \"memory\": {\"device_bytes\": 0, \"peer_bytes\": 0, \"slots_used\": 0},\n"
+      "  \"memory\": {\"device_bytes\": 0, \"receive_bytes\": 0, \"staging_bytes\": 0, "
+      "\"peer_bytes\": 0, \"slots_used\": 0},\n"
       "  \"devices\": [\n"
       "    {\"rank\": 0, \"pid\": 4242, \"host\": \"node1\", \"device\": 0, \"bus_id\": "
       "\"0000:18:00.0\", \"name\": \"NVIDIA H100 80GB HBM3\"},\n"
@@ -292,11 +321,13 @@ TEST(PerfReport, GoldenJson) {
       "    {\"bytes\": 8192, \"count\": 4096, \"type\": \"bfloat16\", \"redop\": \"sum\", "
       "\"algo\": \"oneshot\", \"out_of_place\": {\"time_us\": 6.25, \"algbw_gbs\": 1.31072, "
       "\"busbw_gbs\": 1.31072, \"wrong\": 0}, \"in_place\": {\"time_us\": 6.5, \"algbw_gbs\": "
-      "1.26031, \"busbw_gbs\": 1.26031, \"wrong\": 0}, \"nccl_time_us\": 20, \"speedup\": 3.2},\n"
+      "1.26031, \"busbw_gbs\": 1.26031, \"wrong\": 0}, \"nccl_time_us\": 20, "
+      "\"nccl_symmetric_time_us\": null, \"speedup\": 3.2},\n"
       "    {\"bytes\": 67108864, \"count\": 33554432, \"type\": \"bfloat16\", \"redop\": \"sum\", "
       "\"algo\": \"twoshot\", \"out_of_place\": {\"time_us\": 12345.6, \"algbw_gbs\": 5.43585, "
       "\"busbw_gbs\": 5.43585, \"wrong\": 3}, \"in_place\": {\"time_us\": 250, \"algbw_gbs\": "
-      "268.435, \"busbw_gbs\": 268.435, \"wrong\": 0}, \"nccl_time_us\": null, \"speedup\": null}\n"
+      "268.435, \"busbw_gbs\": 268.435, \"wrong\": 0}, \"nccl_time_us\": null, "
+      "\"nccl_symmetric_time_us\": null, \"speedup\": null}\n"
       "  ],\n"
       "  \"wrong\": 3,\n"
       "  \"avg_busbw_gbs\": 69.1106\n"

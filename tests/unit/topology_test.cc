@@ -128,11 +128,11 @@ class TopologyCacheTest : public ::testing::Test {
     std::system(("rm -rf '" + directory_.substr(0, directory_.find("/nested")) + "'").c_str());
   }
 
-  static TopologyCache sample(const std::string& driver) {
+  static TopologyCache sample(const std::string& driver, const std::string& host = "node7") {
     TopologyCache c;
-    c.driver = driver;
-    c.devices = {"0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0"};
-    c.pairs = {kNvlink, kPcie, LinkFacts{Fact::kYes, Fact::kYes, Fact::kNo}};
+    c.machine = "host " + host + " boot 3f2a driver " + driver;
+    c.devices = {"1b2c", "5e6f", "9a0b"};
+    c.pairs = {kNvlink, kPcie, LinkFacts{Fact::kYes, Fact::kYes, Fact::kUnknown}};
     return c;
   }
 
@@ -147,8 +147,41 @@ TEST_F(TopologyCacheTest, StoredFactsComeBack) {
   EXPECT_EQ(Fact::kYes, back.pair(1, 0).nvlink);  // either order names the same pair
   EXPECT_EQ(Fact::kYes, back.pair(0, 1).peerAccess);
   EXPECT_EQ(Fact::kNo, back.pair(0, 2).nvlink);
-  EXPECT_EQ(Fact::kNo, back.pair(2, 1).works);
+  EXPECT_EQ(Fact::kUnknown, back.pair(2, 1).works);
   EXPECT_EQ(Fact::kYes, back.pair(1, 2).nvlink);
+  EXPECT_FALSE(back.verified()) << "one pair was never checked";
+}
+
+// A failed check says something about this run, not about the hardware: it is not kept, and the
+// next run checks again. A passed check is kept.
+TEST_F(TopologyCacheTest, FailedChecksAreNeverStored) {
+  TopologyCache c = sample("580.159.04");
+  c.record(0, 1, LinkFacts{Fact::kYes, Fact::kYes, Fact::kNo});
+  c.record(0, 2, LinkFacts{Fact::kYes, Fact::kNo, Fact::kYes});
+  c.record(1, 2, LinkFacts{Fact::kYes, Fact::kYes, Fact::kYes});
+  EXPECT_EQ(Fact::kUnknown, c.pair(0, 1).works);
+  EXPECT_EQ(Fact::kYes, c.pair(0, 1).nvlink);
+  ASSERT_TRUE(storeTopologyCache(directory_, c));
+  TopologyCache back = sample("580.159.04");
+  ASSERT_TRUE(loadTopologyCache(directory_, &back));
+  EXPECT_EQ(Fact::kUnknown, back.pair(0, 1).works);
+  EXPECT_EQ(Fact::kYes, back.pair(0, 2).works);
+  EXPECT_FALSE(back.verified());
+  back.record(0, 1, LinkFacts{Fact::kYes, Fact::kYes, Fact::kYes});
+  EXPECT_TRUE(back.verified());
+  // A file that claims a failed check is not one tpcomm wrote.
+  const std::string text = back.serialize();
+  TopologyCache forged = sample("580.159.04");
+  EXPECT_FALSE(forged.parse(text.substr(0, text.rfind(" 1\n")) + " 0\n"));
+}
+
+TEST_F(TopologyCacheTest, AnotherHostOrBootMisses) {
+  ASSERT_TRUE(storeTopologyCache(directory_, sample("580.159.04", "node7")));
+  TopologyCache other = sample("580.159.04", "node8");
+  EXPECT_FALSE(loadTopologyCache(directory_, &other)) << "a home directory shared by two hosts";
+  TopologyCache rebooted = sample("580.159.04");
+  rebooted.machine = "host node7 boot 77aa driver 580.159.04";
+  EXPECT_FALSE(loadTopologyCache(directory_, &rebooted));
 }
 
 TEST_F(TopologyCacheTest, MissWhenNothingIsStored) {
@@ -173,7 +206,7 @@ TEST_F(TopologyCacheTest, CorruptOrForeignFilesAreIgnoredAndRewritten) {
   const std::string path = good.path(directory_);
   for (const std::string& junk :
        {std::string("garbage\n"), good.serialize().substr(0, 40),
-        good.serialize() + "pair 0 1 1 1 1\n", std::string("tpcomm-topology 1\ndriver other\n"),
+        good.serialize() + "pair 0 1 1 1 1\n", std::string("tpcomm-topology 2\nmachine other\n"),
         good.serialize().replace(good.serialize().find("pair 0 1 1 1 1"), 14, "pair 0 1 7 1 1")}) {
     std::ofstream(path, std::ios::trunc) << junk;
     TopologyCache c = sample("580.159.04");

@@ -114,12 +114,12 @@ class Coordinator {
       return true;
     }
     if (line.rfind("MEM ", 0) == 0) {
-      size_t device = 0, peers = 0;
-      int slots = 0;
-      if (!decodeMemory(line, &device, &peers, &slots)) return protocolError(rank, line);
-      report_->deviceBytes = std::max(report_->deviceBytes, device);
-      report_->peerBytes = std::max(report_->peerBytes, peers);
-      report_->slotsUsed = std::max(report_->slotsUsed, slots);
+      MemoryReport m;
+      if (!decodeMemory(line, &m)) return protocolError(rank, line);
+      // The rank that holds the most.
+      if (m.deviceBytes + m.peerBytes >= report_->memory.deviceBytes + report_->memory.peerBytes) {
+        report_->memory = m;
+      }
       return true;
     }
     if (line == "DONE") {
@@ -208,6 +208,9 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
     } else {
       useNccl = true;
       report.ncclNote = "NCCL " + std::to_string(lib->version) + " (" + lib->origin + ")";
+      report.ncclSymNote = lib->windowRegister != nullptr
+                               ? "ncclMemAlloc + ncclCommWindowRegister(NCCL_WIN_COLL_SYMMETRIC)"
+                               : "off: this NCCL has no symmetric windows (2.27 and newer do)";
     }
   }
   if (o.algo == "nccl" && !useNccl) return fail("--algo nccl, but " + report.ncclNote);

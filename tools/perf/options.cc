@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/env.h"
+#include "core/config.h"
 
 namespace tpcomm {
 namespace perf {
@@ -68,7 +69,8 @@ std::string usage() {
          "  -G, --cudagraph <n>        capture the iterations in a CUDA graph and replay it n\n"
          "                             times; 0 times eager calls (default 10)\n"
          "      --graph, --eager       graph mode (-G 10) or eager mode (-G 0)\n"
-         "  -a, --algo <algo>          auto, oneshot, twoshot or nccl (default auto)\n"
+         "  -a, --algo <algo>          auto, oneshot, twoshot, push-oneshot, push-twoshot or\n"
+         "                             nccl (default auto)\n"
          "  -g, --ngpus <n>            ranks (default: one per GPU, four on a single GPU)\n"
          "  -t, --threads              run all ranks as threads of one process (the default\n"
          "                             where ranks share a GPU)\n"
@@ -173,12 +175,15 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
       case 'J':
         o.jsonPath = arg;
         break;
-      case 'a':
-        if (arg != "auto" && arg != "oneshot" && arg != "twoshot" && arg != "nccl") {
-          return bad("unknown algorithm '" + arg + "' (auto, oneshot, twoshot or nccl)");
+      case 'a': {
+        tpcAlgorithm_t algorithm;
+        if (!parseAlgorithm(arg.c_str(), &algorithm)) {
+          return bad("unknown algorithm '" + arg +
+                     "' (auto, oneshot, twoshot, push-oneshot, push-twoshot or nccl)");
         }
-        o.algo = arg;
+        o.algo = algorithmName(algorithm);
         break;
+      }
       case 'g':
         if (!parseInt(optarg, 1, &o.nranks) || o.nranks > 8) {
           return bad("bad -g rank count '" + arg + "' (1 to 8)");

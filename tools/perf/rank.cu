@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/config.h"
 #include "perf/rank.h"
 #include "perf/report.h"
 #include "verifiable/verifiable.cuh"
@@ -37,6 +38,10 @@ void sendMessage(int fd, const std::string& line) {
   }
 }
 
+// Who carries a timed call: tpcomm, NCCL on ordinary buffers, or NCCL on symmetric registered
+// windows (its fastest single-node path without multicast).
+enum class Carrier { kTpcomm, kNccl, kNcclSymmetric };
+
 // Everything one rank owns.
 struct Rank {
   LocalRank id;
@@ -45,6 +50,10 @@ struct Rank {
   nccl::Comm ncclComm = nullptr;
   void* send = nullptr;  // pools the timed calls rotate through
   void* recv = nullptr;
+  void* symSend = nullptr;  // the same, from ncclMemAlloc, registered as symmetric windows
+  void* symRecv = nullptr;
+  nccl::Window symSendWindow = nullptr;
+  nccl::Window symRecvWindow = nullptr;
   void* barrierBuf = nullptr;
   unsigned long long* wrong = nullptr;
   cudaEvent_t start = nullptr;
@@ -72,6 +81,10 @@ class Bench {
       if (r.start != nullptr) cudaEventDestroy(r.start);
       if (r.stop != nullptr) cudaEventDestroy(r.stop);
       if (r.exec != nullptr) cudaGraphExecDestroy(r.exec);
+      if (r.symSendWindow != nullptr) nccl_->windowDeregister(r.ncclComm, r.symSendWindow);
+      if (r.symRecvWindow != nullptr) nccl_->windowDeregister(r.ncclComm, r.symRecvWindow);
+      if (r.symSend != nullptr) nccl_->memFree(r.symSend);
+      if (r.symRecv != nullptr) nccl_->memFree(r.symRecv);
       if (r.ncclComm != nullptr) nccl_->commDestroy(r.ncclComm);
       if (r.comm != nullptr) tpcCommDestroy(r.comm);
       if (r.stream != nullptr) cudaStreamDestroy(r.stream);
@@ -119,6 +132,7 @@ class Bench {
       });
       cudaTry(cudaStreamSynchronize(r.stream), "filling the pools");
     });
+    if (symmetric()) setUpSymmetricWindows();
     if (o_.zeroCopy && o_.graphLaunches == 0) {
       // Eager zero-copy: every rank registers its send pool, and the calls' offsets into it agree.
       collective("tpcCommRegister", [&](Rank& r) {
@@ -132,27 +146,35 @@ class Bench {
     for (const Rank& r : ranks_) {
       tpcMemoryInfo_t info;
       if (tpcCommGetMemoryInfo(r.comm, &info) == tpcSuccess) {
-        sendMessage(r.id.messageFd, encodeMemory(info.deviceBytes, info.peerBytes, info.slotsUsed));
+        MemoryReport m;
+        m.deviceBytes = info.deviceBytes;
+        m.stagingBytes = info.stagingBytes;
+        m.receiveBytes = info.receiveBytes;
+        m.peerBytes = info.peerBytes;
+        m.slotsUsed = info.slotsUsed;
+        sendMessage(r.id.messageFd, encodeMemory(m));
       }
     }
   }
 
   bool run() {
     const bool ncclPrimary = o_.algo == "nccl";
+    const Carrier primary = ncclPrimary ? Carrier::kNccl : Carrier::kTpcomm;
     const bool ncclBeside = !ncclPrimary && ranks_.front().ncclComm != nullptr;
     bool allRight = true;
     for (size_t bytes : sweepSizes(o_, elemBytes_)) {
       std::vector<Row> rows(ranks_.size());
       const size_t count = bytes / elemBytes_;
-      const std::vector<double> outOfPlace = measure(count, false, ncclPrimary);
-      const std::vector<double> inPlace = measure(count, true, ncclPrimary);
+      const std::vector<double> outOfPlace = measure(count, false, primary);
+      const std::vector<double> inPlace = measure(count, true, primary);
       std::vector<uint64_t> wrongOut(ranks_.size()), wrongIn(ranks_.size());
       if (o_.check) {
-        wrongOut = verify(count, false, ncclPrimary);
-        wrongIn = verify(count, true, ncclPrimary);
+        wrongOut = verify(count, false, primary);
+        wrongIn = verify(count, true, primary);
       }
-      std::vector<double> ncclTimes(ranks_.size(), -1);
-      if (ncclBeside) ncclTimes = measure(count, false, true);
+      std::vector<double> ncclTimes(ranks_.size(), -1), symTimes(ranks_.size(), -1);
+      if (ncclBeside) ncclTimes = measure(count, false, Carrier::kNccl);
+      if (ncclBeside && symmetric()) symTimes = measure(count, false, Carrier::kNcclSymmetric);
       for (size_t i = 0; i < ranks_.size(); ++i) {
         Row row;
         row.bytes = bytes;
@@ -160,6 +182,7 @@ class Bench {
         row.outOfPlace = {outOfPlace[i], wrongOut[i]};
         row.inPlace = {inPlace[i], wrongIn[i]};
         row.ncclUs = ncclTimes[i];
+        row.ncclSymUs = symTimes[i];
         row.algo = ncclPrimary ? "nccl" : chosenAlgorithm(ranks_[i], count);
         allRight = allRight && wrongOut[i] == 0 && wrongIn[i] == 0;
         sendMessage(ranks_[i].id.messageFd, encodeRow(row));
@@ -193,8 +216,10 @@ class Bench {
 
   void initCommunicators() {
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
-    if (o_.algo == "oneshot") config.algorithm = tpcAlgoOneShot;
-    if (o_.algo == "twoshot") config.algorithm = tpcAlgoTwoShot;
+    tpcAlgorithm_t algorithm = tpcAlgoAuto;
+    if (o_.algo != "nccl" && parseAlgorithm(o_.algo.c_str(), &algorithm)) {
+      config.algorithm = algorithm;
+    }
     config.zeroCopyGraphs = o_.zeroCopy && o_.graphLaunches > 0;
     if (static_cast<int>(ranks_.size()) == g_.nranks) {
       std::vector<tpcComm_t> comms(ranks_.size());
@@ -221,6 +246,42 @@ class Bench {
         if (nccl_->commInitRank(&r.ncclComm, g_.nranks, g_.ncclId, r.id.rank) != nccl::kSuccess) {
           r.ncclComm = nullptr;
           throw RankError(std::string("ncclCommInitRank: ") + nccl_->getLastError(nullptr));
+        }
+      });
+    });
+  }
+
+  bool symmetric() const {
+    return !ranks_.empty() && ranks_.front().ncclComm != nullptr &&
+           nccl_->windowRegister != nullptr;
+  }
+
+  // Pools of the same size as tpcomm's, from ncclMemAlloc, registered as symmetric windows on
+  // every rank (collective, so in a group).
+  void setUpSymmetricWindows() {
+    forEach([&](Rank& r) {
+      if (nccl_->memAlloc(&r.symSend, poolBytes_) != nccl::kSuccess ||
+          nccl_->memAlloc(&r.symRecv, poolBytes_) != nccl::kSuccess) {
+        throw RankError(std::string("ncclMemAlloc: ") + nccl_->getLastError(r.ncclComm));
+      }
+      dispatch([&](auto zero) {
+        using T = decltype(zero);
+        const size_t n = poolBytes_ / sizeof(T);
+        verifiable::fillRandom<<<verifiable::grid(n), 256, 0, r.stream>>>(
+            static_cast<T*>(r.symSend), n, r.id.rank, 3);
+        verifiable::fillRandom<<<verifiable::grid(n), 256, 0, r.stream>>>(
+            static_cast<T*>(r.symRecv), n, r.id.rank, 4);
+      });
+      cudaTry(cudaStreamSynchronize(r.stream), "filling the symmetric pools");
+    });
+    ncclGroup([&] {
+      forEach([&](Rank& r) {
+        if (nccl_->windowRegister(r.ncclComm, r.symSend, poolBytes_, &r.symSendWindow,
+                                  nccl::kWindowSymmetric) != nccl::kSuccess ||
+            nccl_->windowRegister(r.ncclComm, r.symRecv, poolBytes_, &r.symRecvWindow,
+                                  nccl::kWindowSymmetric) != nccl::kSuccess) {
+          throw RankError(std::string("ncclCommWindowRegister: ") +
+                          nccl_->getLastError(r.ncclComm));
         }
       });
     });
@@ -264,12 +325,11 @@ class Bench {
   std::string chosenAlgorithm(const Rank& r, size_t count) const {
     tpcAlgorithm_t algo = tpcAlgoAuto;
     if (tpcCommGetAlgorithm(r.comm, count, o_.dtype, &algo) != tpcSuccess) return "?";
-    static const char* const kNames[] = {"auto", "oneshot", "twoshot", "nccl"};
-    return algo >= 0 && algo < tpcNumAlgos ? kNames[algo] : "?";
+    return algorithmName(algo);
   }
 
-  void allReduce(Rank& r, const void* in, void* out, size_t count, bool useNccl) {
-    if (useNccl) {
+  void allReduce(Rank& r, const void* in, void* out, size_t count, Carrier carrier) {
+    if (carrier != Carrier::kTpcomm) {
       if (nccl_->allReduce(in, out, count, o_.dtype, tpcSum, r.ncclComm, r.stream) !=
           nccl::kSuccess) {
         throw RankError(std::string("ncclAllReduce: ") + nccl_->getLastError(r.ncclComm));
@@ -280,20 +340,28 @@ class Bench {
   }
 
   // Call `i` of a timed loop on every rank: buffers rotate so that small messages do not stay
-  // in L2.
-  void callAll(int i, size_t count, bool inPlace, bool useNccl) {
+  // in L2. Calls of several ranks go out as a group, as a thread driving them all must issue
+  // whatever NCCL carries.
+  void callAll(int i, size_t count, bool inPlace, Carrier carrier) {
     const size_t stride = (count * elemBytes_ + 255) / 256 * 256;
     const size_t slots = std::max<size_t>(1, std::min<size_t>(64, poolBytes_ / stride));
     const size_t offset = static_cast<size_t>(i) % slots * stride;
     auto each = [&] {
       forEach([&](Rank& r) {
-        char* out = static_cast<char*>(r.recv) + offset;
-        const char* in = inPlace ? out : static_cast<char*>(r.send) + offset;
-        allReduce(r, in, out, count, useNccl);
+        const bool sym = carrier == Carrier::kNcclSymmetric;
+        char* out = static_cast<char*>(sym ? r.symRecv : r.recv) + offset;
+        const char* in = inPlace ? out : static_cast<char*>(sym ? r.symSend : r.send) + offset;
+        allReduce(r, in, out, count, carrier);
       });
     };
-    if (useNccl) {
+    if (carrier != Carrier::kTpcomm) {
       ncclGroup(each);
+    } else if (ranks_.size() > 1) {
+      tpcGroupStart();
+      each();
+      if (tpcGroupEnd() != tpcSuccess) {
+        throw RankError(std::string("tpcGroupEnd: ") + tpcCommGetLastError(nullptr));
+      }
     } else {
       each();
     }
@@ -301,17 +369,17 @@ class Bench {
 
   // Lines every rank up before a timed section: a late start must not be timed.
   void barrier() {
-    forEach([&](Rank& r) { allReduce(r, r.barrierBuf, r.barrierBuf, 1, false); });
+    forEach([&](Rank& r) { allReduce(r, r.barrierBuf, r.barrierBuf, 1, Carrier::kTpcomm); });
     forEach([&](Rank& r) { cudaTry(cudaStreamSynchronize(r.stream), "barrier"); });
   }
 
   // Captures calls 0 to calls - 1 of every rank into r.exec, and registers their buffers where
   // they are read in place.
-  void captureCalls(int calls, size_t count, bool inPlace, bool useNccl) {
+  void captureCalls(int calls, size_t count, bool inPlace, Carrier carrier) {
     forEach([&](Rank& r) {
       cudaTry(cudaStreamBeginCapture(r.stream, cudaStreamCaptureModeThreadLocal), "capture");
     });
-    for (int i = 0; i < calls; ++i) callAll(i, count, inPlace, useNccl);
+    for (int i = 0; i < calls; ++i) callAll(i, count, inPlace, carrier);
     // Instantiation is refused while any stream of this thread still captures: end all first.
     std::vector<cudaGraph_t> graphs;
     forEach([&](Rank& r) {
@@ -323,18 +391,18 @@ class Bench {
       cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
       cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
     });
-    if (o_.zeroCopy && !useNccl) {
+    if (o_.zeroCopy && carrier == Carrier::kTpcomm) {
       collective("tpcCommRegisterGraphBuffers",
                  [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
     }
   }
 
   // Microseconds per call on every rank.
-  std::vector<double> measure(size_t count, bool inPlace, bool useNccl) {
-    for (int i = 0; i < o_.warmup; ++i) callAll(i, count, inPlace, useNccl);
+  std::vector<double> measure(size_t count, bool inPlace, Carrier carrier) {
+    for (int i = 0; i < o_.warmup; ++i) callAll(i, count, inPlace, carrier);
     const bool graph = o_.graphLaunches > 0;
     if (graph) {
-      captureCalls(o_.iters, count, inPlace, useNccl);
+      captureCalls(o_.iters, count, inPlace, carrier);
       // The first launch uploads the graph.
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
     }
@@ -345,7 +413,7 @@ class Bench {
         forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
       }
     } else {
-      for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, useNccl);
+      for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, carrier);
     }
     forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.stop, r.stream), "cudaEventRecord"); });
     const int calls = o_.iters * (graph ? o_.graphLaunches : 1);
@@ -362,7 +430,7 @@ class Bench {
   }
 
   // Elements of one exactly verifiable all-reduce that differ from the exact sum, per rank.
-  std::vector<uint64_t> verify(size_t count, bool inPlace, bool useNccl) {
+  std::vector<uint64_t> verify(size_t count, bool inPlace, Carrier carrier) {
     const uint32_t seed = ++seed_;
     dispatch([&](auto zero) {
       using T = decltype(zero);
@@ -374,12 +442,12 @@ class Bench {
         verifiable::fillExact<<<verifiable::grid(count), 256, 0, r.stream>>>(in, count, r.id.rank,
                                                                              seed);
       });
-      if (o_.zeroCopy && o_.graphLaunches > 0 && !useNccl) {
+      if (o_.zeroCopy && o_.graphLaunches > 0 && carrier == Carrier::kTpcomm) {
         // Check what is timed: a captured call reading its peers' inputs in place.
-        captureCalls(1, count, inPlace, useNccl);
+        captureCalls(1, count, inPlace, carrier);
         forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
       } else {
-        callAll(0, count, inPlace, useNccl);  // slot 0 of the pools: the buffers filled above
+        callAll(0, count, inPlace, carrier);  // slot 0 of the pools: the buffers filled above
       }
       forEach([&](Rank& r) {
         verifiable::checkExact<<<verifiable::grid(count), 256, 0, r.stream>>>(

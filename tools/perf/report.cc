@@ -70,6 +70,11 @@ double averageBusbw(const Report& report) {
 
 }  // namespace
 
+double Row::bestNcclUs() const {
+  if (ncclUs < 0) return ncclSymUs;
+  return ncclSymUs < 0 ? ncclUs : std::min(ncclUs, ncclSymUs);
+}
+
 double algbwGBs(size_t bytes, double timeUs) {
   return timeUs > 0 ? static_cast<double>(bytes) / timeUs * 1e-3 : 0;
 }
@@ -87,6 +92,8 @@ Row combineRanks(const std::vector<Row>& perRank) {
     out.outOfPlace.wrong += row.outOfPlace.wrong;
     out.inPlace.wrong += row.inPlace.wrong;
     out.ncclUs = (out.ncclUs < 0 || row.ncclUs < 0) ? -1 : std::max(out.ncclUs, row.ncclUs);
+    out.ncclSymUs =
+        (out.ncclSymUs < 0 || row.ncclSymUs < 0) ? -1 : std::max(out.ncclSymUs, row.ncclSymUs);
   }
   return out;
 }
@@ -114,6 +121,7 @@ std::string formatPreamble(const Report& r) {
                      k.host.c_str(), k.device, k.busId.c_str(), k.name.c_str());
   }
   out += "#\n# NCCL: " + r.ncclNote + "\n";
+  if (!r.ncclSymNote.empty()) out += "# NCCL on symmetric windows: " + r.ncclSymNote + "\n";
   if (r.loopback) {
     out +=
         "#\n# LOOPBACK: several ranks share each GPU. These figures measure tpcomm's kernels and\n"
@@ -127,9 +135,9 @@ std::string formatHeader(const Report& r) {
   return "#                                                              out-of-place           "
          "            in-place                                \n"
          "#       size         count      type   redop    root     time   algbw   busbw #wrong  "
-         "   time   algbw   busbw #wrong      algo  nccl(us)  speedup\n"
+         "   time   algbw   busbw #wrong          algo  nccl(us)   sym(us)  speedup\n"
          "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)        "
-         "    (us)  (GB/s)  (GB/s)                                   \n";
+         "    (us)  (GB/s)  (GB/s)                                                \n";
 }
 
 std::string formatRow(const Report& r, const Row& row) {
@@ -137,13 +145,14 @@ std::string formatRow(const Report& r, const Row& row) {
       strprintf("%12zu  %12zu  %8s  %6s  %6d", row.bytes, row.count, r.dtype.c_str(), "sum", -1);
   out += formatMeasurement(r, row.bytes, row.outOfPlace);
   out += formatMeasurement(r, row.bytes, row.inPlace);
-  out += strprintf("  %8s", row.algo.c_str());
-  if (row.ncclUs >= 0 && row.outOfPlace.timeUs > 0) {
-    out += strprintf("  %8s  %6.2fx", formatTime(row.ncclUs).c_str(),
-                     row.ncclUs / row.outOfPlace.timeUs);
-  } else {
-    out += strprintf("  %8s  %7s", "-", "-");
+  out += strprintf("  %12s", row.algo.c_str());
+  for (double us : {row.ncclUs, row.ncclSymUs}) {
+    out += us >= 0 ? strprintf("  %8s", formatTime(us).c_str()) : strprintf("  %8s", "-");
   }
+  const double nccl = row.bestNcclUs();
+  out += nccl >= 0 && row.outOfPlace.timeUs > 0
+             ? strprintf("  %6.2fx", nccl / row.outOfPlace.timeUs)
+             : strprintf("  %7s", "-");
   if (r.loopback) out += "  loopback";
   return out + "\n";
 }
@@ -153,11 +162,13 @@ std::string formatFooter(const Report& r) {
   std::string out =
       strprintf("# Out of bounds values : %" PRIu64 " %s\n# Avg bus bandwidth    : %g %s\n", wrong,
                 wrong == 0 ? "OK" : "FAILED", averageBusbw(r), r.loopback ? "(loopback)" : "");
-  if (r.deviceBytes != 0) {
+  const MemoryReport& m = r.memory;
+  if (m.deviceBytes != 0) {
     out += strprintf(
-        "# tpcomm memory per rank: %.1f MiB on the device, %.1f MiB of peers mapped, %d "
-        "zero-copy slots taken\n",
-        r.deviceBytes / 1048576.0, r.peerBytes / 1048576.0, r.slotsUsed);
+        "# tpcomm memory per rank: %.1f MiB on the device (%.1f MiB push receive buffers, %.1f "
+        "MiB pull staging), %.1f MiB of peers mapped, %d zero-copy slots taken\n",
+        m.deviceBytes / 1048576.0, m.receiveBytes / 1048576.0, m.stagingBytes / 1048576.0,
+        m.peerBytes / 1048576.0, m.slotsUsed);
   }
   return out + "#\n";
 }
@@ -177,10 +188,13 @@ std::string formatJson(const Report& r) {
   out += "  \"iters\": " + std::to_string(r.iters) + ",\n";
   out += std::string("  \"check\": ") + (r.check ? "true" : "false") + ",\n";
   out += "  \"nccl\": " + jsonString(r.ncclNote) + ",\n";
+  out += "  \"nccl_symmetric\": " + jsonString(r.ncclSymNote) + ",\n";
   out += std::string("  \"zero_copy\": ") + (r.zeroCopy ? "true" : "false") + ",\n";
-  out += "  \"memory\": {\"device_bytes\": " + std::to_string(r.deviceBytes) +
-         ", \"peer_bytes\": " + std::to_string(r.peerBytes) +
-         ", \"slots_used\": " + std::to_string(r.slotsUsed) + "},\n";
+  out += "  \"memory\": {\"device_bytes\": " + std::to_string(r.memory.deviceBytes) +
+         ", \"receive_bytes\": " + std::to_string(r.memory.receiveBytes) +
+         ", \"staging_bytes\": " + std::to_string(r.memory.stagingBytes) +
+         ", \"peer_bytes\": " + std::to_string(r.memory.peerBytes) +
+         ", \"slots_used\": " + std::to_string(r.memory.slotsUsed) + "},\n";
   out += "  \"devices\": [";
   for (size_t i = 0; i < r.ranks.size(); ++i) {
     const RankInfo& k = r.ranks[i];
@@ -198,9 +212,10 @@ std::string formatJson(const Report& r) {
            ", \"out_of_place\": " + jsonMeasurement(r, row.bytes, row.outOfPlace) +
            ", \"in_place\": " + jsonMeasurement(r, row.bytes, row.inPlace) +
            ", \"nccl_time_us\": " + (row.ncclUs >= 0 ? jsonNumber(row.ncclUs) : "null") +
-           ", \"speedup\": " +
-           (row.ncclUs >= 0 && row.outOfPlace.timeUs > 0
-                ? jsonNumber(row.ncclUs / row.outOfPlace.timeUs)
+           ", \"nccl_symmetric_time_us\": " +
+           (row.ncclSymUs >= 0 ? jsonNumber(row.ncclSymUs) : "null") + ", \"speedup\": " +
+           (row.bestNcclUs() >= 0 && row.outOfPlace.timeUs > 0
+                ? jsonNumber(row.bestNcclUs() / row.outOfPlace.timeUs)
                 : "null") +
            "}";
   }
@@ -216,19 +231,22 @@ std::string encodeRank(const RankInfo& k) {
 }
 
 std::string encodeRow(const Row& row) {
-  return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %s", row.bytes, row.count,
-                   row.outOfPlace.timeUs, row.outOfPlace.wrong, row.inPlace.timeUs,
-                   row.inPlace.wrong, row.ncclUs, row.algo.c_str());
+  return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %.17g %s", row.bytes,
+                   row.count, row.outOfPlace.timeUs, row.outOfPlace.wrong, row.inPlace.timeUs,
+                   row.inPlace.wrong, row.ncclUs, row.ncclSymUs, row.algo.c_str());
 }
 
-std::string encodeMemory(size_t deviceBytes, size_t peerBytes, int slotsUsed) {
-  return strprintf("MEM %zu %zu %d", deviceBytes, peerBytes, slotsUsed);
+std::string encodeMemory(const MemoryReport& m) {
+  return strprintf("MEM %zu %zu %zu %zu %d", m.deviceBytes, m.stagingBytes, m.receiveBytes,
+                   m.peerBytes, m.slotsUsed);
 }
 
-bool decodeMemory(const std::string& line, size_t* deviceBytes, size_t* peerBytes, int* slotsUsed) {
+bool decodeMemory(const std::string& line, MemoryReport* m) {
   std::istringstream in(line);
   std::string tag;
-  return static_cast<bool>(in >> tag >> *deviceBytes >> *peerBytes >> *slotsUsed) && tag == "MEM";
+  return static_cast<bool>(in >> tag >> m->deviceBytes >> m->stagingBytes >> m->receiveBytes >>
+                           m->peerBytes >> m->slotsUsed) &&
+         tag == "MEM";
 }
 
 bool decodeRank(const std::string& line, RankInfo* k) {
@@ -246,7 +264,7 @@ bool decodeRow(const std::string& line, Row* row) {
   std::string tag;
   return static_cast<bool>(in >> tag >> row->bytes >> row->count >> row->outOfPlace.timeUs >>
                            row->outOfPlace.wrong >> row->inPlace.timeUs >> row->inPlace.wrong >>
-                           row->ncclUs >> row->algo) &&
+                           row->ncclUs >> row->ncclSymUs >> row->algo) &&
          tag == "ROW";
 }
 

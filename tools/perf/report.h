@@ -19,8 +19,20 @@ struct Row {
   size_t count = 0;
   Measurement outOfPlace;
   Measurement inPlace;
-  std::string algo;    // what tpcomm chose (or "nccl")
-  double ncclUs = -1;  // NCCL's out-of-place time in the same run; negative when not run
+  std::string algo;       // what tpcomm chose (or "nccl")
+  double ncclUs = -1;     // NCCL's out-of-place time in the same run; negative when not run
+  double ncclSymUs = -1;  // ... on symmetric registered windows (NCCL 2.27+); negative when not
+  // The faster NCCL time of the two, or negative when neither ran.
+  double bestNcclUs() const;
+};
+
+// The device memory tpcomm holds on a rank, as tpcCommGetMemoryInfo reports it.
+struct MemoryReport {
+  size_t deviceBytes = 0;
+  size_t stagingBytes = 0;  // of deviceBytes: the pull kernels' staging and scratch
+  size_t receiveBytes = 0;  // of deviceBytes: the push kernels' receive buffers
+  size_t peerBytes = 0;
+  int slotsUsed = 0;
 };
 
 struct RankInfo {
@@ -43,13 +55,12 @@ struct Report {
   std::string algo;
   int nranks = 0;
   bool threads = false;
-  bool loopback = false;  // ranks share GPUs: kernel diagnostics, not NVLink figures
-  std::string ncclNote;   // NCCL's version, or why its column is empty
+  bool loopback = false;    // ranks share GPUs: kernel diagnostics, not NVLink figures
+  std::string ncclNote;     // NCCL's version, or why its column is empty
+  std::string ncclSymNote;  // why NCCL's symmetric-window column is empty, or empty
   bool zeroCopy = false;
   // tpcomm's memory on the rank that holds the most, once a rank reports it
-  size_t deviceBytes = 0;
-  size_t peerBytes = 0;
-  int slotsUsed = 0;
+  MemoryReport memory;
   std::vector<RankInfo> ranks;
   std::vector<Row> rows;
 };
@@ -73,8 +84,8 @@ std::string encodeRank(const RankInfo& info);
 std::string encodeRow(const Row& row);
 bool decodeRank(const std::string& line, RankInfo* info);
 bool decodeRow(const std::string& line, Row* row);
-std::string encodeMemory(size_t deviceBytes, size_t peerBytes, int slotsUsed);
-bool decodeMemory(const std::string& line, size_t* deviceBytes, size_t* peerBytes, int* slotsUsed);
+std::string encodeMemory(const MemoryReport& memory);
+bool decodeMemory(const std::string& line, MemoryReport* memory);
 
 }  // namespace perf
 }  // namespace tpcomm

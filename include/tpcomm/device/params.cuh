@@ -21,24 +21,41 @@ constexpr int kMinBlocksPerSm = 2;
 // One barrier set on one rank: peers write inbox[block * kMaxRanks + peer].
 constexpr int kInboxWords = kMaxBlocks * kMaxRanks;
 
-enum Algorithm : int { kOneShot = 0, kTwoShot = 1, kNumAlgorithms = 2 };
+// The protocols. The pull kernels (one-shot, two-shot) read peers' buffers after per-block
+// barriers; the push kernels store into peers' receive buffers with the data as its own flag.
+enum Algorithm : int {
+  kOneShot = 0,
+  kTwoShot = 1,
+  kPushOneShot = 2,
+  kPushTwoShot = 3,
+  kNumAlgorithms = 4
+};
+constexpr int kNumPullAlgorithms = 2;  // the first ones, each with a barrier set of its own
+constexpr int kNumPushAlgorithms = 2;  // then these, each with receive buffers of its own
 
 // Where in an all-reduce a block waits for its peers.
-enum BarrierPhase : int {
-  kPhaseInputsReady = 0,    // every rank's input is in its staging buffer
-  kPhaseSlicesReduced = 1,  // every rank has reduced its slice (two-shot)
-  kPhasePeersDone = 2,      // no peer reads this rank's buffers any more
+enum WaitPhase : int {
+  kPhaseInputsReady = 0,    // pull: every rank's input is in its staging buffer
+  kPhaseSlicesReduced = 1,  // pull two-shot: every rank has reduced its slice
+  kPhasePeersDone = 2,      // pull: no peer reads this rank's buffers any more
+  kPhasePushData = 3,       // push: a peer's data has arrived in this rank's receive buffer
+  kPhasePushReduced = 4,    // push two-shot: a peer's reduced slice has arrived
+  kNumPhases = 5
 };
 
 enum FailureKind : int {
   kFailureNone = 0,
   kFailureTimeout = 1,       // a wait on a peer ran out
   kFailureUnregistered = 2,  // a zero-copy call ran before its buffers were registered
+  kFailurePeerFailed = 3,    // a peer failed (or was aborted): this rank stops too
+  kFailureMismatch = 4,      // a peer made a different call (size, type, mode) at the same point
+  kFailureStaleSlot = 5,     // a zero-copy call ran after its registration was replaced
 };
 
 // Where a zero-copy call finds every rank's input. The host fills a slot when the buffers of a
 // captured call (or of an eager registration) are registered; until then the slot says so and
-// the kernel refuses to run.
+// the kernel refuses to run. `generation` changes whenever the slot is given to another call, so
+// that a graph still pointing at a reused slot fails instead of reading someone else's buffers.
 enum SlotState : int {
   kSlotUnregistered = 0,
   kSlotPeerInputs = 1,  // read every rank's input where it lies
@@ -47,7 +64,7 @@ enum SlotState : int {
 
 struct SourceSlot {
   int state;
-  int reserved;
+  uint32_t generation;
   const void* input[kMaxRanks];  // every rank's input, mapped into this rank
 };
 
@@ -64,33 +81,70 @@ struct FailureRecord {
   volatile int ready;
 };
 
+// A rank's failure word is nonzero once any of its kernels failed (or the host aborted it). It
+// lives in the rank's shared buffer: the rank's own kernels stop at once when it is set, and its
+// peers read it while they wait, so that one rank's failure stops every rank.
 struct FailureContext {
-  unsigned int* claim;    // device word of this rank, nonzero once any of its kernels failed
-  FailureRecord* record;  // host-mapped
+  unsigned int* claims[kMaxRanks];  // every rank's failure word, mapped into this rank
+  FailureRecord* record;            // host-mapped
   unsigned long long timeoutNs;
 };
 
 // Per-block monotonic barrier counters of one barrier set. Every rank advances epochs[block] by one
 // per barrier inside the kernel, so a replayed graph continues where the last launch stopped.
+// With the first barrier of a call each rank also leaves its call's tag in its peers' tag words,
+// so that ranks making different calls at the same point fail instead of mixing them.
 struct BarrierParams {
   uint32_t* inbox[kMaxRanks];  // rank p's inbox words for this set, mapped into this rank
+  uint32_t* tags[kMaxRanks];   // rank p's tag words for this set, laid out like the inbox
   uint32_t* epochs;            // this rank's counters, kMaxBlocks words
 };
 
-struct AllReduceParams {
-  const void* input;         // this rank's input (chunk)
-  void* output;              // this rank's output (chunk)
-  size_t count;              // elements in the chunk
-  void* staging[kMaxRanks];  // every rank's staging buffer, mapped into this rank
-  void* scratch[kMaxRanks];  // every rank's reduced slice (two-shot)
-  BarrierParams barrier;
+// What every all-reduce launch knows about its call.
+struct CallParams {
+  const void* input;  // this rank's input (chunk)
+  void* output;       // this rank's output (chunk)
+  size_t count;       // elements in the chunk
   FailureContext failure;
   int rank;
   int nranks;
-  int inputAligned;        // input is 16-byte aligned
-  int outputAligned;       // output is 16-byte aligned
-  const SourceSlot* slot;  // null: inputs go through staging
-  size_t sourceOffset;     // bytes from each slot input to this chunk
+  int inputAligned;   // input is 16-byte aligned
+  int outputAligned;  // output is 16-byte aligned
+  uint32_t tag;       // the same on every rank making the same call (count, type, algorithm)
+};
+
+// The pull kernels: every rank's staging buffer (or input, zero-copy) is read by every rank.
+struct PullParams : CallParams {
+  void* staging[kMaxRanks];  // every rank's staging buffer, mapped into this rank
+  void* scratch[kMaxRanks];  // every rank's reduced slice (two-shot)
+  BarrierParams barrier;
+  const SourceSlot* slot;   // null: inputs go through staging
+  uint32_t slotGeneration;  // the generation the slot had when this call took it
+  size_t sourceOffset;      // bytes from each slot input to this chunk
+};
+
+// The rotation of one push protocol on one rank, in the rank's own device memory, as the last
+// launch left it: block b of a launch reads entry b when it starts, and at its end writes the next
+// rotation into entry b and into every entry no block of its launch has (b + k * grid). So every
+// launch, whatever its grid, finds the rotation the one before left, without an atomic or a wait,
+// and a replayed graph goes on from there.
+constexpr int kMaxPushBlocks = 256;
+struct PushState {
+  uint32_t buffer;        // 0, 1, 2: the receive buffer of the next launch
+  uint32_t staleVectors;  // vectors of every slot the last launch used, in (buffer + 2) % 3
+  uint32_t calls;         // launches so far; rides in the tag vector
+  uint32_t reserved;
+};
+
+// The push kernels: every rank stores its data into its slot of every peer's receive buffer.
+// A rank's receive region holds three buffers of `bufferBytes`; a buffer holds nranks - 1 slots
+// (one per peer; two-shot: a reduce-scatter slot and an all-gather slot per peer) of `slotVectors`
+// 16-byte vectors, the first of which carries the sender's call tag.
+struct PushParams : CallParams {
+  char* receive[kMaxRanks];  // every rank's receive region for this protocol, mapped into this rank
+  size_t bufferBytes;
+  uint32_t slotVectors;
+  PushState* state;  // this rank's kMaxPushBlocks entries
 };
 
 TPCOMM_DEVICE_NAMESPACE_END

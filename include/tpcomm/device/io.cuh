@@ -1,0 +1,117 @@
+// How every kernel touches memory: 16-byte vectors of a caller's buffer (which may be unaligned and
+// may end inside a vector), of buffers other ranks write, and the walks over them that every phase
+// of a kernel shares.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <string.h>
+
+#include <type_traits>
+
+#include "tpcomm/device/namespace.cuh"
+#include "tpcomm/device/vec.cuh"
+
+TPCOMM_DEVICE_NAMESPACE_BEGIN
+
+// Vector v of a caller's buffer, which may be unaligned and may end inside the vector: missing
+// elements read as zero.
+template <typename T>
+__device__ __forceinline__ Vec<T> loadInput(const void* base, size_t v, size_t count, int aligned) {
+  const size_t begin = v * Vec<T>::kElems;
+  const T* src = static_cast<const T*>(base) + begin;
+  const size_t left = count - begin;
+  if (aligned && left >= static_cast<size_t>(Vec<T>::kElems)) {
+    return *reinterpret_cast<const Vec<T>*>(src);
+  }
+  Vec<T> out;
+#pragma unroll
+  for (int k = 0; k < Vec<T>::kElems; ++k) {
+    out.elem[k] = static_cast<size_t>(k) < left ? src[k] : fromFloat<T>(0.0f);
+  }
+  return out;
+}
+
+template <typename T>
+__device__ __forceinline__ void storeOutput(void* base, size_t v, size_t count, int aligned,
+                                            const Vec<T>& x) {
+  const size_t begin = v * Vec<T>::kElems;
+  T* dst = static_cast<T*>(base) + begin;
+  const size_t left = count - begin;
+  if (aligned && left >= static_cast<size_t>(Vec<T>::kElems)) {
+    *reinterpret_cast<Vec<T>*>(dst) = x;
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < Vec<T>::kElems; ++k) {
+    if (static_cast<size_t>(k) < left) dst[k] = x.elem[k];
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ Vec<T> asVec(const uint4& raw) {
+  Vec<T> out;
+  memcpy(&out, &raw, sizeof(out));
+  return out;
+}
+
+template <typename T>
+__device__ __forceinline__ uint4 asRaw(const Vec<T>& x) {
+  uint4 raw;
+  memcpy(&raw, &x, sizeof(raw));
+  return raw;
+}
+
+// Vector v of a buffer other ranks write (staging, scratch). Bypasses L1 so that no line cached
+// by an earlier call can be read after a barrier.
+__device__ __forceinline__ uint4 loadShared(const void* base, size_t v) {
+  return __ldcg(static_cast<const uint4*>(base) + v);
+}
+
+// Vector v of a rank's own input read in place (zero-copy): 16-byte aligned, but the last vector
+// may end inside it, and nothing past the end may be touched.
+template <typename T>
+__device__ __forceinline__ uint4 loadSource(const void* base, size_t v, size_t count) {
+  const size_t begin = v * Vec<T>::kElems;
+  if (begin + Vec<T>::kElems <= count) return loadShared(base, v);
+  using Bits = typename std::conditional<sizeof(T) == 4, unsigned int, unsigned short>::type;
+  Bits bits[Vec<T>::kElems] = {};
+  const Bits* src = static_cast<const Bits*>(base) + begin;
+#pragma unroll
+  for (int k = 0; k < Vec<T>::kElems; ++k) {
+    if (begin + k < count) bits[k] = __ldcg(src + k);
+  }
+  uint4 out;
+  memcpy(&out, bits, sizeof(out));
+  return out;
+}
+
+template <typename T>
+__device__ __forceinline__ void storeShared(void* base, size_t v, const Vec<T>& x) {
+  static_cast<uint4*>(base)[v] = asRaw(x);
+}
+
+// Grid-stride walk over [0, n): the one thread-to-data mapping every phase uses, so that a thread
+// that reads vector v of an input is the one that later writes vector v of the output (in-place
+// calls depend on it).
+struct Stride {
+  size_t first;
+  size_t step;
+  __device__ Stride()
+      : first(static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x),
+        step(static_cast<size_t>(gridDim.x) * blockDim.x) {}
+};
+
+// The message split into nranks slices of whole vectors; the last ones may be short or empty.
+struct Slices {
+  size_t nvec;
+  size_t perRank;
+  __host__ __device__ Slices(size_t nvec_, int nranks)
+      : nvec(nvec_), perRank((nvec_ + nranks - 1) / nranks) {}
+  __host__ __device__ size_t begin(int s) const { return s * perRank; }
+  __host__ __device__ size_t length(int s) const {
+    const size_t b = begin(s);
+    return b >= nvec ? 0 : (nvec - b < perRank ? nvec - b : perRank);
+  }
+};
+
+TPCOMM_DEVICE_NAMESPACE_END

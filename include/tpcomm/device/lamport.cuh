@@ -1,0 +1,224 @@
+// The pieces the push kernels share: data that is its own flag, and the rotation of the three
+// receive buffers.
+//
+// A receive buffer starts out "empty": every 32-bit word holds kEmpty, the bits of -0.0f (for
+// 16-bit types, +0 in the low half and -0 in the high half). A sender stores 16-byte vectors into
+// its slot of a peer's buffer after scrubbing them (-0 becomes +0, which changes no sum), so no
+// word it stores is ever kEmpty; the receiver polls its own memory until no word of a vector is
+// kEmpty, and then has the data. Words are compared as bits, never as floating-point values
+// (under flush-to-zero a negative subnormal compares equal to -0).
+//
+// Three buffers rotate: launch e receives into buffer e % 3 and resets the buffer of launch e - 1.
+// No peer can write into that buffer again before launch e + 2, which it reaches only after this
+// rank's launch e + 1 has sent it data, that is, after launch e (and its reset) has finished here.
+// Nor can a peer overwrite buffer e % 3 while this rank reads it: it would have to be at launch
+// e + 3.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "tpcomm/device/io.cuh"
+#include "tpcomm/device/namespace.cuh"
+#include "tpcomm/device/params.cuh"
+#include "tpcomm/device/sync.cuh"
+#include "tpcomm/device/vec.cuh"
+
+TPCOMM_DEVICE_NAMESPACE_BEGIN
+
+constexpr uint32_t kEmpty = 0x80000000u;
+
+__device__ __forceinline__ uint4 emptyVector() {
+  return make_uint4(kEmpty, kEmpty, kEmpty, kEmpty);
+}
+
+__device__ __forceinline__ bool isEmpty(const uint4& v) {
+  return v.x == kEmpty || v.y == kEmpty || v.z == kEmpty || v.w == kEmpty;
+}
+
+__device__ __forceinline__ uint32_t scrubWord(uint32_t w, bool halves) {
+  if (!halves) return w == kEmpty ? 0u : w;
+  if ((w & 0xffffu) == 0x8000u) w &= 0xffff0000u;
+  if ((w >> 16) == 0x8000u) w &= 0x0000ffffu;
+  return w;
+}
+
+// The vector with every -0 element replaced by +0, so that no word of it is kEmpty.
+template <typename T>
+__device__ __forceinline__ uint4 scrub(uint4 v) {
+  constexpr bool kHalves = sizeof(T) == 2;
+  return make_uint4(scrubWord(v.x, kHalves), scrubWord(v.y, kHalves), scrubWord(v.z, kHalves),
+                    scrubWord(v.w, kHalves));
+}
+
+// A poll of memory a peer writes: never served from L1.
+__device__ __forceinline__ uint4 loadPolled(const uint4* at) {
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(at)
+               : "memory");
+  return v;
+}
+
+// Polls *at until it holds data; false once the thread must stop waiting.
+__device__ __forceinline__ bool awaitFull(const uint4* at, int peer, Patience* patience,
+                                          uint4* out) {
+  uint4 v = loadPolled(at);
+  while (isEmpty(v)) {
+    if (!patience->ok(peer)) return false;
+    v = loadPolled(at);
+  }
+  *out = v;
+  return true;
+}
+
+// The slot sender `sender` owns in receiver `receiver`'s buffer: a receiver has no slot of its own.
+__device__ __forceinline__ int peerSlot(int sender, int receiver) {
+  return sender < receiver ? sender : sender - 1;
+}
+
+// What one launch of a push kernel works with: this rank's buffers of this launch and of the last
+// one, where this launch's buffer lies in every rank's region, and the tag vector of the call.
+struct PushRound {
+  uint32_t buffer;
+  uint32_t calls;
+  size_t offset;          // of this launch's buffer in every rank's receive region
+  uint4* stale;           // this rank's buffer of the last launch, to reset
+  uint32_t staleVectors;  // vectors of each of its slots to reset
+  uint4 tag;              // the call's tag and this launch's number: no word is ever kEmpty
+};
+
+__device__ __forceinline__ PushRound beginRound(const PushParams& p) {
+  const uint4 entry = __ldcg(reinterpret_cast<const uint4*>(p.state + blockIdx.x));
+  PushRound round;
+  round.buffer = entry.x;
+  round.staleVectors = entry.y;
+  round.calls = entry.z;
+  round.offset = round.buffer * p.bufferBytes;
+  round.stale =
+      reinterpret_cast<uint4*>(p.receive[p.rank] + ((round.buffer + 2) % 3) * p.bufferBytes);
+  round.tag = make_uint4(p.tag & 0x7fffffffu, round.calls & 0x7fffffffu, (p.tag * 2654435761u) >> 1,
+                         static_cast<uint32_t>(p.count) & 0x7fffffffu);
+  return round;
+}
+
+// Vector v of slot `slot` of rank r's buffer of this launch.
+__device__ __forceinline__ uint4* slotVector(const PushParams& p, const PushRound& round, int r,
+                                             int slot, size_t v) {
+  return reinterpret_cast<uint4*>(p.receive[r] + round.offset) +
+         static_cast<size_t>(slot) * p.slotVectors + v;
+}
+
+// Block 0 leaves the call's tag in vector 0 of this rank's slot `slot` (of each peer's slot index
+// peerSlot(rank, peer) + slotBase) in every peer's buffer.
+__device__ __forceinline__ void sendTags(const PushParams& p, const PushRound& round,
+                                         int slotBase) {
+  const int peer = static_cast<int>(threadIdx.x);
+  if (blockIdx.x == 0 && peer < p.nranks && peer != p.rank) {
+    *slotVector(p, round, peer, slotBase + peerSlot(p.rank, peer), 0) = round.tag;
+  }
+}
+
+// Waits for every peer's tag in this rank's buffer and compares it with this rank's; a peer
+// that made another call at this point fails the rank instead of mixing data.
+__device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& round,
+                                          Patience* patience, int algorithm) {
+  for (int r = 0; r < p.nranks; ++r) {
+    if (r == p.rank) continue;
+    uint4 theirs;
+    if (!awaitFull(slotVector(p, round, p.rank, peerSlot(r, p.rank), 0), r, patience, &theirs)) {
+      return false;
+    }
+    if (theirs.x != round.tag.x || theirs.y != round.tag.y || theirs.z != round.tag.z ||
+        theirs.w != round.tag.w) {
+      recordFailure(p.failure, kFailureMismatch, WaitSite{p.rank, r, kPhasePushData, algorithm}, 0);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Empties the first `round.staleVectors` vectors of each of `slots` slots of the last launch's
+// buffer.
+__device__ __forceinline__ void resetStale(const PushParams& p, const PushRound& round, int slots) {
+  const Stride s;
+  for (int slot = 0; slot < slots; ++slot) {
+    uint4* base = round.stale + static_cast<size_t>(slot) * p.slotVectors;
+    for (size_t v = s.first; v < round.staleVectors; v += s.step) base[v] = emptyVector();
+  }
+}
+
+// Ends a block's part of the launch: the rotation moves on for the next launch, which uses this
+// launch's vectors per slot to reset its buffer. A block in which a wait failed does not: the rank
+// has failed, and its later launches do nothing.
+__device__ __forceinline__ void endRound(const PushParams& p, const PushRound& round,
+                                         uint32_t usedVectors, bool ok) {
+  if (__syncthreads_or(!ok)) return;
+  const uint4 next = make_uint4((round.buffer + 1) % 3, usedVectors, round.calls + 1, 0);
+  for (unsigned e = blockIdx.x + threadIdx.x * gridDim.x; e < kMaxPushBlocks;
+       e += blockDim.x * gridDim.x) {
+    reinterpret_cast<uint4*>(p.state)[e] = next;
+  }
+}
+
+// Gathers, for each slot position from + u * step (u < kBatch) below `length`, every rank's
+// contribution: the peers' vectors from this rank's buffer of this launch, waiting for those that
+// have not arrived, and this rank's own scrubbed input at element vector `input` + position. The
+// peers' tags are checked with the first batch a thread gathers, while its vectors are on their
+// way. False once a wait or the tag check fails.
+template <typename T, int kRanks, int kBatch>
+__device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound& round,
+                                            size_t from, size_t step, size_t length, size_t input,
+                                            int algorithm, Patience* patience, bool* tagsChecked,
+                                            uint4 (&in)[kBatch][kRanks]) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const size_t i = from + u * step;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) {
+      if (i >= length || r >= p.nranks) continue;
+      in[u][r] = r == p.rank
+                     ? scrub<T>(asRaw(loadInput<T>(p.input, input + i, p.count, p.inputAligned)))
+                     : loadPolled(slotVector(p, round, p.rank, peerSlot(r, p.rank), 1 + i));
+    }
+  }
+  bool ok = true;
+  if (!*tagsChecked && from < length) {
+    ok = checkTags(p, round, patience, algorithm);
+    *tagsChecked = true;
+  }
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const size_t i = from + u * step;
+#pragma unroll
+    for (int r = 0; r < kRanks; ++r) {
+      if (!ok || i >= length || r >= p.nranks || r == p.rank || !isEmpty(in[u][r])) continue;
+      ok = awaitFull(slotVector(p, round, p.rank, peerSlot(r, p.rank), 1 + i), r, patience,
+                     &in[u][r]);
+    }
+  }
+  return ok;
+}
+
+// One vector summed over the ranks in rank order in float32. Every rank sums the same scrubbed
+// vectors in the same order, so every rank gets the same bits.
+template <typename T, int kRanks>
+__device__ __forceinline__ Vec<T> sumInRankOrder(const uint4 (&in)[kRanks], int nranks) {
+  Accumulator<T> acc;
+  acc.set(asVec<T>(in[0]));
+#pragma unroll
+  for (int r = 1; r < kRanks; ++r) {
+    if (r < nranks) acc.add(asVec<T>(in[r]));
+  }
+  return acc.result();
+}
+
+// Vectors of one thread a push kernel handles at a time: enough loads and stores in flight to
+// cover the latency of memory and of the link, in registers that do not spill.
+template <int kRanks>
+__host__ __device__ constexpr int pushBatch() {
+  return kRanks <= 2 ? 4 : (kRanks <= 4 ? 2 : 1);
+}
+
+TPCOMM_DEVICE_NAMESPACE_END

@@ -1,0 +1,124 @@
+// Push two-shot: reduce-scatter and all-gather, both by push, with the data as its own flag.
+// Rank r stores slice q of its (scrubbed) input into its reduce-scatter slot of rank q, reduces
+// slice r from its own input and every peer's slot as they arrive, keeps the sum and stores it into
+// its all-gather slot of every peer, then copies every other rank's reduced slice out of its own
+// buffer as it arrives. Moves 2(n-1)/n of the message per rank and never waits at a barrier. A
+// buffer holds nranks - 1 reduce-scatter slots, then nranks - 1 all-gather slots.
+//
+// A thread scatters a batch, then reduces the batch before it (as push one-shot pipelines its
+// sends and receives), and gathers once it has reduced all of its own.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "tpcomm/device/io.cuh"
+#include "tpcomm/device/lamport.cuh"
+#include "tpcomm/device/namespace.cuh"
+#include "tpcomm/device/params.cuh"
+#include "tpcomm/device/sync.cuh"
+#include "tpcomm/device/vec.cuh"
+
+TPCOMM_DEVICE_NAMESPACE_BEGIN
+
+template <typename T, int kRanks>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    pushTwoShotAllReduce(const __grid_constant__ PushParams p) {
+  constexpr int kBatch = pushBatch<kRanks>();
+  waitForPreviousKernel();
+  const Stride s;
+  const Slices slices(vecCount<T>(p.count), p.nranks);
+  const size_t batchStep = s.step * kBatch;
+  const bool failed = rankFailed(p);
+  const PushRound round = beginRound(p);
+  if (failed) return;
+  allowNextKernel();
+  const int gatherBase = p.nranks - 1;
+  const size_t mine = slices.begin(p.rank);
+  const size_t mineLength = slices.length(p.rank);
+  auto nextRank = [&](int k) { return p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks; };
+
+  sendTags(p, round, 0);
+  Patience patience(p, kPhasePushData, kPushTwoShot);
+  bool ok = true;
+  bool tagsChecked = false;
+  for (size_t at = s.first;; at += batchStep) {
+    // Reduce-scatter, sending half: this batch of every slice to its owner. The thread that reads
+    // vector i of slice q here is the one that writes it in the all-gather below (in place).
+    const bool sending = at < slices.perRank;
+    for (int k = 1; sending && k < p.nranks; ++k) {
+      const int owner = nextRank(k);
+      const size_t begin = slices.begin(owner);
+      const size_t length = slices.length(owner);
+      uint4 x[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = at + u * s.step;
+        if (i < length) {
+          x[u] = scrub<T>(asRaw(loadInput<T>(p.input, begin + i, p.count, p.inputAligned)));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = at + u * s.step;
+        if (i < length) *slotVector(p, round, owner, peerSlot(p.rank, owner), 1 + i) = x[u];
+      }
+    }
+    if (at == s.first) {
+      resetStale(p, round, 2 * (p.nranks - 1));
+      if (s.first >= slices.perRank) break;  // a thread beyond every slice
+      continue;
+    }
+    // This rank's slice, the batch before this one: summed in rank order, kept and sent to every
+    // peer.
+    const size_t from = at - batchStep;
+    if (from >= slices.perRank) break;
+    uint4 in[kBatch][kRanks];
+    ok = gatherRanks<T, kRanks, kBatch>(p, round, from, s.step, mineLength, mine, kPushTwoShot,
+                                        &patience, &tagsChecked, in);
+    if (!ok) break;
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const size_t i = from + u * s.step;
+      if (i >= mineLength) continue;
+      // Scrubbed once more (a sum can round to -0): this rank keeps exactly what it sends.
+      const uint4 sum = scrub<T>(asRaw(sumInRankOrder<T, kRanks>(in[u], p.nranks)));
+      for (int k = 1; k < p.nranks; ++k) {
+        const int peer = nextRank(k);
+        *slotVector(p, round, peer, gatherBase + peerSlot(p.rank, peer), 1 + i) = sum;
+      }
+      storeOutput(p.output, mine + i, p.count, p.outputAligned, asVec<T>(sum));
+    }
+  }
+
+  // All-gather, receiving half: every other rank's reduced slice.
+  Patience gatherPatience(p, kPhasePushReduced, kPushTwoShot);
+  for (int k = 1; ok && k < p.nranks; ++k) {
+    const int owner = nextRank(k);
+    const size_t begin = slices.begin(owner);
+    const size_t length = slices.length(owner);
+    for (size_t at = s.first; ok && at < length; at += batchStep) {
+      uint4 sum[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = at + u * s.step;
+        if (i < length) {
+          sum[u] =
+              loadPolled(slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + i));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const size_t i = at + u * s.step;
+        if (!ok || i >= length) continue;
+        if (isEmpty(sum[u])) {
+          ok = awaitFull(slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + i),
+                         owner, &gatherPatience, &sum[u]);
+        }
+        if (ok) storeOutput(p.output, begin + i, p.count, p.outputAligned, asVec<T>(sum[u]));
+      }
+    }
+  }
+  endRound(p, round, static_cast<uint32_t>(1 + slices.perRank), ok);
+}
+
+TPCOMM_DEVICE_NAMESPACE_END
