@@ -57,6 +57,17 @@ tpcResult_t initRank(tpcComm_t* out, int nranks, const tpcUniqueId& id, int rank
   return tpcSuccess;
 }
 
+// Ends a rank (destroy or abort) and leaves a tombstone that later calls recognise.
+tpcResult_t endComm(tpcComm* comm, tpcResult_t (Communicator::*end)(), const char* call) {
+  clearThreadLastError();
+  TPC_CHECK(checkComm(comm, call));
+  const tpcResult_t result = (comm->impl.get()->*end)();
+  comm->impl.reset();
+  comm->magic = kDestroyedMagic;
+  comm->lastError.clear();
+  return result;
+}
+
 }  // namespace
 }  // namespace tpcomm
 
@@ -145,23 +156,11 @@ TPC_API tpcResult_t tpcCommInitAll(tpcComm_t* comms, int nranks, const int* devi
 }
 
 TPC_API tpcResult_t tpcCommDestroy(tpcComm_t comm) {
-  clearThreadLastError();
-  TPC_CHECK(checkComm(comm, "tpcCommDestroy"));
-  const tpcResult_t result = comm->impl->destroy();
-  comm->impl.reset();
-  comm->magic = kDestroyedMagic;
-  comm->lastError.clear();
-  return result;
+  return endComm(comm, &Communicator::destroy, "tpcCommDestroy");
 }
 
 TPC_API tpcResult_t tpcCommAbort(tpcComm_t comm) {
-  clearThreadLastError();
-  TPC_CHECK(checkComm(comm, "tpcCommAbort"));
-  const tpcResult_t result = comm->impl->abort();
-  comm->impl.reset();
-  comm->magic = kDestroyedMagic;
-  comm->lastError.clear();
-  return result;
+  return endComm(comm, &Communicator::abort, "tpcCommAbort");
 }
 
 TPC_API tpcResult_t tpcGroupStart(void) { return groupStart(); }
