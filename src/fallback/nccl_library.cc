@@ -2,7 +2,6 @@
 
 #include <dlfcn.h>
 
-#include <atomic>
 #include <mutex>
 
 #include "common/env.h"
@@ -91,9 +90,7 @@ Loaded load() {
 
 }  // namespace
 
-namespace {
-
-const Loaded& loaded() {
+const Library* library(std::string* whyNot) {
   static const Loaded loaded = [] {
     Loaded l = load();
     if (l.ok) {
@@ -103,24 +100,12 @@ const Loaded& loaded() {
     }
     return l;
   }();
-  return loaded;
-}
-
-std::atomic<bool> everLoaded{false};
-
-}  // namespace
-
-const Library* library(std::string* whyNot) {
-  const Loaded& loaded = nccl::loaded();
-  everLoaded = true;
   if (!loaded.ok) {
     if (whyNot != nullptr) *whyNot = loaded.whyNot;
     return nullptr;
   }
   return &loaded.lib;
 }
-
-const Library* libraryIfLoaded() { return everLoaded ? library(nullptr) : nullptr; }
 
 }  // namespace nccl
 }  // namespace tpcomm

@@ -49,8 +49,6 @@ constexpr int kWindowSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 // already loaded into the process, else libnccl.so.2 from the loader's search path. Null, with
 // *whyNot filled, when none can be loaded.
 const Library* library(std::string* whyNot);
-// The process's NCCL if some communicator has asked for it already, else null (never loads it).
-const Library* libraryIfLoaded();
 
 }  // namespace nccl
 }  // namespace tpcomm

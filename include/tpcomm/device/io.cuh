@@ -61,6 +61,20 @@ __device__ __forceinline__ uint4 asRaw(const Vec<T>& x) {
   return raw;
 }
 
+// One vector of every rank (as raw words, which keep many loads in flight in few registers),
+// summed in rank order in float32. Every rank sums the same vectors in the same order, so every
+// rank gets the same bits.
+template <typename T, int kRanks>
+__device__ __forceinline__ Vec<T> sumInRankOrder(const uint4 (&in)[kRanks], int nranks) {
+  Accumulator<T> acc;
+  acc.set(asVec<T>(in[0]));
+#pragma unroll
+  for (int r = 1; r < kRanks; ++r) {
+    if (r < nranks) acc.add(asVec<T>(in[r]));
+  }
+  return acc.result();
+}
+
 // Vector v of a buffer other ranks write (staging, scratch). Bypasses L1 so that no line cached
 // by an earlier call can be read after a barrier.
 __device__ __forceinline__ uint4 loadShared(const void* base, size_t v) {

@@ -201,19 +201,6 @@ __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound
   return ok;
 }
 
-// One vector summed over the ranks in rank order in float32. Every rank sums the same scrubbed
-// vectors in the same order, so every rank gets the same bits.
-template <typename T, int kRanks>
-__device__ __forceinline__ Vec<T> sumInRankOrder(const uint4 (&in)[kRanks], int nranks) {
-  Accumulator<T> acc;
-  acc.set(asVec<T>(in[0]));
-#pragma unroll
-  for (int r = 1; r < kRanks; ++r) {
-    if (r < nranks) acc.add(asVec<T>(in[r]));
-  }
-  return acc.result();
-}
-
 // Vectors of one thread a push kernel handles at a time: enough loads and stores in flight to
 // cover the latency of memory and of the link, in registers that do not spill.
 template <int kRanks>

@@ -59,20 +59,13 @@ __device__ __forceinline__ uint32_t pullTag(const PullParams& p, const Sources& 
 template <typename T>
 __device__ __forceinline__ Vec<T> reduceRanks(const Sources& s, int nranks, size_t v,
                                               size_t count) {
-  // Raw words keep all loads in flight in few registers (an array of 16-bit vectors does not).
   uint4 in[kMaxRanks];
 #pragma unroll
   for (int r = 0; r < kMaxRanks; ++r) {
     if (r < nranks)
       in[r] = s.staged ? loadShared(s.rank[r], v) : loadSource<T>(s.rank[r], v, count);
   }
-  Accumulator<T> acc;
-  acc.set(asVec<T>(in[0]));
-#pragma unroll
-  for (int r = 1; r < kMaxRanks; ++r) {
-    if (r < nranks) acc.add(asVec<T>(in[r]));
-  }
-  return acc.result();
+  return sumInRankOrder<T, kMaxRanks>(in, nranks);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END
