@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #define TPCOMM_MAJOR 0
-#define TPCOMM_MINOR 2
+#define TPCOMM_MINOR 3
 #define TPCOMM_PATCH 0
 #define TPCOMM_VERSION_CODE (TPCOMM_MAJOR * 10000 + TPCOMM_MINOR * 100 + TPCOMM_PATCH)
 
@@ -61,7 +61,9 @@ typedef enum {
   tpcFloat32 = 7,
   tpcFloat64 = 8,
   tpcBfloat16 = 9,
-  tpcNumTypes = 10
+  tpcFloat8e4m3 = 10, /* FP8 (NCCL 2.24 and newer on sm_90): NCCL carries all-reduces of them */
+  tpcFloat8e5m2 = 11,
+  tpcNumTypes = 12
 } tpcDataType_t;
 
 /* Reduction operations. Values match NCCL's ncclRedOp_t. */
@@ -207,6 +209,31 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
  * every rank sums to +0.0 there, and to -0.0 with the pull kernels; every other sum is the same. */
 tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t datatype,
                          tpcRedOp_t op, tpcComm_t comm, cudaStream_t stream);
+
+/* The end of a tensor-parallel transformer block in one call: for `rows` rows of `hidden`
+ * elements,
+ *     residualOut = T(allreduce(sendbuff) + residualIn)
+ *     normOut     = O(residualOut * rsqrt(mean(residualOut^2) + eps) * weight [* (1 / *normScale)])
+ * where allreduce(sendbuff) is tpcAllReduce's sum rounded to the input type T (tpcFloat16 or
+ * tpcBfloat16), the residual add, squares, mean and products are float32, and O is T or, for a
+ * quantised output, tpcFloat8e4m3 or tpcFloat8e5m2 (round to nearest, saturated to the largest
+ * finite value; NaN stays NaN), in which case `normScale` points to one float32 in device memory
+ * (read by the kernel, so a graph sees its current value). `weight` has `hidden` elements of T;
+ * residualIn, residualOut and sendbuff have rows x hidden of T, normOut rows x hidden of O. In
+ * place: residualOut may be residualIn, and normOut may be sendbuff when O is T; no other buffers
+ * may overlap. Every pointer must be 16-byte aligned and `hidden` a multiple of 8 up to 16384
+ * (tpcNotSupported otherwise; every model's hidden size is).
+ *
+ * Where tpcomm's kernels take the message, one kernel does it all (push one-shot for few rows,
+ * push two-shot for many); elsewhere NCCL all-reduces and a norm kernel follows. Every rank gets
+ * bitwise identical results, and the two ways differ only as their all-reduces do (the sign of a
+ * zero sum; NCCL's summation order for more than two ranks). Ordered on `stream` and capturable,
+ * like tpcAllReduce; with an FP8 output on a rank driven with others from one thread, NCCL's path
+ * needs the rows to fit the staging buffer. rows == 0 does nothing. */
+tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn, void* residualOut,
+                                   const void* weight, void* normOut, size_t rows, size_t hidden,
+                                   float eps, tpcDataType_t datatype, tpcDataType_t normType,
+                                   const float* normScale, tpcComm_t comm, cudaStream_t stream);
 
 /* Zero-copy all-reduces: the kernels read every rank's input where it lies instead of copying it
  * into a staging buffer first (out-of-place calls only; an in-place call always stages).

@@ -117,6 +117,27 @@ class Communicator {
     allReduce(send, recv, count, DataTypeOf<T>::value, stream);
   }
 
+  // tpcAllReduceAddRmsNorm with an output of the input's type; `residual` is updated in place.
+  template <typename T>
+  void allReduceAddRmsNorm(const T* input, T* residual, const T* weight, T* out, size_t rows,
+                           size_t hidden, float eps, cudaStream_t stream) {
+    check(
+        tpcAllReduceAddRmsNorm(input, residual, residual, weight, out, rows, hidden, eps,
+                               DataTypeOf<T>::value, DataTypeOf<T>::value, nullptr, comm_, stream),
+        comm_);
+  }
+
+  // The same with an FP8 output (tpcFloat8e4m3 or tpcFloat8e5m2): out = fp8(norm * weight /
+  // *scale), `scale` in device memory.
+  template <typename T>
+  void allReduceAddRmsNorm(const T* input, T* residual, const T* weight, void* out,
+                           tpcDataType_t outType, const float* scale, size_t rows, size_t hidden,
+                           float eps, cudaStream_t stream) {
+    check(tpcAllReduceAddRmsNorm(input, residual, residual, weight, out, rows, hidden, eps,
+                                 DataTypeOf<T>::value, outType, scale, comm_, stream),
+          comm_);
+  }
+
  private:
   int query(tpcResult_t (*fn)(const tpcComm_t, int*)) const {
     int value = -1;

@@ -17,6 +17,8 @@ size_t typeSize(tpcDataType_t type) {
   switch (type) {
     case tpcInt8:
     case tpcUint8:
+    case tpcFloat8e4m3:
+    case tpcFloat8e5m2:
       return 1;
     case tpcFloat16:
     case tpcBfloat16:
@@ -35,8 +37,10 @@ size_t typeSize(tpcDataType_t type) {
 }
 
 const char* typeName(tpcDataType_t type) {
-  static const char* const kNames[] = {"int8",   "uint8",   "int32",   "uint32",  "int64",
-                                       "uint64", "float16", "float32", "float64", "bfloat16"};
+  static const char* const kNames[] = {"int8",    "uint8",    "int32",      "uint32",
+                                       "int64",   "uint64",   "float16",    "float32",
+                                       "float64", "bfloat16", "float8e4m3", "float8e5m2"};
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == tpcNumTypes, "a name for every type");
   return type >= 0 && type < tpcNumTypes ? kNames[type] : "unknown type";
 }
 

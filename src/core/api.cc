@@ -264,6 +264,18 @@ TPC_API tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t co
   return remember(comm, comm->impl->allReduce(sendbuff, recvbuff, count, datatype, op, stream));
 }
 
+TPC_API tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn,
+                                           void* residualOut, const void* weight, void* normOut,
+                                           size_t rows, size_t hidden, float eps,
+                                           tpcDataType_t datatype, tpcDataType_t normType,
+                                           const float* normScale, tpcComm_t comm,
+                                           cudaStream_t stream) {
+  TPC_CHECK(checkComm(comm, "tpcAllReduceAddRmsNorm"));
+  const NormCall call{sendbuff, residualIn, residualOut, weight,   normOut,  rows,
+                      hidden,   eps,        datatype,    normType, normScale};
+  return remember(comm, comm->impl->allReduceAddRmsNorm(call, stream));
+}
+
 TPC_API const char* tpcGetErrorString(tpcResult_t result) {
   switch (result) {
     case tpcSuccess:

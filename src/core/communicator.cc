@@ -13,6 +13,7 @@
 #include "core/algorithm.h"
 #include "core/group.h"
 #include "kernels/allreduce.h"
+#include "kernels/fused.h"
 
 namespace tpcomm {
 
@@ -129,8 +130,11 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   std::memcpy(mine->uuid, prop.uuid.bytes, sizeof(mine->uuid));
   TPC_CUDA_CHECK(cudaDeviceGetPCIBusId(mine->busId, sizeof(mine->busId), device_));
   mine->smCount = prop.multiProcessorCount;
-  int pull = 0, push = 0;
+  int pull = 0, push = 0, fused = 0;
   TPC_CUDA_CHECK(allReduceBlocksPerSm(&pull, &push));
+  // The fused kernels wait on their peers like the push kernels, from the same grids.
+  TPC_CUDA_CHECK(fusedBlocksPerSm(&fused));
+  push = std::min(push, fused);
   if (pull < 1 || push < 1) {
     return fail(tpcInternalError, "rank %d: the all-reduce kernels cannot run on device %d", rank_,
                 device_);
@@ -268,9 +272,14 @@ void Communicator::buildParams() {
 
 namespace {
 
-// Tags that differ for calls the kernels must not mix: size, type, protocol.
-uint32_t callTag(int algorithm, tpcDataType_t type, size_t count) {
-  uint64_t h = count * 0x9e3779b97f4a7c15ull ^ (static_cast<uint64_t>(type) << 8 | algorithm);
+// Tags that differ for calls the kernels must not mix: size, type, protocol, and a fused call's
+// row size and output type.
+uint32_t callTag(int algorithm, tpcDataType_t type, size_t count, size_t hidden = 0,
+                 int outType = 0) {
+  const uint64_t shape = static_cast<uint64_t>(hidden) << 24 |
+                         static_cast<uint64_t>(outType) << 16 | static_cast<uint64_t>(type) << 8 |
+                         static_cast<uint64_t>(algorithm);
+  uint64_t h = count * 0x9e3779b97f4a7c15ull ^ shape;
   h ^= h >> 31;
   h *= 0xbf58476d1ce4e5b9ull;
   h ^= h >> 29;
@@ -291,8 +300,14 @@ tpcResult_t resultOf(int failureKind) {
 }  // namespace
 
 std::string Communicator::describeFailure(const device::FailureRecord& record) const {
-  static const char* const kAlgorithms[] = {"one-shot", "two-shot", "push one-shot",
-                                            "push two-shot"};
+  static const char* const kAlgorithms[] = {"one-shot",
+                                            "two-shot",
+                                            "push one-shot",
+                                            "push two-shot",
+                                            "push one-shot (fused with RMSNorm)",
+                                            "push two-shot (fused with RMSNorm)"};
+  static_assert(sizeof(kAlgorithms) / sizeof(kAlgorithms[0]) == device::kNumAlgorithms,
+                "a name for every algorithm");
   static const char* const kWaits[] = {"to copy its input", "to reduce its slice",
                                        "to finish reading", "to send its data",
                                        "to send its reduced slice"};
@@ -400,17 +415,128 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   }
   if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
   TPC_CHECK(launchKernels(route, sendbuff, recvbuff, count, type, stream, capturing));
-  if (!capturing) {
-    TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
-    lastStream_ = stream;
-    haveLastCall_ = true;
-  }
-  return tpcSuccess;
+  return capturing ? tpcSuccess : noteEagerCall(stream);
 }
 
 tpcResult_t Communicator::orderAfterPreviousCall(cudaStream_t stream) {
   if (haveLastCall_ && stream != lastStream_) {
     TPC_CUDA_CHECK(cudaStreamWaitEvent(stream, lastCall_, 0));
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::noteEagerCall(cudaStream_t stream) {
+  TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
+  lastStream_ = stream;
+  haveLastCall_ = true;
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::allReduceAddRmsNorm(const NormCall& call, cudaStream_t stream) {
+  TPC_CHECK(checkHealthy());
+  TPC_CHECK(checkNormCall(call, rank_));
+  if (call.rows == 0) return tpcSuccess;
+  DeviceScope scope;
+  TPC_CHECK(scope.enter(device_));
+  bool capturing = false;
+  TPC_CHECK(checkStream(stream, &capturing));
+  const size_t bytes = call.rows * call.rowBytes();
+  const Route route = chooseRoute(table_, policy_, nranks_, bytes, capturing);
+  TPC_TRACE("rank %d: all-reduce + RMSNorm of %zu rows of %zu (%s%s) on stream %p", rank_,
+            call.rows, call.hidden, routeName(route), capturing ? ", captured" : "",
+            static_cast<void*>(stream));
+  if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
+  if (nranks_ == 1) {
+    TPC_CHECK(launchNorm(call, call.input, 0, call.rows, stream));
+  } else if (route == Route::kNccl && nccl_.available()) {
+    TPC_CHECK(ncclAddRmsNorm(call, stream, capturing));
+  } else {
+    TPC_CHECK(launchFusedKernels(route, call, stream));
+  }
+  return capturing ? tpcSuccess : noteEagerCall(stream);
+}
+
+tpcResult_t Communicator::launchNorm(const NormCall& call, const void* sum, size_t first,
+                                     size_t rows, cudaStream_t stream) {
+  device::AddNormParams p{};
+  p.sum = sum;
+  p.norm = normParams(call, first, rows);
+  // The norm kernel never waits for a peer: any grid may run.
+  const int blocks = static_cast<int>(std::min<size_t>(rows, 1 << 16));
+  TPC_CUDA_CHECK(launchAddRmsNorm(call.type, p, blocks, dependentLaunch_, stream));
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stream,
+                                         bool capturing) {
+  // Inside a group NCCL issues its part at tpcGroupEnd: the norm must wait until then.
+  const bool deferred = ranksInProcess_ > 1;
+  auto normAfterNccl = [this, call, stream, capturing, deferred](const void* sum, size_t first,
+                                                                 size_t rows) -> tpcResult_t {
+    if (!deferred) return launchNorm(call, sum, first, rows, stream);
+    return deferUntilGroupEnd([this, call, sum, first, rows, stream, capturing] {
+      TPC_CHECK(launchNorm(call, sum, first, rows, stream));
+      return capturing ? tpcSuccess : noteEagerCall(stream);
+    });
+  };
+  if (call.outType == call.type) {
+    // NCCL sums into the output, and the norm replaces each row of sums with its normalised row.
+    TPC_CHECK(
+        ncclAllReduce(call.input, call.out, call.rows * call.hidden, call.type, tpcSum, stream));
+    return normAfterNccl(call.out, 0, call.rows);
+  }
+  // An FP8 output cannot hold the sums: they go through the staging buffer, a chunk at a time.
+  const size_t chunkRows = layout_.stagingBytes / call.rowBytes();
+  if (chunkRows == 0 || (deferred && call.rows > chunkRows)) {
+    return fail(tpcInvalidUsage,
+                "rank %d: tpcAllReduceAddRmsNorm with an FP8 output goes to NCCL here, through a "
+                "staging buffer of %zu bytes, which holds %zu of its %zu rows%s; raise "
+                "stagingBytes",
+                rank_, layout_.stagingBytes, chunkRows, call.rows,
+                deferred ? " (a group of ranks of one process needs them all at once)" : "");
+  }
+  void* staging = local_->base() + layout_.stagingOffset;
+  for (size_t first = 0; first < call.rows; first += chunkRows) {
+    const size_t rows = std::min(chunkRows, call.rows - first);
+    TPC_CHECK(ncclAllReduce(static_cast<const char*>(call.input) + first * call.rowBytes(), staging,
+                            rows * call.hidden, call.type, tpcSum, stream));
+    TPC_CHECK(normAfterNccl(staging, first, rows));
+  }
+  return tpcSuccess;
+}
+
+tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
+                                             cudaStream_t stream) {
+  const bool twoShot = route == Route::kTwoShot || route == Route::kPushTwoShot;
+  const device::Algorithm protocol = twoShot ? device::kPushTwoShot : device::kPushOneShot;
+  const device::Algorithm algorithm = twoShot ? device::kPushTwoShotNorm : device::kPushOneShotNorm;
+  const ReceiveRegion& region = layout_.receive(protocol);
+  const size_t hiddenVectors = call.rowBytes() / 16;
+  // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank.
+  const size_t rowsPerSlot = (region.slotVectors - 1) / hiddenVectors;
+  const size_t chunkRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
+  if (chunkRows == 0) {
+    return fail(tpcInvalidUsage,
+                "rank %d: a row of %zu elements does not fit the push kernels' receive buffers "
+                "(pushBytes %zu); raise pushBytes",
+                rank_, call.hidden, config_.pushBytes);
+  }
+  device::FusedParams p{};
+  static_cast<device::PushParams&>(p) = push_[protocol - device::kPushOneShot];
+  p.inputAligned = 1;
+  p.outputAligned = 1;
+  for (size_t first = 0; first < call.rows; first += chunkRows) {
+    const size_t rows = std::min(chunkRows, call.rows - first);
+    p.input = static_cast<const char*>(call.input) + first * call.rowBytes();
+    p.output = nullptr;
+    p.count = rows * call.hidden;
+    p.norm = normParams(call, first, rows);
+    p.tag = callTag(algorithm, call.type, p.count, call.hidden, p.norm.outType);
+    // A block per row; one-shot sends with a vector per thread where that takes more blocks.
+    const size_t threads = static_cast<size_t>(device::rowThreads(p.norm.hiddenVectors));
+    const size_t senders = twoShot ? 0 : (rows * hiddenVectors + threads - 1) / threads;
+    const int blocks = static_cast<int>(std::min<size_t>(std::max(rows, senders), pushBlockCap_));
+    TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, blocks, dependentLaunch_, stream));
   }
   return tpcSuccess;
 }

@@ -14,6 +14,7 @@
 #include "bootstrap/bootstrap.h"
 #include "core/algorithm.h"
 #include "core/config.h"
+#include "core/norm_call.h"
 #include "fallback/nccl_fallback.h"
 #include "memory/registry.h"
 #include "memory/shared_buffer.h"
@@ -49,6 +50,9 @@ class Communicator {
 
   tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                         tpcRedOp_t op, cudaStream_t stream);
+  // tpcAllReduceAddRmsNorm: the fused kernels where tpcomm's kernels take the size, else NCCL's
+  // all-reduce and the norm kernel after it.
+  tpcResult_t allReduceAddRmsNorm(const NormCall& call, cudaStream_t stream);
 
   // Zero-copy registration (collective); see tpcomm.h.
   tpcResult_t registerGraphBuffers();
@@ -77,6 +81,8 @@ class Communicator {
   tpcResult_t checkStream(cudaStream_t stream, bool* capturing);
   // An eager call on another stream than the rank's previous eager call waits for that call.
   tpcResult_t orderAfterPreviousCall(cudaStream_t stream);
+  // Marks the end of an eager call on `stream`, for the next call to order itself after.
+  tpcResult_t noteEagerCall(cudaStream_t stream);
   tpcResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                             tpcRedOp_t op, cudaStream_t stream);
   void chooseBlockCaps(const std::vector<RankInfo>& all);
@@ -90,6 +96,12 @@ class Communicator {
                             tpcDataType_t type, cudaStream_t stream, bool capturing);
   tpcResult_t launchPushKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
                                 tpcDataType_t type, cudaStream_t stream);
+  tpcResult_t launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream);
+  tpcResult_t ncclAddRmsNorm(const NormCall& call, cudaStream_t stream, bool capturing);
+  // The norm kernel over rows [first, first + rows) of the call, whose all-reduced rows are at
+  // `sum`.
+  tpcResult_t launchNorm(const NormCall& call, const void* sum, size_t first, size_t rows,
+                         cudaStream_t stream);
   tpcResult_t releaseResources();
 
   int rank_;

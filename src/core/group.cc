@@ -1,5 +1,8 @@
 #include "core/group.h"
 
+#include <utility>
+#include <vector>
+
 #include "common/error.h"
 
 namespace tpcomm {
@@ -8,6 +11,7 @@ namespace {
 struct GroupState {
   int depth = 0;
   const nccl::Library* openNccl = nullptr;  // NCCL whose group this thread has opened
+  std::vector<std::function<tpcResult_t()>> deferred;
 };
 
 GroupState& state() {
@@ -25,14 +29,23 @@ tpcResult_t groupStart() {
 tpcResult_t groupEnd() {
   GroupState& s = state();
   if (s.depth == 0) return fail(tpcInvalidUsage, "tpcGroupEnd without a tpcGroupStart");
-  if (--s.depth > 0 || s.openNccl == nullptr) return tpcSuccess;
-  const nccl::Library* lib = s.openNccl;
-  s.openNccl = nullptr;
-  const nccl::Result res = lib->groupEnd();
-  if (res != nccl::kSuccess) {
-    return fail(tpcRemoteError, "tpcGroupEnd: ncclGroupEnd failed: %s", lib->getLastError(nullptr));
+  if (--s.depth > 0) return tpcSuccess;
+  std::vector<std::function<tpcResult_t()>> deferred = std::move(s.deferred);
+  s.deferred.clear();
+  if (s.openNccl != nullptr) {
+    const nccl::Library* lib = s.openNccl;
+    s.openNccl = nullptr;
+    if (lib->groupEnd() != nccl::kSuccess) {
+      return fail(tpcRemoteError, "tpcGroupEnd: ncclGroupEnd failed: %s",
+                  lib->getLastError(nullptr));
+    }
   }
-  return tpcSuccess;
+  tpcResult_t first = tpcSuccess;
+  for (auto& work : deferred) {
+    const tpcResult_t res = work();
+    if (first == tpcSuccess) first = res;
+  }
+  return first;
 }
 
 bool inGroup() { return state().depth > 0; }
@@ -44,6 +57,15 @@ tpcResult_t joinNcclGroup(const nccl::Library* lib) {
     return fail(tpcInternalError, "ncclGroupStart failed: %s", lib->getLastError(nullptr));
   }
   s.openNccl = lib;
+  return tpcSuccess;
+}
+
+tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work) {
+  GroupState& s = state();
+  if (s.depth == 0) {
+    return fail(tpcInternalError, "work deferred to the end of a group outside one");
+  }
+  s.deferred.push_back(std::move(work));
   return tpcSuccess;
 }
 

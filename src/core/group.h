@@ -1,7 +1,9 @@
 // Group calls of the calling thread (tpcGroupStart / tpcGroupEnd), and NCCL's group inside them:
 // a call NCCL carries in a group opens NCCL's group once, and the outermost end closes it, which
-// issues every rank's NCCL call at once.
+// issues every rank's NCCL call at once, then whatever had to wait for those calls.
 #pragma once
+
+#include <functional>
 
 #include "fallback/nccl_library.h"
 #include "tpcomm/tpcomm.h"
@@ -14,5 +16,9 @@ bool inGroup();
 
 // Inside a group, before a call NCCL carries: opens `lib`'s group on this thread unless open.
 tpcResult_t joinNcclGroup(const nccl::Library* lib);
+
+// Inside a group: runs `work` at the outermost tpcGroupEnd, after NCCL has issued the group's
+// calls (a kernel that reads what NCCL writes), in the order the work was deferred.
+tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work);
 
 }  // namespace tpcomm

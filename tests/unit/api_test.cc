@@ -61,6 +61,10 @@ TEST(Api, CallsOnNonCommunicatorsAreRejected) {
   EXPECT_EQ(tpcInvalidArgument,
             tpcAllReduce(nullptr, nullptr, 1, tpcFloat32, tpcSum, nullptr, nullptr));
   EXPECT_NE(std::string::npos, lastError().find("tpcAllReduce"));
+  EXPECT_EQ(tpcInvalidArgument,
+            tpcAllReduceAddRmsNorm(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4096, 1e-6f,
+                                   tpcBfloat16, tpcBfloat16, nullptr, nullptr, nullptr));
+  EXPECT_NE(std::string::npos, lastError().find("tpcAllReduceAddRmsNorm"));
   tpcResult_t async;
   EXPECT_EQ(tpcInvalidArgument, tpcCommGetAsyncError(nullptr, &async));
 

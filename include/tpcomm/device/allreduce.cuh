@@ -22,13 +22,13 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 
 template <typename Params>
 inline cudaError_t launchKernel(void (*kernel)(Params), const Params& p, int blocks, bool dependent,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, int threads = kBlockThreads) {
   cudaLaunchAttribute attribute;
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kBlockThreads);
+  config.blockDim = dim3(static_cast<unsigned>(threads));
   config.stream = stream;
   config.attrs = dependent ? &attribute : nullptr;
   config.numAttrs = dependent ? 1 : 0;

@@ -28,7 +28,9 @@ enum Algorithm : int {
   kTwoShot = 1,
   kPushOneShot = 2,
   kPushTwoShot = 3,
-  kNumAlgorithms = 4
+  kPushOneShotNorm = 4,  // push one-shot fused with the residual add and RMSNorm
+  kPushTwoShotNorm = 5,  // push two-shot fused with the residual add and RMSNorm
+  kNumAlgorithms = 6
 };
 constexpr int kNumPullAlgorithms = 2;  // the first ones, each with a barrier set of its own
 constexpr int kNumPushAlgorithms = 2;  // then these, each with receive buffers of its own
@@ -145,6 +147,68 @@ struct PushParams : CallParams {
   size_t bufferBytes;
   uint32_t slotVectors;
   PushState* state;  // this rank's kMaxPushBlocks entries
+};
+
+// The rows of an all-reduce fused with a residual add and RMSNorm (tpcAllReduceAddRmsNorm), or of
+// the norm alone: for each row of `hidden` elements,
+//   residualOut = T(sum + residualIn),   out = Out(residualOut * rsqrt(mean(residualOut^2) + eps)
+//                                                  * weight [/ scale])
+// where sum is the all-reduced input, as T. Every buffer is 16-byte aligned and rows are packed.
+enum NormOutput : int {
+  kNormOutInput = 0,  // the input's type
+  kNormOutE4M3 = 1,   // FP8 e4m3, saturated to +-448
+  kNormOutE5M2 = 2,   // FP8 e5m2, saturated to +-57344
+};
+
+// A block normalises a row at a time; each of its threads holds up to this many 16-byte vectors
+// of the row in registers.
+constexpr int kMaxRowVectors = 4;
+
+#ifdef __CUDACC__
+#define TPCOMM_PARAMS_HOST_DEVICE __host__ __device__
+#else
+#define TPCOMM_PARAMS_HOST_DEVICE
+#endif
+
+// Threads of a block for rows of `hiddenVectors` vectors: as few vectors per thread as the block
+// size allows, over as few warps as that needs. The largest row is kMaxRowVectors x kBlockThreads.
+TPCOMM_PARAMS_HOST_DEVICE constexpr int rowThreads(uint32_t hiddenVectors) {
+  return hiddenVectors == 0
+             ? 32
+             : static_cast<int>(
+                   ((hiddenVectors + (hiddenVectors + kBlockThreads - 1) / kBlockThreads - 1) /
+                        ((hiddenVectors + kBlockThreads - 1) / kBlockThreads) +
+                    31) /
+                   32 * 32);
+}
+static_assert(rowThreads(1024) == 512 && rowThreads(640) == 320 && rowThreads(2048) == 512 &&
+                  rowThreads(1) == 32 && rowThreads(896) == 448,
+              "rows spread over as few warps as kMaxRowVectors allows");
+
+struct NormParams {
+  const void* residualIn;
+  void* residualOut;
+  const void* weight;
+  void* out;
+  const float* scale;  // FP8 output: out = fp8(normalised * weight * (1 / *scale))
+  float eps;
+  int outType;             // a NormOutput
+  uint32_t hidden;         // elements per row, a multiple of the elements of a vector
+  uint32_t hiddenVectors;  // 16-byte vectors per row
+  size_t rows;
+};
+
+// The push kernels fused with the norm: the all-reduce's input is CallParams::input (rows x hidden
+// elements, count == rows * hidden); its receive buffers and rotation are those of the push
+// protocol of the same shape, so fused and plain calls may follow each other in any order.
+struct FusedParams : PushParams {
+  NormParams norm;
+};
+
+// The norm alone, after an all-reduce made elsewhere: `sum` holds the all-reduced rows.
+struct AddNormParams {
+  const void* sum;
+  NormParams norm;
 };
 
 TPCOMM_DEVICE_NAMESPACE_END

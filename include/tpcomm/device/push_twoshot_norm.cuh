@@ -1,0 +1,148 @@
+// Push two-shot fused with the residual add and RMSNorm, for many rows (prefill). The rows are
+// split into nranks slices of whole rows. Rank r stores the rows of slice q of its (scrubbed) input
+// into its reduce-scatter slot of rank q; it sums the rows of its own slice from every rank as they
+// arrive, adds the residual, stores the new residual into its all-gather slot of every peer and
+// normalises those rows; then it takes every other row's new residual from the rank that owns it
+// and normalises that row too. Only the residual travels back, so the all-gather moves as much as
+// plain push two-shot's; every rank normalises every row with the same code and gets the same bits.
+//
+// A block owns whole rows and takes the rows of other slices in the same order in both halves, so
+// the thread that reads an input vector there is the one that writes its output (in place).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "tpcomm/device/io.cuh"
+#include "tpcomm/device/lamport.cuh"
+#include "tpcomm/device/namespace.cuh"
+#include "tpcomm/device/norm.cuh"
+#include "tpcomm/device/params.cuh"
+#include "tpcomm/device/push_oneshot_norm.cuh"
+#include "tpcomm/device/sync.cuh"
+#include "tpcomm/device/vec.cuh"
+
+TPCOMM_DEVICE_NAMESPACE_BEGIN
+
+// The rows of a call split into nranks slices; `others` enumerates the rows of every slice but
+// this rank's.
+struct RowSlices {
+  size_t rows;
+  size_t perRank;
+  size_t mineBegin;
+  size_t mineCount;
+  __device__ RowSlices(size_t rows_, int nranks, int rank)
+      : rows(rows_), perRank((rows_ + nranks - 1) / nranks) {
+    mineBegin = rank * perRank < rows ? rank * perRank : rows;
+    mineCount = rows - mineBegin < perRank ? rows - mineBegin : perRank;
+  }
+  __device__ size_t others() const { return rows - mineCount; }
+  __device__ size_t otherRow(size_t j) const { return j < mineBegin ? j : j + mineCount; }
+  __device__ int owner(size_t row) const { return static_cast<int>(row / perRank); }
+};
+
+template <typename T, int kRanks>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    pushTwoShotAddRmsNorm(const __grid_constant__ FusedParams p) {
+  __shared__ float scratch[2][kBlockThreads / 32];
+  __shared__ WeightRow weights;
+  waitForPreviousKernel();
+  const NormParams& n = p.norm;
+  const size_t hv = n.hiddenVectors;
+  const RowSlices slices(n.rows, p.nranks, p.rank);
+  const bool failed = rankFailed(p);
+  const PushRound round = beginRound(p);
+  if (failed) return;
+  allowNextKernel();
+  const int gatherBase = p.nranks - 1;
+  sendTags(p, round, 0);
+  uint4 w[kMaxRowVectors];
+  loadWeights(n, w);
+
+  // Reduce-scatter, sending half: every row of another slice to the rank that owns it.
+  for (size_t j = blockIdx.x; j < slices.others(); j += gridDim.x) {
+    const size_t row = slices.otherRow(j);
+    const int owner = slices.owner(row);
+    const size_t local = row - owner * slices.perRank;
+    uint4 x[kMaxRowVectors];
+#pragma unroll
+    for (int k = 0; k < kMaxRowVectors; ++k) {
+      const uint32_t v = rowVector(k);
+      if (v < hv) x[k] = scrub<T>(loadRowVector(p.input, row * hv + v));
+    }
+#pragma unroll
+    for (int k = 0; k < kMaxRowVectors; ++k) {
+      const uint32_t v = rowVector(k);
+      if (v < hv) *slotVector(p, round, owner, peerSlot(p.rank, owner), 1 + local * hv + v) = x[k];
+    }
+  }
+  storeWeights(n, w, weights);
+  resetStale(p, round, 2 * (p.nranks - 1));
+
+  // This rank's rows: summed, the residual added, sent to every peer and normalised here.
+  RowNorm state(n, scratch);
+  Patience patience(p, kPhasePushData, kPushTwoShotNorm);
+  bool ok = true;
+  bool tagsChecked = false;
+  for (size_t j = blockIdx.x; j < slices.mineCount; j += gridDim.x) {
+    const size_t row = slices.mineBegin + j;
+    uint4 kept[kMaxRowVectors] = {};
+    float squares = 0.0f;
+    RowPrefetch prefetch;
+    prefetch.loadResidual(n, row);
+    ok = ok && gatherRow<T, kRanks>(p, round, n, j * hv, row * hv, prefetch.residual,
+                                    kPushTwoShotNorm, &patience, &tagsChecked, kept, &squares);
+    if (ok) {
+#pragma unroll
+      for (int k = 0; k < kMaxRowVectors; ++k) {
+        const uint32_t v = rowVector(k);
+        if (v >= hv) continue;
+        // Scrubbed (a sum can round to -0): this rank keeps exactly what it sends.
+        kept[k] = scrub<T>(kept[k]);
+        for (int i = 1; i < p.nranks; ++i) {
+          const int peer = p.rank + i < p.nranks ? p.rank + i : p.rank + i - p.nranks;
+          *slotVector(p, round, peer, gatherBase + peerSlot(p.rank, peer), 1 + j * hv + v) =
+              kept[k];
+        }
+      }
+    }
+    ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
+    if (!ok) break;
+  }
+
+  // Every other row: its new residual from its owner, normalised here. A rank that owns no row
+  // checks its peers' tags here instead.
+  Patience gatherPatience(p, kPhasePushReduced, kPushTwoShotNorm);
+  if (ok && !tagsChecked && slices.others() > blockIdx.x) {
+    ok = checkTags(p, round, &gatherPatience, kPushTwoShotNorm);
+  }
+  for (size_t j = blockIdx.x; j < slices.others(); j += gridDim.x) {
+    const size_t row = slices.otherRow(j);
+    const int owner = slices.owner(row);
+    const size_t local = row - owner * slices.perRank;
+    const uint4* from =
+        slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + local * hv);
+    uint4 kept[kMaxRowVectors] = {};
+    float squares = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kMaxRowVectors; ++k) {
+      const uint32_t v = rowVector(k);
+      if (ok && v < hv) kept[k] = loadPolled(from + v);
+    }
+#pragma unroll
+    for (int k = 0; k < kMaxRowVectors; ++k) {
+      const uint32_t v = rowVector(k);
+      if (!ok || v >= hv) continue;
+      if (isEmpty(kept[k])) ok = awaitFull(from + v, owner, &gatherPatience, &kept[k]);
+      const Vec<T> x = asVec<T>(kept[k]);
+#pragma unroll
+      for (int e = 0; e < Vec<T>::kElems; ++e) {
+        squares = __fmaf_rn(toFloat(x.elem[e]), toFloat(x.elem[e]), squares);
+      }
+    }
+    ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
+    if (!ok) break;
+  }
+  endRound(p, round, static_cast<uint32_t>(1 + slices.perRank * hv), ok);
+}
+
+TPCOMM_DEVICE_NAMESPACE_END

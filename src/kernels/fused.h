@@ -1,0 +1,25 @@
+// The all-reduce fused with the residual add and RMSNorm, and the norm alone, instantiated for the
+// types they take, for the host runtime.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "tpcomm/device/params.cuh"
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+
+// True for the types whose rows the norm kernels take (float16, bfloat16).
+bool normSupports(tpcDataType_t type);
+
+// `algorithm` is device::kPushOneShotNorm or kPushTwoShotNorm.
+cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
+                        const device::FusedParams& params, int blocks, bool dependent,
+                        cudaStream_t stream);
+cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
+                             bool dependent, cudaStream_t stream);
+
+// Blocks per multiprocessor that every fused kernel can keep resident on the current device.
+cudaError_t fusedBlocksPerSm(int* blocks);
+
+}  // namespace tpcomm

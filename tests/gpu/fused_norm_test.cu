@@ -1,0 +1,624 @@
+// tpcAllReduceAddRmsNorm against a float64 reference of the whole sequence: the all-reduced sum
+// (exact here: the inputs are multiples of 1/64, so every float32 sum is exact and only the
+// rounding to the input type is left), the new residual (exact), and the normalised output, exact
+// up to rounding ties (within the float32 computation's error of a tie). Every rank must hold the
+// same bits, and every path (fused one-shot, fused two-shot, NCCL + norm kernel) the same values.
+#include <cuda_fp8.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gpu_test_util.cuh"
+#include "tpcomm/tpcomm.h"
+
+namespace tpcomm {
+namespace testing {
+namespace {
+
+size_t sizeOf(tpcDataType_t t) { return t == tpcFloat8e4m3 || t == tpcFloat8e5m2 ? 1 : 2; }
+
+double decode(tpcDataType_t t, const uint8_t* p) {
+  switch (t) {
+    case tpcBfloat16: {
+      __nv_bfloat16 x;
+      std::memcpy(&x, p, 2);
+      return __bfloat162float(x);
+    }
+    case tpcFloat16: {
+      __half x;
+      std::memcpy(&x, p, 2);
+      return __half2float(x);
+    }
+    case tpcFloat8e4m3: {
+      __nv_fp8_e4m3 x;
+      std::memcpy(&x, p, 1);
+      return static_cast<float>(x);
+    }
+    default: {
+      __nv_fp8_e5m2 x;
+      std::memcpy(&x, p, 1);
+      return static_cast<float>(x);
+    }
+  }
+}
+
+void encode(tpcDataType_t t, double v, uint8_t* p) {
+  const float f = static_cast<float>(v);
+  if (t == tpcBfloat16) {
+    const __nv_bfloat16 x = __float2bfloat16_rn(f);
+    std::memcpy(p, &x, 2);
+  } else {
+    const __half x = __float2half_rn(f);
+    std::memcpy(p, &x, 2);
+  }
+}
+
+struct Format {
+  int mantissaBits;
+  int minExponent;  // of the smallest normal number
+  double maxFinite;
+};
+
+Format formatOf(tpcDataType_t t) {
+  switch (t) {
+    case tpcBfloat16:
+      return {7, -126, 3.3895313892515355e38};
+    case tpcFloat16:
+      return {10, -14, 65504.0};
+    case tpcFloat8e4m3:
+      return {3, -6, 448.0};
+    default:
+      return {2, -14, 57344.0};
+  }
+}
+
+// Whether `got` is `exact` rounded to nearest in type t, allowing either neighbour of a tie (the
+// kernels compute in float32, the reference in float64). FP8 saturates, as the kernels do.
+bool roundsTo(tpcDataType_t t, double exact, double got) {
+  if (std::isnan(exact)) return std::isnan(got);
+  const Format f = formatOf(t);
+  const bool fp8 = sizeOf(t) == 1;
+  if (fp8 && std::fabs(exact) >= f.maxFinite) return got == std::copysign(f.maxFinite, exact);
+  if (std::isinf(exact)) return got == exact;
+  const int e = std::max(static_cast<int>(std::floor(std::log2(std::fabs(exact)))), f.minExponent);
+  const double ulp = std::ldexp(1.0, e - f.mantissaBits);
+  if (!fp8 && std::isinf(got)) return std::fabs(exact) >= f.maxFinite + 0.5 * ulp * (1 - 1e-6);
+  return std::fabs(got - exact) <= 0.5 * ulp + 1e-5 * std::fabs(exact) + 1e-30;
+}
+
+// A value that sums exactly: k / 64 for k in [-128, 128].
+double exactValue(uint32_t seed, size_t i) {
+  uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed * 0x9e3779b9u;
+  h ^= h >> 15;
+  h *= 0x2c1b3c6du;
+  h ^= h >> 12;
+  return (static_cast<int>(h % 257) - 128) / 64.0;
+}
+
+struct Shape {
+  size_t rows;
+  size_t hidden;
+};
+
+// One call's buffers on every rank and its inputs on the host.
+struct Call {
+  tpcDataType_t type = tpcBfloat16;
+  tpcDataType_t outType = tpcBfloat16;
+  Shape shape{};
+  float eps = 1e-5f;
+  float scale = 1.0f;
+  bool inPlaceResidual = true;
+  bool inPlaceOutput = false;  // out over the input (same type only)
+
+  std::vector<std::vector<uint8_t>> input;  // by rank
+  std::vector<uint8_t> residual;            // the same on every rank, as tensor parallelism has it
+  std::vector<uint8_t> weight;
+
+  std::vector<DeviceBuffer> dInput, dResidualIn, dResidualOut, dWeight, dOut, dScale;
+
+  size_t elems() const { return shape.rows * shape.hidden; }
+  size_t bytes() const { return elems() * sizeOf(type); }
+  size_t outBytes() const { return elems() * sizeOf(outType); }
+};
+
+void fillHost(Call* c, int nranks, uint32_t seed) {
+  c->input.assign(nranks, std::vector<uint8_t>(c->bytes()));
+  c->residual.assign(c->bytes(), 0);
+  c->weight.assign(c->shape.hidden * sizeOf(c->type), 0);
+  for (int r = 0; r < nranks; ++r) {
+    for (size_t i = 0; i < c->elems(); ++i) {
+      encode(c->type, exactValue(seed * 31 + r, i), &c->input[r][2 * i]);
+    }
+  }
+  for (size_t i = 0; i < c->elems(); ++i) {
+    encode(c->type, exactValue(seed * 31 + 17, i), &c->residual[2 * i]);
+  }
+  for (size_t i = 0; i < c->shape.hidden; ++i) {
+    encode(c->type, 0.25 + std::fabs(exactValue(seed + 5, i)), &c->weight[2 * i]);
+  }
+}
+
+void allocate(Call* c, const Ranks& ranks) {
+  for (int r = 0; r < ranks.size(); ++r) {
+    ranks.use(r);
+    c->dInput.emplace_back(c->bytes());
+    c->dResidualIn.emplace_back(c->bytes());
+    c->dResidualOut.emplace_back(c->inPlaceResidual ? 0 : c->bytes());
+    c->dWeight.emplace_back(c->shape.hidden * sizeOf(c->type));
+    c->dOut.emplace_back(c->inPlaceOutput ? 0 : c->outBytes());
+    c->dScale.emplace_back(sizeof(float));
+  }
+}
+
+void* residualOutOf(const Call& c, int r) {
+  return c.inPlaceResidual ? c.dResidualIn[r].get() : c.dResidualOut[r].get();
+}
+void* outOf(const Call& c, int r) { return c.inPlaceOutput ? c.dInput[r].get() : c.dOut[r].get(); }
+
+// Copies the host inputs to every rank (on the ranks' streams) and poisons the outputs.
+void upload(const Call& c, const Ranks& ranks) {
+  for (int r = 0; r < ranks.size(); ++r) {
+    ranks.use(r);
+    cudaStream_t s = ranks.streams[r];
+    cudaMemcpyAsync(c.dInput[r].get(), c.input[r].data(), c.bytes(), cudaMemcpyHostToDevice, s);
+    cudaMemcpyAsync(c.dResidualIn[r].get(), c.residual.data(), c.bytes(), cudaMemcpyHostToDevice,
+                    s);
+    cudaMemcpyAsync(c.dWeight[r].get(), c.weight.data(), c.weight.size(), cudaMemcpyHostToDevice,
+                    s);
+    cudaMemcpyAsync(c.dScale[r].get(), &c.scale, sizeof(float), cudaMemcpyHostToDevice, s);
+    if (!c.inPlaceResidual) cudaMemsetAsync(c.dResidualOut[r].get(), 0xff, c.bytes(), s);
+    if (!c.inPlaceOutput) cudaMemsetAsync(c.dOut[r].get(), 0xff, c.outBytes(), s);
+    cudaStreamSynchronize(s);
+  }
+}
+
+tpcResult_t issue(const Call& c, const Ranks& ranks, std::string* message) {
+  tpcResult_t first = tpcGroupStart();
+  for (int r = 0; r < ranks.size() && first == tpcSuccess; ++r) {
+    ranks.use(r);
+    first = tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
+                                   c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
+                                   c.eps, c.type, c.outType, c.dScale[r].get<float>(),
+                                   ranks.comms[r], ranks.streams[r]);
+    if (first != tpcSuccess) *message = tpcCommGetLastError(ranks.comms[r]);
+  }
+  const tpcResult_t ended = tpcGroupEnd();
+  if (first == tpcSuccess && ended != tpcSuccess) {
+    first = ended;
+    *message = tpcCommGetLastError(nullptr);
+  }
+  return first;
+}
+
+struct Results {
+  std::vector<std::vector<uint8_t>> residual, out;  // by rank
+};
+
+Results download(const Call& c, const Ranks& ranks) {
+  Results res;
+  for (int r = 0; r < ranks.size(); ++r) {
+    ranks.use(r);
+    cudaStreamSynchronize(ranks.streams[r]);
+    res.residual.emplace_back(c.bytes());
+    res.out.emplace_back(c.outBytes());
+    cudaMemcpy(res.residual.back().data(), residualOutOf(c, r), c.bytes(), cudaMemcpyDeviceToHost);
+    cudaMemcpy(res.out.back().data(), outOf(c, r), c.outBytes(), cudaMemcpyDeviceToHost);
+  }
+  return res;
+}
+
+// The new residual a rank must hold, given the residual it started from: exact, as bits.
+std::vector<uint8_t> referenceResidual(const Call& c, const std::vector<uint8_t>& residualIn) {
+  std::vector<uint8_t> next(c.bytes());
+  for (size_t i = 0; i < c.elems(); ++i) {
+    double sum = 0.0;
+    for (const auto& in : c.input) sum += decode(c.type, &in[2 * i]);
+    uint8_t rounded[2];
+    encode(c.type, sum, rounded);
+    encode(c.type, decode(c.type, rounded) + decode(c.type, &residualIn[2 * i]), &next[2 * i]);
+  }
+  return next;
+}
+
+// Compares rank 0's results with the reference from `expectedResidual`, then every rank's bits
+// with rank 0's. Returns a description of the first few mismatches ("" when none).
+std::string verify(const Call& c, const Results& got,
+                   const std::vector<uint8_t>& expectedResidual) {
+  std::string errors;
+  int reported = 0;
+  auto report = [&](const std::string& what) {
+    if (++reported <= 5) errors += what + "\n";
+  };
+  const size_t h = c.shape.hidden;
+  const size_t outSize = sizeOf(c.outType);
+  for (size_t row = 0; row < c.shape.rows; ++row) {
+    double squares = 0.0;
+    for (size_t j = 0; j < h; ++j) {
+      const size_t i = row * h + j;
+      const double want = decode(c.type, &expectedResidual[2 * i]);
+      const double have = decode(c.type, &got.residual[0][2 * i]);
+      if (!(want == have || (std::isnan(want) && std::isnan(have)))) {
+        report("residual row " + std::to_string(row) + " col " + std::to_string(j) + ": got " +
+               std::to_string(have) + ", want " + std::to_string(want));
+      }
+      squares += want * want;
+    }
+    const double inverseRms = 1.0 / std::sqrt(squares / h + static_cast<double>(c.eps));
+    for (size_t j = 0; j < h; ++j) {
+      const size_t i = row * h + j;
+      double y =
+          decode(c.type, &expectedResidual[2 * i]) * inverseRms * decode(c.type, &c.weight[2 * j]);
+      if (outSize == 1) y *= 1.0 / static_cast<double>(c.scale);
+      const double have = decode(c.outType, &got.out[0][outSize * i]);
+      if (!roundsTo(c.outType, y, have)) {
+        report("out row " + std::to_string(row) + " col " + std::to_string(j) + ": got " +
+               std::to_string(have) + ", want " + std::to_string(y));
+      }
+    }
+  }
+  for (size_t r = 1; r < got.out.size(); ++r) {
+    if (got.residual[r] != got.residual[0] || got.out[r] != got.out[0]) {
+      report("rank " + std::to_string(r) + " holds other bits than rank 0");
+    }
+  }
+  if (reported > 5) errors += std::to_string(reported - 5) + " more\n";
+  return errors;
+}
+
+// Runs one call on fresh inputs and checks it; the call's residual goes in place.
+void runAndVerify(Call* c, const Ranks& ranks, uint32_t seed, Results* results = nullptr) {
+  fillHost(c, ranks.size(), seed);
+  if (c->dInput.empty()) allocate(c, ranks);
+  upload(*c, ranks);
+  std::string message;
+  ASSERT_EQ(tpcSuccess, issue(*c, ranks, &message)) << message;
+  const Results got = download(*c, ranks);
+  const std::string errors = verify(*c, got, referenceResidual(*c, c->residual));
+  EXPECT_EQ("", errors) << c->shape.rows << " x " << c->shape.hidden << " " << ranks.size()
+                        << " ranks";
+  if (results != nullptr) *results = got;
+}
+
+tpcConfig_t configFor(tpcAlgorithm_t algorithm) {
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.algorithm = algorithm;
+  return config;
+}
+
+bool ncclAvailable(const Ranks& ranks) {
+  tpcPathInfo_t info;
+  return tpcCommGetPathInfo(ranks.comms[0], &info) == tpcSuccess && info.ncclAvailable;
+}
+
+class FusedNormShapes : public ::testing::TestWithParam<std::tuple<tpcAlgorithm_t, tpcDataType_t>> {
+};
+
+// Every hidden size of the models engines serve, and odd ones, from one row to thousands.
+TEST_P(FusedNormShapes, MatchReferenceOnTwoRanks) {
+  SKIP_WITHOUT_GPU();
+  const tpcAlgorithm_t algorithm = std::get<0>(GetParam());
+  if (algorithm == tpcAlgoNccl && gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
+  Ranks ranks(2, configFor(algorithm));
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  if (algorithm == tpcAlgoNccl && !ncclAvailable(ranks)) GTEST_SKIP() << "no NCCL here";
+  const Shape shapes[] = {{1, 2048},  {1, 4096},   {1, 5120},    {1, 6144},
+                          {1, 7168},  {1, 8192},   {1, 12288},   {1, 16384},
+                          {3, 8},     {7, 1000},   {5, 2056},    {64, 8192},
+                          {33, 5120}, {517, 7168}, {4096, 2048}, {1024, 16384}};
+  uint32_t seed = 1;
+  for (const Shape& shape : shapes) {
+    Call c;
+    c.type = std::get<1>(GetParam());
+    c.outType = c.type;
+    c.shape = shape;
+    runAndVerify(&c, ranks, seed++);
+    if (HasFailure()) return;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Algorithms, FusedNormShapes,
+                         ::testing::Combine(::testing::Values(tpcAlgoAuto, tpcAlgoPushOneShot,
+                                                              tpcAlgoPushTwoShot, tpcAlgoNccl),
+                                            ::testing::Values(tpcBfloat16, tpcFloat16)),
+                         [](const ::testing::TestParamInfo<FusedNormShapes::ParamType>& info) {
+                           return algorithmTestName(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) == tpcBfloat16 ? "_bfloat16"
+                                                                          : "_float16");
+                         });
+
+class FusedNormWorld : public ::testing::TestWithParam<int> {};
+
+// Every world size, both kernels, FP8 outputs and out-of-place buffers.
+TEST_P(FusedNormWorld, EveryKernelAndOutput) {
+  SKIP_WITHOUT_GPU();
+  const int n = GetParam();
+  uint32_t seed = 100;
+  for (tpcAlgorithm_t algorithm : {tpcAlgoPushOneShot, tpcAlgoPushTwoShot}) {
+    Ranks ranks(n, configFor(algorithm));
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    for (tpcDataType_t outType : {tpcBfloat16, tpcFloat8e4m3, tpcFloat8e5m2}) {
+      for (const Shape& shape : {Shape{1, 8192}, Shape{6, 6144},
+                                 Shape{static_cast<size_t>(n) + 1, 5120}, Shape{130, 2048}}) {
+        Call c;
+        c.outType = outType;
+        c.shape = shape;
+        c.scale = outType == tpcFloat8e4m3 ? 0.01f : 3.0f;  // e4m3 saturates some elements
+        c.inPlaceResidual = shape.rows % 2 == 0;
+        c.inPlaceOutput = outType == tpcBfloat16 && shape.rows == 1;
+        runAndVerify(&c, ranks, seed++);
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, FusedNormWorld, ::testing::Range(2, 9),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::to_string(info.param) + "ranks";
+                         });
+
+// The fused one-shot and two-shot kernels, and NCCL with the norm kernel, give the same bits (two
+// ranks: every all-reduce rounds a + b once).
+TEST(FusedNorm, EveryPathGivesTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  std::vector<Results> results;
+  for (tpcAlgorithm_t algorithm : {tpcAlgoPushOneShot, tpcAlgoPushTwoShot, tpcAlgoNccl}) {
+    if (algorithm == tpcAlgoNccl && gpuCount() < 2) continue;  // NCCL needs a GPU per rank
+    Ranks ranks(2, configFor(algorithm));
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    if (algorithm == tpcAlgoNccl && !ncclAvailable(ranks)) continue;
+    for (tpcDataType_t outType : {tpcBfloat16, tpcFloat8e4m3}) {
+      Call c;
+      c.outType = outType;
+      c.shape = {37, 7168};
+      c.scale = 0.5f;
+      results.emplace_back();
+      runAndVerify(&c, ranks, 7 + outType, &results.back());
+    }
+  }
+  ASSERT_GE(results.size(), 4u);
+  for (size_t k = 2; k < results.size(); ++k) {
+    EXPECT_TRUE(results[k].residual == results[k % 2].residual) << "path " << k / 2;
+    EXPECT_TRUE(results[k].out == results[k % 2].out) << "path " << k / 2;
+  }
+}
+
+// NaN, infinities, sums that overflow, zero rows where eps alone keeps the norm finite (and eps = 0
+// where it does not), and subnormals (with eps: float32 squares of bfloat16's smallest subnormals
+// are 0, where float64's are not).
+TEST(FusedNorm, SpecialValues) {
+  SKIP_WITHOUT_GPU();
+  for (tpcAlgorithm_t algorithm : {tpcAlgoPushOneShot, tpcAlgoPushTwoShot}) {
+    Ranks ranks(2, configFor(algorithm));
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    for (tpcDataType_t type : {tpcBfloat16, tpcFloat16}) {
+      for (float eps : {1e-6f, 0.0f}) {
+        Call c;
+        c.type = c.outType = type;
+        c.shape = {6, 2048};
+        c.eps = eps;
+        fillHost(&c, 2, 77);
+        const size_t h = c.shape.hidden;
+        const double huge = formatOf(type).maxFinite;
+        const double tiny = type == tpcFloat16 ? std::ldexp(1.0, -24) : std::ldexp(1.0, -133);
+        for (size_t j = 0; j < h; ++j) {
+          for (int r = 0; r < 2; ++r) {
+            encode(type, 0.0, &c.input[r][2 * j]);                                    // row 0: zero
+            if (eps > 0) encode(type, tiny * (r + 1), &c.input[r][2 * (4 * h + j)]);  // row 4
+          }
+          encode(type, 0.0, &c.residual[2 * j]);
+          if (eps > 0) encode(type, 0.0, &c.residual[2 * (4 * h + j)]);
+          encode(type, huge, &c.input[0][2 * (3 * h + j)]);  // row 3: sums overflow
+          encode(type, huge, &c.input[1][2 * (3 * h + j)]);
+        }
+        encode(type, std::numeric_limits<double>::quiet_NaN(), &c.input[1][2 * (1 * h + 5)]);
+        encode(type, std::numeric_limits<double>::infinity(), &c.input[0][2 * (2 * h + 9)]);
+        encode(type, -std::numeric_limits<double>::infinity(), &c.residual[2 * (5 * h + 1)]);
+        allocate(&c, ranks);
+        upload(c, ranks);
+        std::string message;
+        ASSERT_EQ(tpcSuccess, issue(c, ranks, &message)) << message;
+        const Results got = download(c, ranks);
+        EXPECT_EQ("", verify(c, got, referenceResidual(c, c.residual)))
+            << "eps " << eps << ", " << (type == tpcBfloat16 ? "bfloat16" : "float16");
+        // Spot checks that do not trust the reference: a zero row is 0 with eps and NaN without.
+        const double zeroOut = decode(type, &got.out[0][2 * 3]);
+        EXPECT_TRUE(eps > 0 ? zeroOut == 0.0 : std::isnan(zeroOut)) << zeroOut;
+        EXPECT_TRUE(std::isnan(decode(type, &got.out[0][2 * (1 * h + 100)])));
+        EXPECT_TRUE(std::isinf(decode(type, &got.residual[0][2 * (3 * h + 7)])));
+      }
+    }
+  }
+}
+
+// A model's layers in a graph: the residual flows from call to call in place; the graph is
+// replayed with fresh inputs, and the rotation of the receive buffers continues into eager calls.
+TEST(FusedNorm, GraphReplaysWithFreshInputs) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kCalls = 8;
+  constexpr int kReplays = 3;
+  for (const Shape& shape : {Shape{4, 8192}, Shape{1024, 4096}}) {
+    Ranks ranks(2);
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    Call c;
+    c.shape = shape;
+    fillHost(&c, 2, 1);
+    allocate(&c, ranks);
+    std::vector<cudaGraphExec_t> exec(2, nullptr);
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      cudaGraph_t graph;
+      CUDA_OK(cudaStreamBeginCapture(ranks.streams[r], cudaStreamCaptureModeThreadLocal));
+      for (int k = 0; k < kCalls; ++k) {
+        ASSERT_EQ(tpcSuccess,
+                  tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(),
+                                         c.dResidualIn[r].get(), c.dWeight[r].get(),
+                                         c.dOut[r].get(), shape.rows, shape.hidden, c.eps, c.type,
+                                         c.outType, nullptr, ranks.comms[r], ranks.streams[r]))
+            << tpcCommGetLastError(ranks.comms[r]);
+      }
+      CUDA_OK(cudaStreamEndCapture(ranks.streams[r], &graph));
+      CUDA_OK(cudaGraphInstantiate(&exec[r], graph, 0));
+      CUDA_OK(cudaGraphDestroy(graph));
+    }
+    for (int replay = 0; replay < kReplays; ++replay) {
+      fillHost(&c, 2, 10 + replay);
+      upload(c, ranks);
+      for (int r = 0; r < 2; ++r) {
+        ranks.use(r);
+        CUDA_OK(cudaGraphLaunch(exec[r], ranks.streams[r]));
+      }
+      std::vector<uint8_t> residual = c.residual;
+      for (int k = 0; k < kCalls; ++k) residual = referenceResidual(c, residual);
+      EXPECT_EQ("", verify(c, download(c, ranks), residual)) << "replay " << replay;
+    }
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      cudaGraphExecDestroy(exec[r]);
+    }
+    runAndVerify(&c, ranks, 99);
+  }
+}
+
+// Fused calls share the push kernels' receive buffers: plain all-reduces of every push algorithm
+// and size in between must neither disturb them nor be disturbed.
+TEST(FusedNorm, InterleavesWithAllReduces) {
+  SKIP_WITHOUT_GPU();
+  using T = __nv_bfloat16;
+  Ranks ranks(2);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const size_t count = 3 << 20;
+  std::vector<DeviceBuffer> in, out;
+  std::vector<Counter> wrong;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    in.emplace_back(count * sizeof(T));
+    out.emplace_back(count * sizeof(T));
+    wrong.emplace_back();
+  }
+  Call small, large;
+  small.shape = {2, 5120};
+  large.shape = {700, 8192};
+  for (int step = 0; step < 12; ++step) {
+    const size_t n = step % 3 == 0 ? count : 1000 + 4099 * step;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      fillExact<<<checkGrid(n), 256, 0, ranks.streams[r]>>>(in[r].get<T>(), n, r, step);
+    }
+    std::string message;
+    ASSERT_EQ(tpcSuccess, allReduceAll(ranks, {in[0].get(), in[1].get()},
+                                       {out[0].get(), out[1].get()}, n, tpcBfloat16, &message))
+        << message;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      checkExact<<<checkGrid(n), 256, 0, ranks.streams[r]>>>(out[r].get<T>(), n, 2, step,
+                                                             wrong[r].get());
+    }
+    runAndVerify(step % 2 ? &large : &small, ranks, 500 + step);
+    if (HasFailure()) return;
+  }
+  CUDA_OK(ranks.syncAll());
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+  }
+}
+
+// A rank that never makes its call: the other's fused kernel gives up after the timeout and names
+// it. Ranks that make different calls fail instead of mixing them.
+TEST(FusedNorm, WaitsAreBoundedAndCallsChecked) {
+  SKIP_WITHOUT_GPU();
+  for (bool mismatch : {false, true}) {
+    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+    config.timeoutMs = 1000;
+    config.algorithm = tpcAlgoPushOneShot;
+    Ranks ranks(2, config);
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    Call c;
+    c.shape = {4, 4096};
+    fillHost(&c, 2, 3);
+    allocate(&c, ranks);
+    upload(c, ranks);
+    ranks.use(0);
+    ASSERT_EQ(tpcSuccess, tpcAllReduceAddRmsNorm(c.dInput[0].get(), c.dResidualIn[0].get(),
+                                                 c.dResidualIn[0].get(), c.dWeight[0].get(),
+                                                 c.dOut[0].get(), 4, 4096, c.eps, c.type, c.outType,
+                                                 nullptr, ranks.comms[0], ranks.streams[0]));
+    if (mismatch) {
+      // The same bytes as a plain all-reduce: only the tags tell them apart.
+      ranks.use(1);
+      ASSERT_EQ(tpcSuccess, tpcAllReduce(c.dInput[1].get(), c.dOut[1].get(), 4 * 4096, tpcBfloat16,
+                                         tpcSum, ranks.comms[1], ranks.streams[1]));
+    }
+    ranks.syncAll();
+    tpcResult_t async = tpcSuccess;
+    ASSERT_EQ(tpcSuccess, tpcCommGetAsyncError(ranks.comms[0], &async));
+    const std::string text = tpcCommGetLastError(ranks.comms[0]);
+    if (mismatch) {
+      // Whichever rank compares the tags first fails with the mismatch; the other may see it
+      // fail first and stop naming it.
+      bool seen = false;
+      for (int r = 0; r < 2; ++r) {
+        tpcResult_t result = tpcSuccess;
+        ASSERT_EQ(tpcSuccess, tpcCommGetAsyncError(ranks.comms[r], &result));
+        const std::string said = tpcCommGetLastError(ranks.comms[r]);
+        EXPECT_TRUE(result == tpcInvalidUsage || result == tpcRemoteError) << said;
+        seen = seen || (result == tpcInvalidUsage && said.find("different call") != said.npos);
+      }
+      EXPECT_TRUE(seen) << "no rank reported the different calls";
+    } else {
+      EXPECT_EQ(tpcTimeout, async) << text;
+      EXPECT_NE(std::string::npos, text.find("waiting for rank 1")) << text;
+      EXPECT_NE(std::string::npos, text.find("fused with RMSNorm")) << text;
+    }
+  }
+}
+
+// One rank alone: the norm kernel over its own input.
+TEST(FusedNorm, OneRank) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(1);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  for (tpcDataType_t outType : {tpcBfloat16, tpcFloat8e4m3}) {
+    Call c;
+    c.outType = outType;
+    c.shape = {19, 6144};
+    runAndVerify(&c, ranks, 40 + outType);
+  }
+}
+
+// Arguments the call refuses on a live communicator, each with its own code and a sentence.
+TEST(FusedNorm, RejectsWhatItCannotDo) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(1);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  DeviceBuffer a(1 << 20), b(1 << 20), w(1 << 16), o(1 << 20);
+  tpcComm_t comm = ranks.comms[0];
+  cudaStream_t s = ranks.streams[0];
+  auto call = [&](size_t hidden, tpcDataType_t type, tpcDataType_t outType, const void* out,
+                  const float* scale) {
+    return tpcAllReduceAddRmsNorm(a.get(), b.get(), b.get(), w.get(), const_cast<void*>(out), 4,
+                                  hidden, 1e-5f, type, outType, scale, comm, s);
+  };
+  EXPECT_EQ(tpcNotSupported, call(20000, tpcBfloat16, tpcBfloat16, o.get(), nullptr));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("hidden size"));
+  EXPECT_EQ(tpcNotSupported, call(4100, tpcBfloat16, tpcBfloat16, o.get(), nullptr));
+  EXPECT_EQ(tpcNotSupported, call(4096, tpcFloat32, tpcFloat32, o.get(), nullptr));
+  EXPECT_EQ(tpcInvalidArgument, call(4096, tpcBfloat16, tpcFloat8e4m3, o.get(), nullptr));
+  EXPECT_EQ(tpcInvalidArgument, call(4096, tpcBfloat16, tpcFloat16, o.get(), nullptr));
+  EXPECT_EQ(tpcInvalidArgument,
+            call(4096, tpcBfloat16, tpcBfloat16, o.get<char>() + 8, nullptr));  // unaligned
+  EXPECT_EQ(tpcInvalidArgument,
+            call(4096, tpcBfloat16, tpcBfloat16, b.get<char>() + 4096, nullptr));  // overlap
+  EXPECT_EQ(tpcSuccess, call(4096, tpcBfloat16, tpcBfloat16, a.get(), nullptr)) << "in place";
+  CUDA_OK(cudaStreamSynchronize(s));
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace tpcomm
