@@ -181,6 +181,54 @@ TEST(PerfReport, MessagesRoundTrip) {
   EXPECT_FALSE(decodeRank("ROW 1 2 3", &info2));
 }
 
+TEST(PerfOptions, FusedModeSweepsWholeRows) {
+  Options o;
+  ASSERT_TRUE(parse({"--fused", "5120", "-b", "10K", "-e", "5M"}, &o));
+  EXPECT_EQ(5120u, o.fusedHidden);
+  EXPECT_EQ(10240u, sweepUnit(o));
+  const std::vector<size_t> sizes = sweepSizes(o, sweepUnit(o));
+  ASSERT_EQ(10u, sizes.size()) << "1 to 512 tokens";
+  EXPECT_EQ(10240u, sizes.front());
+  EXPECT_EQ(512u * 10240u, sizes.back());
+  ASSERT_TRUE(parse({"--fused", "8192", "-b", "20K", "-e", "40K", "-i", "10K"}, &o));
+  EXPECT_EQ((std::vector<size_t>{16384, 32768}), sweepSizes(o, sweepUnit(o)))
+      << "sizes round down to whole rows, once each";
+  std::string error;
+  EXPECT_FALSE(parse({"--fused", "100"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("multiple of 8")) << error;
+  EXPECT_FALSE(parse({"--fused", "32768"}, &o, &error));
+  EXPECT_FALSE(parse({"--fused", "4096", "-d", "float"}, &o, &error));
+  EXPECT_FALSE(parse({"--fused", "4096", "-a", "nccl"}, &o, &error));
+}
+
+TEST(PerfReport, FusedRowsRoundTripAndPrintTokens) {
+  Row row;
+  row.bytes = 64 * 16384;
+  row.count = 64 * 8192;
+  row.hidden = 8192;
+  row.outOfPlace = {6.0, 0};
+  row.inPlace = {6.5, 0};
+  row.allReduceUs = 5.0;
+  row.ncclUs = 18.0;
+  row.algo = "push-oneshot";
+  Row back;
+  ASSERT_TRUE(decodeRow(encodeRow(row), &back));
+  EXPECT_EQ(8192u, back.hidden);
+  EXPECT_DOUBLE_EQ(5.0, back.allReduceUs);
+  EXPECT_EQ(64u, back.tokens());
+  Report r;
+  r.dtype = "bfloat16";
+  r.nranks = 2;
+  r.fusedHidden = 8192;
+  const std::string line = formatRow(r, row);
+  EXPECT_EQ(
+      "       64    8192     1048576  bfloat16     6.00  174.76       0     6.50  161.32       0 "
+      " push-oneshot     5.00     1.20x      18.00    3.00x\n",
+      line);
+  EXPECT_NE(std::string::npos, formatHeader(r).find("tokens"));
+  EXPECT_NE(std::string::npos, formatJson(r).find("all_reduce_add_rmsnorm"));
+}
+
 Report goldenReport() {
   Report r;
   r.version = "0.1.0";

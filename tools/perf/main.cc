@@ -183,6 +183,7 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
   report.graphLaunches = o.graphLaunches;
   report.check = o.check;
   report.zeroCopy = o.zeroCopy;
+  report.fusedHidden = o.fusedHidden;
   report.dtype = dataTypeName(o.dtype);
   report.algo = o.algo;
   report.nranks = o.nranks > 0 ? o.nranks : (gpus > 1 ? gpus : 4);

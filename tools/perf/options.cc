@@ -26,7 +26,7 @@ bool parseInt(const char* text, int minimum, int* out) {
 }
 
 constexpr const char* kShort = "b:e:f:i:n:w:c:d:o:G:J:a:g:th";
-enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kZeroCopy, kWorker, kIds };
+enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kZeroCopy, kFused, kWorker, kIds };
 const option kLong[] = {
     {"minbytes", required_argument, nullptr, 'b'},
     {"maxbytes", required_argument, nullptr, 'e'},
@@ -48,6 +48,7 @@ const option kLong[] = {
     {"nccl", required_argument, nullptr, kNccl},
     {"processes", no_argument, nullptr, kProcesses},
     {"zero-copy", no_argument, nullptr, kZeroCopy},
+    {"fused", required_argument, nullptr, kFused},
     {"worker", required_argument, nullptr, kWorker},
     {"ids", required_argument, nullptr, kIds},
     {nullptr, 0, nullptr, 0},
@@ -79,6 +80,11 @@ std::string usage() {
          "      --nccl <on|off>        time NCCL beside tpcomm where it can run (default on)\n"
          "      --zero-copy            read peers' inputs in place: captured calls registered\n"
          "                             after capture, eager calls on a registered pool\n"
+         "      --fused <hidden>       time the all-reduce fused with the residual add and\n"
+         "                             RMSNorm (tpcAllReduceAddRmsNorm) on rows of <hidden>\n"
+         "                             elements, beside tpcomm's all-reduce alone and NCCL's\n"
+         "                             all-reduce followed by the norm kernel; sizes become\n"
+         "                             whole rows (tokens)\n"
          "  -J, --output_file <file>   also write the results as JSON\n"
          "  -h, --help                 this text\n";
 }
@@ -198,6 +204,14 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
       case kZeroCopy:
         o.zeroCopy = true;
         break;
+      case kFused: {
+        int hidden = 0;
+        if (!parseInt(optarg, 8, &hidden) || hidden % 8 != 0 || hidden > 16384) {
+          return bad("bad --fused hidden size '" + arg + "' (a multiple of 8 up to 16384)");
+        }
+        o.fusedHidden = static_cast<size_t>(hidden);
+        break;
+      }
       case kNccl:
         if (arg != "on" && arg != "off") return bad("bad --nccl value '" + arg + "' (on or off)");
         o.nccl = arg == "on";
@@ -223,8 +237,18 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
   if (o.algo == "nccl" && !o.nccl) return bad("--algo nccl needs --nccl on");
   if (o.threads && o.processes) return bad("-t and --processes exclude each other");
   if (o.zeroCopy && o.algo == "nccl") return bad("--zero-copy is tpcomm's, not NCCL's");
+  if (o.fusedHidden != 0) {
+    if (o.dtype == tpcFloat32) return bad("--fused takes half or bfloat16 rows");
+    if (o.zeroCopy) return bad("--fused reads its input locally: no --zero-copy");
+    if (o.algo == "nccl") return bad("--fused times NCCL + norm beside tpcomm: no --algo nccl");
+  }
   *out = o;
   return true;
+}
+
+size_t sweepUnit(const Options& o) {
+  const size_t elemBytes = o.dtype == tpcFloat32 ? 4 : 2;
+  return o.fusedHidden != 0 ? o.fusedHidden * elemBytes : elemBytes;
 }
 
 std::vector<size_t> sweepSizes(const Options& o, size_t elemBytes) {

@@ -27,6 +27,8 @@ struct Options {
   bool nccl = true;           // time NCCL beside tpcomm where it can run
   bool zeroCopy = false;      // graph calls read peers' inputs in place; eager calls too, from a
                               // registered pool
+  size_t fusedHidden = 0;     // --fused: time tpcAllReduceAddRmsNorm on rows of this many
+                              // elements (message sizes become whole rows)
   std::string jsonPath;
 
   // Set on the processes tpcomm-perf starts for its ranks.
@@ -43,6 +45,9 @@ std::string usage();
 bool parseSize(const std::string& text, size_t* bytes);
 bool parseDataType(const std::string& text, tpcDataType_t* type);
 const char* dataTypeName(tpcDataType_t type);  // nccl-tests' names: float, half, bfloat16
+
+// Bytes of the unit a sweep's sizes are whole numbers of: a row in --fused mode, else an element.
+size_t sweepUnit(const Options& options);
 
 // Message sizes of the sweep in bytes, each a whole number of elements of `elemBytes`, from
 // minBytes to maxBytes by stepBytes or stepFactor. Sizes smaller than one element are skipped.

@@ -13,6 +13,7 @@
 #include "core/config.h"
 #include "perf/rank.h"
 #include "perf/report.h"
+#include "tpcomm/device/fused.cuh"
 #include "verifiable/verifiable.cuh"
 
 namespace tpcomm {
@@ -22,6 +23,19 @@ namespace {
 struct RankError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+constexpr float kEps = 1e-6f;
+
+// Counts the 16-bit words where a and b differ.
+__global__ void countDifferent(const uint16_t* a, const uint16_t* b, size_t n,
+                               unsigned long long* wrong) {
+  unsigned long long mine = 0;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    mine += a[i] != b[i];
+  }
+  if (mine != 0) atomicAdd(wrong, mine);
+}
 
 void cudaTry(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw RankError(std::string(what) + ": " + cudaGetErrorString(err));
@@ -39,8 +53,10 @@ void sendMessage(int fd, const std::string& line) {
 }
 
 // Who carries a timed call: tpcomm, NCCL on ordinary buffers, or NCCL on symmetric registered
-// windows (its fastest single-node path without multicast).
-enum class Carrier { kTpcomm, kNccl, kNcclSymmetric };
+// windows (its fastest single-node path without multicast). In --fused mode tpcomm makes the fused
+// call and NCCL's all-reduce is followed by the norm kernel; kTpcommAllReduce is tpcomm's
+// all-reduce alone.
+enum class Carrier { kTpcomm, kNccl, kNcclSymmetric, kTpcommAllReduce };
 
 // Everything one rank owns.
 struct Rank {
@@ -55,6 +71,9 @@ struct Rank {
   nccl::Window symSendWindow = nullptr;
   nccl::Window symRecvWindow = nullptr;
   void* barrierBuf = nullptr;
+  void* residual = nullptr;  // --fused: a pool like send's, updated in place by every call
+  void* weight = nullptr;    // --fused: one row
+  void* check = nullptr;     // --fused: the first residual, and the unfused sequence's results
   unsigned long long* wrong = nullptr;
   cudaEvent_t start = nullptr;
   cudaEvent_t stop = nullptr;
@@ -66,7 +85,10 @@ struct Rank {
 class Bench {
  public:
   Bench(const Options& options, const RankGroup& group)
-      : o_(options), g_(group), elemBytes_(options.dtype == tpcFloat32 ? 4 : 2) {
+      : o_(options),
+        g_(group),
+        elemBytes_(options.dtype == tpcFloat32 ? 4 : 2),
+        fused_(options.fusedHidden != 0) {
     for (const LocalRank& id : group.local) ranks_.push_back(Rank{id});
   }
 
@@ -75,7 +97,8 @@ class Bench {
       if (r.stream != nullptr) cudaStreamSynchronize(r.stream);
     });
     forEach([&](Rank& r) {
-      for (void* p : {r.send, r.recv, r.barrierBuf, static_cast<void*>(r.wrong)}) {
+      for (void* p : {r.send, r.recv, r.barrierBuf, r.residual, r.weight, r.check,
+                      static_cast<void*>(r.wrong)}) {
         if (p != nullptr) cudaFree(p);
       }
       if (r.start != nullptr) cudaEventDestroy(r.start);
@@ -130,9 +153,23 @@ class Bench {
         verifiable::fillRandom<<<verifiable::grid(n), 256, 0, r.stream>>>(static_cast<T*>(r.recv),
                                                                           n, r.id.rank, 2);
       });
+      if (fused_) {
+        const size_t rowBytes = o_.fusedHidden * elemBytes_;
+        cudaTry(cudaMalloc(&r.residual, poolBytes_), "cudaMalloc of the residual pool");
+        cudaTry(cudaMalloc(&r.weight, rowBytes), "cudaMalloc of the weight");
+        cudaTry(cudaMalloc(&r.check, 3 * o_.maxBytes), "cudaMalloc of the check buffers");
+        dispatch([&](auto zero) {
+          using T = decltype(zero);
+          const size_t n = poolBytes_ / sizeof(T);
+          verifiable::fillRandom<<<verifiable::grid(n), 256, 0, r.stream>>>(
+              static_cast<T*>(r.residual), n, 0, 5);
+          verifiable::fillRandom<<<verifiable::grid(o_.fusedHidden), 256, 0, r.stream>>>(
+              static_cast<T*>(r.weight), o_.fusedHidden, 0, 6);
+        });
+      }
       cudaTry(cudaStreamSynchronize(r.stream), "filling the pools");
     });
-    if (symmetric()) setUpSymmetricWindows();
+    if (symmetric() && !fused_) setUpSymmetricWindows();
     if (o_.zeroCopy && o_.graphLaunches == 0) {
       // Eager zero-copy: every rank registers its send pool, and the calls' offsets into it agree.
       collective("tpcCommRegister", [&](Rank& r) {
@@ -162,19 +199,23 @@ class Bench {
     const Carrier primary = ncclPrimary ? Carrier::kNccl : Carrier::kTpcomm;
     const bool ncclBeside = !ncclPrimary && ranks_.front().ncclComm != nullptr;
     bool allRight = true;
-    for (size_t bytes : sweepSizes(o_, elemBytes_)) {
+    for (size_t bytes : sweepSizes(o_, sweepUnit(o_))) {
       std::vector<Row> rows(ranks_.size());
       const size_t count = bytes / elemBytes_;
       const std::vector<double> outOfPlace = measure(count, false, primary);
       const std::vector<double> inPlace = measure(count, true, primary);
       std::vector<uint64_t> wrongOut(ranks_.size()), wrongIn(ranks_.size());
       if (o_.check) {
-        wrongOut = verify(count, false, primary);
-        wrongIn = verify(count, true, primary);
+        wrongOut = fused_ ? verifyFused(count, false) : verify(count, false, primary);
+        wrongIn = fused_ ? verifyFused(count, true) : verify(count, true, primary);
       }
       std::vector<double> ncclTimes(ranks_.size(), -1), symTimes(ranks_.size(), -1);
+      std::vector<double> allReduceTimes(ranks_.size(), -1);
       if (ncclBeside) ncclTimes = measure(count, false, Carrier::kNccl);
-      if (ncclBeside && symmetric()) symTimes = measure(count, false, Carrier::kNcclSymmetric);
+      if (ncclBeside && symmetric() && !fused_) {
+        symTimes = measure(count, false, Carrier::kNcclSymmetric);
+      }
+      if (fused_) allReduceTimes = measure(count, false, Carrier::kTpcommAllReduce);
       for (size_t i = 0; i < ranks_.size(); ++i) {
         Row row;
         row.bytes = bytes;
@@ -183,6 +224,8 @@ class Bench {
         row.inPlace = {inPlace[i], wrongIn[i]};
         row.ncclUs = ncclTimes[i];
         row.ncclSymUs = symTimes[i];
+        row.hidden = o_.fusedHidden;
+        row.allReduceUs = allReduceTimes[i];
         row.algo = ncclPrimary ? "nccl" : chosenAlgorithm(ranks_[i], count);
         allRight = allRight && wrongOut[i] == 0 && wrongIn[i] == 0;
         sendMessage(ranks_[i].id.messageFd, encodeRow(row));
@@ -328,7 +371,39 @@ class Bench {
     return algorithmName(algo);
   }
 
+  // The norm of rows of `count` elements in place over their sums at `out`, with the residual at
+  // `residual`: what an engine runs after NCCL's all-reduce.
+  void normAfterAllReduce(Rank& r, void* out, void* residual, size_t count) {
+    device::AddNormParams p{};
+    p.sum = out;
+    p.norm.residualIn = residual;
+    p.norm.residualOut = residual;
+    p.norm.weight = r.weight;
+    p.norm.out = out;
+    p.norm.eps = kEps;
+    p.norm.outType = device::kNormOutInput;
+    p.norm.hidden = static_cast<uint32_t>(o_.fusedHidden);
+    p.norm.hiddenVectors = static_cast<uint32_t>(o_.fusedHidden * elemBytes_ / 16);
+    p.norm.rows = count / o_.fusedHidden;
+    const int blocks = static_cast<int>(std::min<size_t>(p.norm.rows, 1 << 16));
+    dispatch([&](auto zero) {
+      using T = decltype(zero);
+      if constexpr (sizeof(T) == 2) {
+        cudaTry(device::launchAddRmsNorm<T>(p, blocks, false, r.stream), "the norm kernel");
+      }
+    });
+  }
+
+  void fusedCall(Rank& r, const void* in, void* residual, void* out, size_t count) {
+    if (tpcAllReduceAddRmsNorm(in, residual, residual, r.weight, out, count / o_.fusedHidden,
+                               o_.fusedHidden, kEps, o_.dtype, o_.dtype, nullptr, r.comm,
+                               r.stream) != tpcSuccess) {
+      throw RankError(std::string("tpcAllReduceAddRmsNorm: ") + tpcCommGetLastError(r.comm));
+    }
+  }
+
   void allReduce(Rank& r, const void* in, void* out, size_t count, Carrier carrier) {
+    if (carrier == Carrier::kTpcommAllReduce) carrier = Carrier::kTpcomm;
     if (carrier != Carrier::kTpcomm) {
       if (nccl_->allReduce(in, out, count, o_.dtype, tpcSum, r.ncclComm, r.stream) !=
           nccl::kSuccess) {
@@ -351,19 +426,23 @@ class Bench {
         const bool sym = carrier == Carrier::kNcclSymmetric;
         char* out = static_cast<char*>(sym ? r.symRecv : r.recv) + offset;
         const char* in = inPlace ? out : static_cast<char*>(sym ? r.symSend : r.send) + offset;
-        allReduce(r, in, out, count, carrier);
+        if (fused_ && carrier == Carrier::kTpcomm) {
+          fusedCall(r, in, static_cast<char*>(r.residual) + offset, out, count);
+        } else {
+          allReduce(r, in, out, count, carrier);
+        }
       });
     };
-    if (carrier != Carrier::kTpcomm) {
+    if (fused_ && carrier == Carrier::kNccl) {
       ncclGroup(each);
-    } else if (ranks_.size() > 1) {
-      tpcGroupStart();
-      each();
-      if (tpcGroupEnd() != tpcSuccess) {
-        throw RankError(std::string("tpcGroupEnd: ") + tpcCommGetLastError(nullptr));
-      }
+      forEach([&](Rank& r) {
+        normAfterAllReduce(r, static_cast<char*>(r.recv) + offset,
+                           static_cast<char*>(r.residual) + offset, count);
+      });
+    } else if (carrier == Carrier::kNccl || carrier == Carrier::kNcclSymmetric) {
+      ncclGroup(each);
     } else {
-      each();
+      grouped(each);
     }
   }
 
@@ -467,9 +546,71 @@ class Bench {
     return wrong;
   }
 
+  // Words of one fused call that differ from the unfused sequence tpcomm's all-reduce + the norm
+  // kernel gives for the same inputs, per rank: both sum in rank order in float32 and normalise
+  // with the same code, so every bit must agree.
+  std::vector<uint64_t> verifyFused(size_t count, bool inPlace) {
+    const size_t bytes = count * elemBytes_;
+    const uint32_t seed = ++seed_;
+    auto region = [&](Rank& r, int k) { return static_cast<char*>(r.check) + k * bytes; };
+    forEach([&](Rank& r) {
+      dispatch([&](auto zero) {
+        using T = decltype(zero);
+        verifiable::fillRandom<<<verifiable::grid(count), 256, 0, r.stream>>>(
+            static_cast<T*>(r.send), count, r.id.rank, seed);
+        verifiable::fillRandom<<<verifiable::grid(count), 256, 0, r.stream>>>(
+            reinterpret_cast<T*>(region(r, 0)), count, 0, seed + 1);
+      });
+      cudaTry(
+          cudaMemcpyAsync(region(r, 1), region(r, 0), bytes, cudaMemcpyDeviceToDevice, r.stream),
+          "cudaMemcpyAsync");
+      cudaTry(cudaMemcpyAsync(r.residual, region(r, 0), bytes, cudaMemcpyDeviceToDevice, r.stream),
+              "cudaMemcpyAsync");
+      if (inPlace) {
+        cudaTry(cudaMemcpyAsync(r.recv, r.send, bytes, cudaMemcpyDeviceToDevice, r.stream),
+                "cudaMemcpyAsync");
+      } else {
+        cudaTry(cudaMemsetAsync(r.recv, 0xff, bytes, r.stream), "cudaMemsetAsync");
+      }
+      cudaTry(cudaMemsetAsync(r.wrong, 0, sizeof(*r.wrong), r.stream), "cudaMemsetAsync");
+    });
+    // The unfused sequence: residual in region 1, sums and then the norm in region 2.
+    grouped([&] {
+      forEach([&](Rank& r) { allReduce(r, r.send, region(r, 2), count, Carrier::kTpcomm); });
+    });
+    forEach([&](Rank& r) { normAfterAllReduce(r, region(r, 2), region(r, 1), count); });
+    callAll(0, count, inPlace, Carrier::kTpcomm);  // slot 0 of the pools: the buffers filled above
+    std::vector<uint64_t> wrong;
+    forEach([&](Rank& r) {
+      const size_t words = bytes / 2;
+      for (auto [a, b] : {std::make_pair(r.residual, static_cast<void*>(region(r, 1))),
+                          std::make_pair(r.recv, static_cast<void*>(region(r, 2)))}) {
+        countDifferent<<<verifiable::grid(words), 256, 0, r.stream>>>(
+            static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), words, r.wrong);
+      }
+      unsigned long long w = 0;
+      cudaTry(cudaMemcpyAsync(&w, r.wrong, sizeof(w), cudaMemcpyDeviceToHost, r.stream),
+              "reading the check");
+      cudaTry(cudaStreamSynchronize(r.stream), "checking the result");
+      wrong.push_back(w);
+    });
+    return wrong;
+  }
+
+  // Issues tpcomm calls of every rank, as a group where this thread drives several.
+  template <typename Fn>
+  void grouped(Fn fn) {
+    if (ranks_.size() > 1) tpcGroupStart();
+    fn();
+    if (ranks_.size() > 1 && tpcGroupEnd() != tpcSuccess) {
+      throw RankError(std::string("tpcGroupEnd: ") + tpcCommGetLastError(nullptr));
+    }
+  }
+
   const Options& o_;
   const RankGroup& g_;
   const size_t elemBytes_;
+  const bool fused_;
   std::vector<Rank> ranks_;
   const nccl::Library* nccl_ = nullptr;
   size_t poolBytes_ = 0;

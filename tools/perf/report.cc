@@ -94,6 +94,9 @@ Row combineRanks(const std::vector<Row>& perRank) {
     out.ncclUs = (out.ncclUs < 0 || row.ncclUs < 0) ? -1 : std::max(out.ncclUs, row.ncclUs);
     out.ncclSymUs =
         (out.ncclSymUs < 0 || row.ncclSymUs < 0) ? -1 : std::max(out.ncclSymUs, row.ncclSymUs);
+    out.allReduceUs = (out.allReduceUs < 0 || row.allReduceUs < 0)
+                          ? -1
+                          : std::max(out.allReduceUs, row.allReduceUs);
   }
   return out;
 }
@@ -105,7 +108,11 @@ uint64_t totalWrong(const Report& report) {
 }
 
 std::string formatPreamble(const Report& r) {
-  std::string out = "# tpcomm-perf " + r.version + ": all_reduce, " + r.dtype + ", algorithm " +
+  const std::string what =
+      r.fusedHidden != 0
+          ? strprintf("all_reduce + residual add + rmsnorm (rows of %zu)", r.fusedHidden)
+          : std::string("all_reduce");
+  std::string out = "# tpcomm-perf " + r.version + ": " + what + ", " + r.dtype + ", algorithm " +
                     r.algo + (r.threads ? ", ranks as threads" : ", ranks as processes") +
                     (r.zeroCopy ? ", zero-copy" : "") + "\n";
   out += strprintf(
@@ -131,7 +138,14 @@ std::string formatPreamble(const Report& r) {
 }
 
 std::string formatHeader(const Report& r) {
-  (void)r;
+  if (r.fusedHidden != 0) {
+    return "#                                   norm out of place          norm over the input   "
+           "                 tpcomm all-reduce alone   NCCL + norm kernel\n"
+           "#  tokens  hidden        size      type     time   algbw  #wrong     time   algbw  "
+           "#wrong          algo     time  fused/ar       time  speedup\n"
+           "#                         (B)               (us)  (GB/s)             (us)  (GB/s)  "
+           "                        (us)                  (us)\n";
+  }
   return "#                                                              out-of-place           "
          "            in-place                                \n"
          "#       size         count      type   redop    root     time   algbw   busbw #wrong  "
@@ -140,7 +154,26 @@ std::string formatHeader(const Report& r) {
          "    (us)  (GB/s)  (GB/s)                                                \n";
 }
 
+std::string formatFusedRow(const Report& r, const Row& row) {
+  std::string out =
+      strprintf("%9zu  %6zu  %10zu  %8s", row.tokens(), row.hidden, row.bytes, r.dtype.c_str());
+  for (const Measurement* m : {&row.outOfPlace, &row.inPlace}) {
+    out += strprintf("  %s  %6.2f  %6" PRIu64, formatTime(m->timeUs).c_str(),
+                     algbwGBs(row.bytes, m->timeUs), m->wrong);
+  }
+  out += strprintf("  %12s", row.algo.c_str());
+  out += row.allReduceUs >= 0 ? strprintf("  %s  %7.2fx", formatTime(row.allReduceUs).c_str(),
+                                          row.outOfPlace.timeUs / row.allReduceUs)
+                              : strprintf("  %7s  %8s", "-", "-");
+  out += row.ncclUs >= 0 ? strprintf("    %s  %6.2fx", formatTime(row.ncclUs).c_str(),
+                                     row.ncclUs / row.outOfPlace.timeUs)
+                         : strprintf("    %7s  %7s", "-", "-");
+  if (r.loopback) out += "  loopback";
+  return out + "\n";
+}
+
 std::string formatRow(const Report& r, const Row& row) {
+  if (r.fusedHidden != 0) return formatFusedRow(r, row);
   std::string out =
       strprintf("%12zu  %12zu  %8s  %6s  %6d", row.bytes, row.count, r.dtype.c_str(), "sum", -1);
   out += formatMeasurement(r, row.bytes, row.outOfPlace);
@@ -177,7 +210,15 @@ std::string formatJson(const Report& r) {
   std::string out = "{\n";
   out += "  \"tool\": \"tpcomm-perf\",\n";
   out += "  \"version\": " + jsonString(r.version) + ",\n";
-  out += "  \"collective\": \"all_reduce\",\n";
+  out += std::string("  \"collective\": ") +
+         (r.fusedHidden != 0 ? "\"all_reduce_add_rmsnorm\"" : "\"all_reduce\"") + ",\n";
+  if (r.fusedHidden != 0) {
+    out += "  \"hidden\": " + std::to_string(r.fusedHidden) + ",\n";
+    out +=
+        "  \"columns\": \"out_of_place: norm to its own buffer; in_place: norm over the "
+        "input; nccl_time_us: NCCL all-reduce then the norm kernel; allreduce_time_us: "
+        "tpcomm's all-reduce alone\",\n";
+  }
   out += "  \"datatype\": " + jsonString(r.dtype) + ",\n";
   out += "  \"algorithm\": " + jsonString(r.algo) + ",\n";
   out += "  \"nranks\": " + std::to_string(r.nranks) + ",\n";
@@ -217,6 +258,10 @@ std::string formatJson(const Report& r) {
            (row.bestNcclUs() >= 0 && row.outOfPlace.timeUs > 0
                 ? jsonNumber(row.bestNcclUs() / row.outOfPlace.timeUs)
                 : "null") +
+           (row.hidden != 0 ? ", \"tokens\": " + std::to_string(row.tokens()) + ", \"hidden\": " +
+                                  std::to_string(row.hidden) + ", \"allreduce_time_us\": " +
+                                  (row.allReduceUs >= 0 ? jsonNumber(row.allReduceUs) : "null")
+                            : std::string()) +
            "}";
   }
   out += "\n  ],\n";
@@ -231,9 +276,10 @@ std::string encodeRank(const RankInfo& k) {
 }
 
 std::string encodeRow(const Row& row) {
-  return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %.17g %s", row.bytes,
-                   row.count, row.outOfPlace.timeUs, row.outOfPlace.wrong, row.inPlace.timeUs,
-                   row.inPlace.wrong, row.ncclUs, row.ncclSymUs, row.algo.c_str());
+  return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %.17g %zu %.17g %s",
+                   row.bytes, row.count, row.outOfPlace.timeUs, row.outOfPlace.wrong,
+                   row.inPlace.timeUs, row.inPlace.wrong, row.ncclUs, row.ncclSymUs, row.hidden,
+                   row.allReduceUs, row.algo.c_str());
 }
 
 std::string encodeMemory(const MemoryReport& m) {
@@ -264,7 +310,8 @@ bool decodeRow(const std::string& line, Row* row) {
   std::string tag;
   return static_cast<bool>(in >> tag >> row->bytes >> row->count >> row->outOfPlace.timeUs >>
                            row->outOfPlace.wrong >> row->inPlace.timeUs >> row->inPlace.wrong >>
-                           row->ncclUs >> row->ncclSymUs >> row->algo) &&
+                           row->ncclUs >> row->ncclSymUs >> row->hidden >> row->allReduceUs >>
+                           row->algo) &&
          tag == "ROW";
 }
 

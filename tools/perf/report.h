@@ -22,6 +22,12 @@ struct Row {
   std::string algo;       // what tpcomm chose (or "nccl")
   double ncclUs = -1;     // NCCL's out-of-place time in the same run; negative when not run
   double ncclSymUs = -1;  // ... on symmetric registered windows (NCCL 2.27+); negative when not
+  // Fused rows (--fused): the all-reduce with the residual add and RMSNorm. outOfPlace writes the
+  // norm to its own buffer, inPlace over the input; ncclUs is NCCL's all-reduce followed by the
+  // norm kernel, and allReduceUs tpcomm's all-reduce of the same bytes alone.
+  size_t hidden = 0;  // elements per row; 0 for a plain all-reduce row
+  double allReduceUs = -1;
+  size_t tokens() const { return hidden == 0 ? 0 : count / hidden; }
   // The faster NCCL time of the two, or negative when neither ran.
   double bestNcclUs() const;
 };
@@ -59,6 +65,7 @@ struct Report {
   std::string ncclNote;     // NCCL's version, or why its column is empty
   std::string ncclSymNote;  // why NCCL's symmetric-window column is empty, or empty
   bool zeroCopy = false;
+  size_t fusedHidden = 0;  // --fused: rows of this many elements
   // tpcomm's memory on the rank that holds the most, once a rank reports it
   MemoryReport memory;
   std::vector<RankInfo> ranks;
