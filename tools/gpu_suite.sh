@@ -7,6 +7,8 @@
 #   example     the verified C++ example
 #   efficiency  the loopback efficiency figures of the kernels on one GPU
 #   perf        tpcomm-perf in graph and eager mode (JSON and PNG)
+#   fused       tpcomm-perf --fused: all-reduce + residual add + RMSNorm, hidden 8192 and 5120,
+#               1 to 512 tokens (JSON)
 # STEPS picks some (default: all, in that order); GPU_TEST_FILTER narrows the GPU tests;
 # PERF_ARGS adds tpcomm-perf arguments. Logs and results go to OUTDIR (default build/gpu-suite).
 #
@@ -14,7 +16,7 @@
 set -uo pipefail
 out=${1:-build/gpu-suite}
 build=${2:-build}
-steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf}
+steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf fused}
 mkdir -p "$out"
 status=0
 # A rank that never comes must fail a run in seconds, not after the five-minute default.
@@ -47,7 +49,8 @@ if wants gpu1 && [ "$gpus" -gt 1 ]; then
   summary "$out/gpu1.log"
 fi
 if wants sanitizer; then
-  subset='ApiGpu.*:Routes.*:*SpecialValues*/2ranks_*:ZeroCopyEager.*'
+  subset='ApiGpu.*:Routes.*:*SpecialValues*/2ranks_*:ZeroCopyEager.*:FusedNorm.SpecialValues'
+  subset+=':FusedNorm.OneRank:FusedNorm.EveryPath*:*FusedNormWorld*/2ranks'
   run sanitizer 1800 compute-sanitizer --tool memcheck --error-exitcode 3 --report-api-errors all \
     "$build/tests/tpcomm_gpu_tests" --gtest_filter="$subset"
   grep -E "ERROR SUMMARY|Program hit|^\[  (FAILED|PASSED) " "$out/sanitizer.log" | head -30
@@ -63,5 +66,13 @@ if wants perf; then
   done
   python3 tools/plot_perf.py "$out/perf-graph.json" "$out/perf-eager.json" -o "$out/latency.png" ||
     true
+fi
+if wants fused; then
+  for hidden in 8192 5120; do
+    row=$((hidden * 2 / 1024))K
+    run "fused-$hidden" 300 "$build/tools/tpcomm-perf" --graph --fused "$hidden" -b "$row" \
+      -e "$((hidden * 2 * 512 / 1024))K" -J "$out/fused-$hidden.json" ${PERF_ARGS:-} &&
+      grep -E "^ +[0-9]|^# Out" "$out/fused-$hidden.log"
+  done
 fi
 exit $status
