@@ -55,17 +55,22 @@ struct RowNorm {
   }
 };
 
-// The sum of every thread's `x` in the block, the same on every thread and in a fixed order; false
-// on every thread if any thread's `ok` is false (its row is then left alone).
+// The sum of every thread's `x` in the block, the same bits on every thread and in a fixed order:
+// a butterfly over each warp, then one over the warps' sums (a butterfly gives every lane the same
+// bits, since each addition meets its mirror image). False on every thread if any thread's `ok` is
+// false (its row is then left alone).
 __device__ __forceinline__ bool blockSum(float x, bool ok, RowNorm* state, float* total) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
   float* partial = state->partial[state->parity];
   state->parity ^= 1;
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = x;
+  const unsigned lane = threadIdx.x % 32;
+  if (lane == 0) partial[threadIdx.x / 32] = x;
   if (!__syncthreads_and(ok)) return false;
-  float sum = 0.0f;
-  for (unsigned w = 0; w < blockDim.x / 32; ++w) sum += partial[w];
+  float sum = lane < blockDim.x / 32 ? partial[lane] : 0.0f;
+  static_assert(kBlockThreads / 32 <= 32, "a lane for every warp's sum");
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   *total = sum;
   return true;
 }
