@@ -1,24 +1,11 @@
 #include <algorithm>
 
 #include "kernels/allreduce.h"
+#include "kernels/by_type.h"
 #include "tpcomm/device/allreduce.cuh"
 
 namespace tpcomm {
 namespace {
-
-template <typename Fn>
-cudaError_t byType(tpcDataType_t type, Fn fn) {
-  switch (type) {
-    case tpcFloat32:
-      return fn(float{});
-    case tpcFloat16:
-      return fn(__half{});
-    case tpcBfloat16:
-      return fn(__nv_bfloat16{});
-    default:
-      return cudaErrorInvalidValue;
-  }
-}
 
 __global__ void fillEmptyWords(uint32_t* words, size_t count) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;

@@ -1,38 +1,22 @@
 #include <algorithm>
 
+#include "kernels/by_type.h"
 #include "kernels/fused.h"
 #include "tpcomm/device/fused.cuh"
 
 namespace tpcomm {
-namespace {
-
-template <typename Fn>
-cudaError_t byType(tpcDataType_t type, Fn fn) {
-  switch (type) {
-    case tpcFloat16:
-      return fn(__half{});
-    case tpcBfloat16:
-      return fn(__nv_bfloat16{});
-    default:
-      return cudaErrorInvalidValue;
-  }
-}
-
-}  // namespace
-
-bool normSupports(tpcDataType_t type) { return type == tpcFloat16 || type == tpcBfloat16; }
 
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, bool dependent,
                         cudaStream_t stream) {
-  return byType(type, [&](auto zero) {
+  return byRowType(type, [&](auto zero) {
     return device::launchFused<decltype(zero)>(algorithm, params, blocks, dependent, stream);
   });
 }
 
 cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
                              bool dependent, cudaStream_t stream) {
-  return byType(type, [&](auto zero) {
+  return byRowType(type, [&](auto zero) {
     return device::launchAddRmsNorm<decltype(zero)>(params, blocks, dependent, stream);
   });
 }
@@ -42,7 +26,7 @@ cudaError_t fusedBlocksPerSm(int* blocks) {
   for (tpcDataType_t type : {tpcFloat16, tpcBfloat16}) {
     int n = 0;
     const cudaError_t err =
-        byType(type, [&](auto zero) { return device::fusedBlocksPerSm<decltype(zero)>(&n); });
+        byRowType(type, [&](auto zero) { return device::fusedBlocksPerSm<decltype(zero)>(&n); });
     if (err != cudaSuccess) return err;
     *blocks = std::min(*blocks, n);
   }

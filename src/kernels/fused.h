@@ -9,9 +9,7 @@
 
 namespace tpcomm {
 
-// True for the types whose rows the norm kernels take (float16, bfloat16).
-bool normSupports(tpcDataType_t type);
-
+// Each for float16 and bfloat16 rows; cudaErrorInvalidValue for other types.
 // `algorithm` is device::kPushOneShotNorm or kPushTwoShotNorm.
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, bool dependent,

@@ -11,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "tpcomm/device/namespace.cuh"
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/device/pull_oneshot.cuh"
@@ -48,22 +50,38 @@ inline cudaError_t launchPull(int algorithm, const PullParams& p, int blocks, bo
                       dependent, stream);
 }
 
-// A push kernel compiled for the fewest ranks (2, 4 or 8) that cover p.nranks: its per-rank
-// arrays then fit in registers with room for batches of vectors in flight.
-template <typename T, int kRanks>
-inline cudaError_t launchPushFor(int algorithm, const PushParams& p, int blocks, bool dependent,
-                                 cudaStream_t stream) {
-  return launchKernel(
-      algorithm == kPushTwoShot ? pushTwoShotAllReduce<T, kRanks> : pushOneShotAllReduce<T, kRanks>,
-      p, blocks, dependent, stream);
+// Calls fn(std::integral_constant<int, kRanks>) for the fewest ranks (2, 4 or 8) that cover
+// nranks: a push kernel compiled for them keeps its per-rank arrays in registers with room for
+// batches of vectors in flight.
+template <typename Fn>
+inline cudaError_t byRankCount(int nranks, Fn fn) {
+  if (nranks <= 2) return fn(std::integral_constant<int, 2>{});
+  if (nranks <= 4) return fn(std::integral_constant<int, 4>{});
+  return fn(std::integral_constant<int, kMaxRanks>{});
 }
 
 template <typename T>
 inline cudaError_t launchPush(int algorithm, const PushParams& p, int blocks, bool dependent,
                               cudaStream_t stream) {
-  if (p.nranks <= 2) return launchPushFor<T, 2>(algorithm, p, blocks, dependent, stream);
-  if (p.nranks <= 4) return launchPushFor<T, 4>(algorithm, p, blocks, dependent, stream);
-  return launchPushFor<T, kMaxRanks>(algorithm, p, blocks, dependent, stream);
+  return byRankCount(p.nranks, [&](auto ranks) {
+    constexpr int kRanks = decltype(ranks)::value;
+    return launchKernel(algorithm == kPushTwoShot ? pushTwoShotAllReduce<T, kRanks>
+                                                  : pushOneShotAllReduce<T, kRanks>,
+                        p, blocks, dependent, stream);
+  });
+}
+
+// The fewest blocks of any of `count` kernels that fit on one multiprocessor at once.
+inline cudaError_t fewestBlocksPerSm(const void* const* kernels, int count, int* out) {
+  *out = kMaxBlocks;
+  for (int k = 0; k < count; ++k) {
+    int n = 0;
+    const cudaError_t err =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels[k], kBlockThreads, 0);
+    if (err != cudaSuccess) return err;
+    *out = n < *out ? n : *out;
+  }
+  return cudaSuccess;
 }
 
 // The fewest blocks of any pull kernel, and of any push kernel, for T that fit on one
@@ -84,19 +102,8 @@ inline cudaError_t residentBlocksPerSm(int* pull, int* push) {
       reinterpret_cast<const void*>(pushOneShotAllReduce<T, kMaxRanks>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, kMaxRanks>),
   };
-  auto fewest = [](const void* const* kernels, int count, int* out) {
-    *out = kMaxBlocks;
-    for (int k = 0; k < count; ++k) {
-      int n = 0;
-      const cudaError_t err =
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernels[k], kBlockThreads, 0);
-      if (err != cudaSuccess) return err;
-      *out = n < *out ? n : *out;
-    }
-    return cudaSuccess;
-  };
-  const cudaError_t err = fewest(pullKernels, 4, pull);
-  return err != cudaSuccess ? err : fewest(pushKernels, 6, push);
+  const cudaError_t err = fewestBlocksPerSm(pullKernels, 4, pull);
+  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 6, push);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END

@@ -15,21 +15,16 @@
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
-template <typename T, int kRanks>
-inline cudaError_t launchFusedFor(int algorithm, const FusedParams& p, int blocks, bool dependent,
-                                  cudaStream_t stream) {
-  return launchKernel(algorithm == kPushTwoShotNorm ? pushTwoShotAddRmsNorm<T, kRanks>
-                                                    : pushOneShotAddRmsNorm<T, kRanks>,
-                      p, blocks, dependent, stream, rowThreads(p.norm.hiddenVectors));
-}
-
 // `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type.
 template <typename T>
 inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, bool dependent,
                                cudaStream_t stream) {
-  if (p.nranks <= 2) return launchFusedFor<T, 2>(algorithm, p, blocks, dependent, stream);
-  if (p.nranks <= 4) return launchFusedFor<T, 4>(algorithm, p, blocks, dependent, stream);
-  return launchFusedFor<T, kMaxRanks>(algorithm, p, blocks, dependent, stream);
+  return byRankCount(p.nranks, [&](auto ranks) {
+    constexpr int kRanks = decltype(ranks)::value;
+    return launchKernel(algorithm == kPushTwoShotNorm ? pushTwoShotAddRmsNorm<T, kRanks>
+                                                      : pushOneShotAddRmsNorm<T, kRanks>,
+                        p, blocks, dependent, stream, rowThreads(p.norm.hiddenVectors));
+  });
 }
 
 template <typename T>
@@ -51,15 +46,7 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks>),
   };
-  *blocks = kMaxBlocks;
-  for (const void* kernel : kernels) {
-    int n = 0;
-    const cudaError_t err =
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kBlockThreads, 0);
-    if (err != cudaSuccess) return err;
-    *blocks = n < *blocks ? n : *blocks;
-  }
-  return cudaSuccess;
+  return fewestBlocksPerSm(kernels, 6, blocks);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END
