@@ -9,8 +9,8 @@
 
 namespace tpcomm {
 
-// Each for float16 and bfloat16 rows; cudaErrorInvalidValue for other types.
-// `algorithm` is device::kPushOneShotNorm or kPushTwoShotNorm.
+// Both take float16 and bfloat16 rows (cudaErrorInvalidValue for other types). `algorithm` is
+// device::kPushOneShotNorm or kPushTwoShotNorm.
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, bool dependent,
                         cudaStream_t stream);

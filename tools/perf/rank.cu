@@ -26,17 +26,6 @@ struct RankError : std::runtime_error {
 
 constexpr float kEps = 1e-6f;
 
-// Counts the 16-bit words where a and b differ.
-__global__ void countDifferent(const uint16_t* a, const uint16_t* b, size_t n,
-                               unsigned long long* wrong) {
-  unsigned long long mine = 0;
-  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
-       i += size_t{gridDim.x} * blockDim.x) {
-    mine += a[i] != b[i];
-  }
-  if (mine != 0) atomicAdd(wrong, mine);
-}
-
 void cudaTry(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw RankError(std::string(what) + ": " + cudaGetErrorString(err));
 }
@@ -533,20 +522,10 @@ class Bench {
             static_cast<T*>(r.recv), count, g_.nranks, seed, r.wrong);
       });
     });
-    std::vector<uint64_t> wrong;
-    forEach([&](Rank& r) {
-      unsigned long long w = 0;
-      cudaTry(cudaMemcpyAsync(&w, r.wrong, sizeof(w), cudaMemcpyDeviceToHost, r.stream),
-              "reading the check");
-      cudaTry(cudaStreamSynchronize(r.stream), "checking the result");
-      if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
-      r.exec = nullptr;
-      wrong.push_back(w);
-    });
-    return wrong;
+    return readWrong();
   }
 
-  // Words of one fused call that differ from the unfused sequence tpcomm's all-reduce + the norm
+  // Elements of one fused call that differ from the unfused sequence tpcomm's all-reduce + the norm
   // kernel gives for the same inputs, per rank: both sum in rank order in float32 and normalise
   // with the same code, so every bit must agree.
   std::vector<uint64_t> verifyFused(size_t count, bool inPlace) {
@@ -580,18 +559,29 @@ class Bench {
     });
     forEach([&](Rank& r) { normAfterAllReduce(r, region(r, 2), region(r, 1), count); });
     callAll(0, count, inPlace, Carrier::kTpcomm);  // slot 0 of the pools: the buffers filled above
+    forEach([&](Rank& r) {
+      dispatch([&](auto zero) {
+        using T = decltype(zero);
+        for (auto [a, b] : {std::make_pair(r.residual, static_cast<void*>(region(r, 1))),
+                            std::make_pair(r.recv, static_cast<void*>(region(r, 2)))}) {
+          verifiable::countDifferentBits<<<verifiable::grid(count), 256, 0, r.stream>>>(
+              static_cast<const T*>(a), static_cast<const T*>(b), count, r.wrong);
+        }
+      });
+    });
+    return readWrong();
+  }
+
+  // Every rank's count of wrong elements, once its checks have run; the graphs they ran go.
+  std::vector<uint64_t> readWrong() {
     std::vector<uint64_t> wrong;
     forEach([&](Rank& r) {
-      const size_t words = bytes / 2;
-      for (auto [a, b] : {std::make_pair(r.residual, static_cast<void*>(region(r, 1))),
-                          std::make_pair(r.recv, static_cast<void*>(region(r, 2)))}) {
-        countDifferent<<<verifiable::grid(words), 256, 0, r.stream>>>(
-            static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), words, r.wrong);
-      }
       unsigned long long w = 0;
       cudaTry(cudaMemcpyAsync(&w, r.wrong, sizeof(w), cudaMemcpyDeviceToHost, r.stream),
               "reading the check");
       cudaTry(cudaStreamSynchronize(r.stream), "checking the result");
+      if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
+      r.exec = nullptr;
       wrong.push_back(w);
     });
     return wrong;
