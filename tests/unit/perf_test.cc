@@ -1,12 +1,10 @@
-// tpcomm-perf's command line, sweep, formats and launcher, none of which needs a GPU.
+// tpcomm-perf's command line, sweep and formats, none of which needs a GPU.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <string>
 #include <vector>
 
-#include "perf/launcher.h"
 #include "perf/options.h"
 #include "perf/report.h"
 
@@ -381,59 +379,6 @@ TEST(PerfReport, GoldenJson) {
       "  \"avg_busbw_gbs\": 69.1106\n"
       "}\n";
   EXPECT_EQ(expected, formatJson(goldenReport()));
-}
-
-// Rank processes that write messages to their pipe the way tpcomm-perf's ranks do.
-std::vector<std::string> shellRank(const std::string& script) { return {"/bin/sh", "-c", script}; }
-
-TEST(PerfLauncher, MessagesArriveInOrderFromEveryRank) {
-  RankProcesses ranks;
-  std::string error;
-  ASSERT_TRUE(spawnRanks({shellRank("echo 'ROW a' >&3; echo 'ROW b' >&3; echo DONE >&3"),
-                          shellRank("printf 'ROW c\\nDONE\\n' >&3")},
-                         &ranks, &error))
-      << error;
-  std::vector<std::vector<std::string>> seen(2);
-  EXPECT_TRUE(collectMessages(ranks.fds, [&](int rank, const std::string& line) {
-    seen[rank].push_back(line);
-    return true;
-  }));
-  EXPECT_EQ((std::vector<std::string>{"ROW a", "ROW b", "DONE", kClosed}), seen[0]);
-  EXPECT_EQ((std::vector<std::string>{"ROW c", "DONE", kClosed}), seen[1]);
-  EXPECT_TRUE(reapRanks(ranks, false, &error)) << error;
-}
-
-TEST(PerfLauncher, ARankThatFailsFailsTheRun) {
-  RankProcesses ranks;
-  std::string error;
-  ASSERT_TRUE(spawnRanks({shellRank("echo DONE >&3"), shellRank("exit 3"), shellRank("sleep 30")},
-                         &ranks, &error));
-  collectMessages(ranks.fds, [&](int rank, const std::string& line) {
-    // The coordinator stops listening when a rank closes its pipe without DONE.
-    return !(rank == 1 && line == kClosed);
-  });
-  const auto start = std::chrono::steady_clock::now();
-  EXPECT_FALSE(reapRanks(ranks, true, &error));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10))
-      << "the sleeping rank must be killed, not waited for";
-  EXPECT_FALSE(error.empty());
-}
-
-TEST(PerfLauncher, NonZeroExitIsReported) {
-  RankProcesses ranks;
-  std::string error;
-  ASSERT_TRUE(spawnRanks({shellRank("exit 0"), shellRank("exit 3")}, &ranks, &error));
-  collectMessages(ranks.fds, [](int, const std::string&) { return true; });
-  EXPECT_FALSE(reapRanks(ranks, false, &error));
-  EXPECT_NE(std::string::npos, error.find("rank 1"));
-  EXPECT_NE(std::string::npos, error.find("exited with status 3"));
-}
-
-TEST(PerfLauncher, MissingProgramIsAnError) {
-  RankProcesses ranks;
-  std::string error;
-  EXPECT_FALSE(spawnRanks({{"/nonexistent/tpcomm-perf"}}, &ranks, &error));
-  EXPECT_NE(std::string::npos, error.find("cannot start rank 0"));
 }
 
 }  // namespace

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "fallback/nccl_library.h"
-#include "perf/launcher.h"
+#include "launch/launcher.h"
 #include "perf/options.h"
 #include "perf/rank.h"
 #include "perf/report.h"
@@ -26,28 +26,14 @@ namespace tpcomm {
 namespace perf {
 namespace {
 
-std::string toHex(const void* data, size_t bytes) {
-  static const char kDigits[] = "0123456789abcdef";
-  std::string hex;
-  for (size_t i = 0; i < bytes; ++i) {
-    const unsigned char c = static_cast<const unsigned char*>(data)[i];
-    hex += kDigits[c >> 4];
-    hex += kDigits[c & 15];
-  }
-  return hex;
-}
-
-bool fromHex(const std::string& hex, void* data, size_t bytes) {
-  if (hex.size() != 2 * bytes) return false;
-  for (size_t i = 0; i < bytes; ++i) {
-    const std::string byte = hex.substr(2 * i, 2);
-    char* end = nullptr;
-    const long v = std::strtol(byte.c_str(), &end, 16);
-    if (*end != '\0') return false;
-    static_cast<unsigned char*>(data)[i] = static_cast<unsigned char>(v);
-  }
-  return true;
-}
+using launch::collectMessages;
+using launch::fromHex;
+using launch::kClosed;
+using launch::kMessageFd;
+using launch::RankProcesses;
+using launch::reapRanks;
+using launch::spawnRanks;
+using launch::toHex;
 
 int fail(const std::string& message) {
   std::fprintf(stderr, "tpcomm-perf: %s\n", message.c_str());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "launch/launcher.h"
 #include "perf/rank.h"
 #include "perf/report.h"
 #include "tpcomm/device/fused.cuh"
@@ -20,6 +21,8 @@ namespace tpcomm {
 namespace perf {
 namespace {
 
+using launch::sendMessage;
+
 struct RankError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -28,17 +31,6 @@ constexpr float kEps = 1e-6f;
 
 void cudaTry(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw RankError(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-void sendMessage(int fd, const std::string& line) {
-  const std::string text = line + "\n";
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // the coordinator is gone; nothing left to tell
-    done += static_cast<size_t>(n);
-  }
 }
 
 // Who carries a timed call: tpcomm, NCCL on ordinary buffers, or NCCL on symmetric registered

@@ -1,6 +1,6 @@
-// Starting tpcomm-perf's ranks and listening to them. Each rank writes newline-terminated
-// messages to a pipe; the coordinator reads every pipe until each closes, and a rank that fails
-// (exits non-zero, dies, or reports an error) fails the whole run.
+// Starting a tool's ranks as processes and listening to them (tpcomm-perf, tpcomm-decode). Each
+// rank writes newline-terminated messages to a pipe; the coordinator reads every pipe until each
+// closes, and a rank that fails (exits non-zero, dies, or reports an error) fails the whole run.
 #pragma once
 
 #include <sys/types.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 namespace tpcomm {
-namespace perf {
+namespace launch {
 
 // The descriptor number at which a rank process finds its message pipe.
 constexpr int kMessageFd = 3;
@@ -36,5 +36,12 @@ bool spawnRanks(const std::vector<std::vector<std::string>>& argv, RankProcesses
 // killed. Returns false if any failed or `kill` was set, the first failure described in *error.
 bool reapRanks(const RankProcesses& ranks, bool kill, std::string* error);
 
-}  // namespace perf
+// A rank's side: writes `line` and a newline to `fd`; a coordinator that is gone is ignored.
+void sendMessage(int fd, const std::string& line);
+
+// Ids and other bytes travel to rank processes as hexadecimal arguments.
+std::string toHex(const void* data, size_t bytes);
+bool fromHex(const std::string& hex, void* data, size_t bytes);
+
+}  // namespace launch
 }  // namespace tpcomm

@@ -1,4 +1,4 @@
-#include "perf/launcher.h"
+#include "launch/launcher.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -8,12 +8,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 extern char** environ;
 
 namespace tpcomm {
-namespace perf {
+namespace launch {
 
 bool collectMessages(const std::vector<int>& fds, const MessageHandler& onMessage) {
   std::vector<std::string> pending(fds.size());
@@ -108,5 +109,39 @@ bool reapRanks(const RankProcesses& ranks, bool kill, std::string* error) {
   return ok && !kill;
 }
 
-}  // namespace perf
+void sendMessage(int fd, const std::string& line) {
+  const std::string text = line + "\n";
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    done += static_cast<size_t>(n);
+  }
+}
+
+std::string toHex(const void* data, size_t bytes) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (size_t i = 0; i < bytes; ++i) {
+    const unsigned char c = static_cast<const unsigned char*>(data)[i];
+    hex += kDigits[c >> 4];
+    hex += kDigits[c & 15];
+  }
+  return hex;
+}
+
+bool fromHex(const std::string& hex, void* data, size_t bytes) {
+  if (hex.size() != 2 * bytes) return false;
+  for (size_t i = 0; i < bytes; ++i) {
+    const std::string byte = hex.substr(2 * i, 2);
+    char* end = nullptr;
+    const long v = std::strtol(byte.c_str(), &end, 16);
+    if (*end != '\0') return false;
+    static_cast<unsigned char*>(data)[i] = static_cast<unsigned char>(v);
+  }
+  return true;
+}
+
+}  // namespace launch
 }  // namespace tpcomm
