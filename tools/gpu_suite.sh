@@ -9,6 +9,7 @@
 #   perf        tpcomm-perf in graph and eager mode (JSON and PNG)
 #   fused       tpcomm-perf --fused: all-reduce + residual add + RMSNorm, hidden 8192 and 5120,
 #               1 to 512 tokens (JSON)
+#   decode      tpcomm-decode: Llama-3 8B shapes, batch 1 and 8, NCCL and tpcomm (JSON)
 # STEPS picks some (default: all, in that order); GPU_TEST_FILTER narrows the GPU tests;
 # PERF_ARGS adds tpcomm-perf arguments. Logs and results go to OUTDIR (default build/gpu-suite).
 #
@@ -16,7 +17,7 @@
 set -uo pipefail
 out=${1:-build/gpu-suite}
 build=${2:-build}
-steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf fused}
+steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf fused decode}
 mkdir -p "$out"
 status=0
 # A rank that never comes must fail a run in seconds, not after the five-minute default.
@@ -74,5 +75,9 @@ if wants fused; then
       -e "$((hidden * 2 * 512 / 1024))K" -J "$out/fused-$hidden.json" ${PERF_ARGS:-} &&
       grep -E "^ +[0-9]|^# Out" "$out/fused-$hidden.log"
   done
+fi
+if wants decode; then
+  run decode 600 "$build/tools/tpcomm-decode" --model llama3-8b --batch-size 1,8 --comm all \
+    --json "$out/decode.json" && grep -E "^   |logits of" "$out/decode.log"
 fi
 exit $status
