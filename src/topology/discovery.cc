@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
+#include <cstdio>
 
 #include "common/error.h"
 #include "kernels/p2p_check.h"
@@ -15,9 +15,13 @@ namespace tpcomm {
 namespace {
 
 std::string firstLine(const char* path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return "";
+  char buf[256] = "";
+  const bool read = std::fgets(buf, sizeof(buf), f) != nullptr;
+  std::fclose(f);
+  std::string line = read ? buf : "";
+  if (!line.empty() && line.back() == '\n') line.pop_back();
   return line;
 }
 

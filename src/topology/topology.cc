@@ -7,8 +7,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 namespace tpcomm {
 namespace {
@@ -121,43 +119,88 @@ LinkFacts& TopologyCache::pair(size_t i, size_t j) {
 }
 
 std::string TopologyCache::serialize() const {
-  std::ostringstream out;
-  out << kCacheMagic << "\nmachine " << machine << "\ndevices " << devices.size();
-  for (const std::string& d : devices) out << ' ' << d;
-  out << '\n';
+  // Plain strings and stdio throughout, no iostreams: tpcomm is loaded into processes (Python
+  // with PyTorch among them) whose iostreams and locales may belong to another C++ runtime.
+  std::string out = std::string(kCacheMagic) + "\nmachine " + machine + "\ndevices " +
+                    std::to_string(devices.size());
+  for (const std::string& d : devices) out += ' ' + d;
+  out += '\n';
   size_t k = 0;
   for (size_t i = 0; i < devices.size(); ++i) {
     for (size_t j = i + 1; j < devices.size(); ++j, ++k) {
       const LinkFacts& f = pairs[k];
-      out << "pair " << i << ' ' << j << ' ' << static_cast<int>(f.peerAccess) << ' '
-          << static_cast<int>(f.nvlink) << ' ' << static_cast<int>(f.works) << '\n';
+      out += "pair " + std::to_string(i) + ' ' + std::to_string(j) + ' ' +
+             std::to_string(static_cast<int>(f.peerAccess)) + ' ' +
+             std::to_string(static_cast<int>(f.nvlink)) + ' ' +
+             std::to_string(static_cast<int>(f.works)) + '\n';
     }
   }
-  return out.str();
+  return out;
 }
 
-bool TopologyCache::parse(const std::string& text) {
-  std::istringstream in(text);
-  std::string line;
-  if (!std::getline(in, line) || line != kCacheMagic) return false;
-  if (!std::getline(in, line) || line != "machine " + machine) return false;
-  std::string word;
-  size_t n = 0;
-  if (!(in >> word >> n) || word != "devices" || n != devices.size()) return false;
-  for (const std::string& d : devices) {
-    if (!(in >> word) || word != d) return false;
+namespace {
+
+// Whitespace-separated words of a text, read one at a time.
+class Words {
+ public:
+  explicit Words(const std::string& text, size_t from) : text_(text), at_(from) {}
+  bool next(std::string* word) {
+    const size_t start = text_.find_first_not_of(" \t\r\n", at_);
+    if (start == std::string::npos) return false;
+    const size_t end = text_.find_first_of(" \t\r\n", start);
+    *word = text_.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    at_ = end == std::string::npos ? text_.size() : end;
+    return true;
   }
-  const size_t expected = n * (n - 1) / 2;
+  bool next(long long* value) {
+    std::string word;
+    if (!next(&word)) return false;
+    char* end = nullptr;
+    errno = 0;
+    *value = std::strtoll(word.c_str(), &end, 10);
+    return errno == 0 && end != word.c_str() && *end == '\0';
+  }
+
+ private:
+  const std::string& text_;
+  size_t at_;
+};
+
+// The line of `text` starting at *at (without its newline); moves *at past it.
+bool nextLine(const std::string& text, size_t* at, std::string* line) {
+  if (*at >= text.size()) return false;
+  const size_t end = text.find('\n', *at);
+  *line = text.substr(*at, end == std::string::npos ? std::string::npos : end - *at);
+  *at = end == std::string::npos ? text.size() : end + 1;
+  return true;
+}
+
+}  // namespace
+
+bool TopologyCache::parse(const std::string& text) {
+  size_t at = 0;
+  std::string line;
+  if (!nextLine(text, &at, &line) || line != kCacheMagic) return false;
+  if (!nextLine(text, &at, &line) || line != "machine " + machine) return false;
+  Words in(text, at);
+  std::string word;
+  long long n = 0;
+  if (!in.next(&word) || word != "devices" || !in.next(&n) ||
+      n != static_cast<long long>(devices.size())) {
+    return false;
+  }
+  for (const std::string& d : devices) {
+    if (!in.next(&word) || word != d) return false;
+  }
   std::vector<LinkFacts> parsed;
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t j = i + 1; j < n; ++j) {
-      size_t a = 0, b = 0;
-      int access = 0, nvlink = 0, works = 0;
-      if (!(in >> word >> a >> b >> access >> nvlink >> works) || word != "pair" || a != i ||
-          b != j) {
+  for (long long i = 0; i < n; ++i) {
+    for (long long j = i + 1; j < n; ++j) {
+      long long a = 0, b = 0, access = 0, nvlink = 0, works = 0;
+      if (!in.next(&word) || word != "pair" || !in.next(&a) || !in.next(&b) || !in.next(&access) ||
+          !in.next(&nvlink) || !in.next(&works) || a != i || b != j) {
         return false;
       }
-      for (int v : {access, nvlink}) {
+      for (long long v : {access, nvlink}) {
         if (v < -1 || v > 1) return false;
       }
       if (works != -1 && works != 1) return false;  // a failed check is never stored
@@ -165,7 +208,7 @@ bool TopologyCache::parse(const std::string& text) {
                                  static_cast<Fact>(works)});
     }
   }
-  if (parsed.size() != expected || (in >> word)) return false;
+  if (in.next(&word)) return false;
   pairs = std::move(parsed);
   return true;
 }
@@ -180,26 +223,25 @@ std::string defaultCacheDirectory() {
 
 bool loadTopologyCache(const std::string& directory, TopologyCache* cache) {
   if (directory.empty()) return false;
-  std::ifstream in(cache->path(directory));
-  if (!in) return false;
-  std::ostringstream text;
-  text << in.rdbuf();
-  return cache->parse(text.str());
+  FILE* f = std::fopen(cache->path(directory).c_str(), "r");
+  if (f == nullptr) return false;
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  std::fclose(f);
+  return cache->parse(text);
 }
 
 bool storeTopologyCache(const std::string& directory, const TopologyCache& cache) {
   if (directory.empty() || !makeDirectories(directory)) return false;
   const std::string path = cache.path(directory);
   const std::string temporary = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream out(temporary, std::ios::trunc);
-    out << cache.serialize();
-    if (!out.flush()) {
-      std::remove(temporary.c_str());
-      return false;
-    }
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+  const std::string text = cache.serialize();
+  FILE* f = std::fopen(temporary.c_str(), "w");
+  if (f == nullptr) return false;
+  const bool written = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if (std::fclose(f) != 0 || !written || std::rename(temporary.c_str(), path.c_str()) != 0) {
     std::remove(temporary.c_str());
     return false;
   }
