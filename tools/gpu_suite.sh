@@ -10,6 +10,8 @@
 #   fused       tpcomm-perf --fused: all-reduce + residual add + RMSNorm, hidden 8192 and 5120,
 #               1 to 512 tokens (JSON)
 #   decode      tpcomm-decode: Llama-3 8B shapes, batch 1 and 8, NCCL and tpcomm (JSON)
+#   python      the Python package's tests and its per-call overhead; the package must be
+#               installed (pip install .)
 # STEPS picks some (default: all, in that order); GPU_TEST_FILTER narrows the GPU tests;
 # PERF_ARGS adds tpcomm-perf arguments. Logs and results go to OUTDIR (default build/gpu-suite).
 #
@@ -17,7 +19,7 @@
 set -uo pipefail
 out=${1:-build/gpu-suite}
 build=${2:-build}
-steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf fused decode}
+steps=${STEPS:-unit gpu gpu1 sanitizer example efficiency perf fused decode python}
 mkdir -p "$out"
 status=0
 # A rank that never comes must fail a run in seconds, not after the five-minute default.
@@ -79,5 +81,13 @@ fi
 if wants decode; then
   run decode 600 "$build/tools/tpcomm-decode" --model llama3-8b --batch-size 1,8 --comm all \
     --json "$out/decode.json" && grep -E "^   |logits of" "$out/decode.log"
+fi
+if wants python; then
+  run python 900 python3 -m pytest -v tests/python
+  grep -E " (PASSED|FAILED|SKIPPED)|passed|failed" "$out/python.log" | tail -30
+  if [ "$gpus" -gt 1 ]; then
+    run python-overhead 300 python3 tools/python_overhead.py --json "$out/python-overhead.json" &&
+      cat "$out/python-overhead.log"
+  fi
 fi
 exit $status
