@@ -168,7 +168,13 @@ TEST_P(DecodeAttention, MatchesAFloat64Reference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, DecodeAttention,
                          ::testing::Values(AttentionCase{4, 2, 2, 70, 80},
                                            AttentionCase{8, 2, 3, 33, 40},
-                                           AttentionCase{16, 1, 1, 5, 300}));
+                                           AttentionCase{16, 1, 1, 5, 300}),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) {
+                           const AttentionCase& c = info.param;
+                           return std::to_string(c.heads) + "heads" + std::to_string(c.kvHeads) +
+                                  "kv_batch" + std::to_string(c.batch) + "_prompt" +
+                                  std::to_string(c.prompt);
+                         });
 
 int runDecode(const std::string& args, std::string* out) {
   const std::string command = std::string(TPCOMM_DECODE) + " " + args + " 2>&1";
