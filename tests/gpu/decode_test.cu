@@ -2,8 +2,6 @@
 // whose exit status says that every communicator gave the same logits.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +12,7 @@
 
 #include "decode/kernels.h"
 #include "decode/model.h"
+#include "run_tool.h"
 
 namespace tpcomm {
 namespace decode {
@@ -177,14 +176,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecodeAttention,
                          });
 
 int runDecode(const std::string& args, std::string* out) {
-  const std::string command = std::string(TPCOMM_DECODE) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out->append(buf, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return tpcomm::tooltest::runTool(TPCOMM_DECODE, args, out);
 }
 
 size_t count(const std::string& text, const std::string& what) {

@@ -1,26 +1,18 @@
 // tpcomm-perf on a GPU: a short verified sweep per data type must report zero #wrong (its exit
 // status says so), in graph and eager mode, with ranks as threads and as processes.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <string>
+
+#include "run_tool.h"
 
 namespace {
 
 bool haveGpu() { return access("/dev/nvidiactl", F_OK) == 0; }
 
-// Runs tpcomm-perf with `args`; returns its exit status and its output in *out.
 int runPerf(const std::string& args, std::string* out) {
-  const std::string command = std::string(TPCOMM_PERF) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out->append(buf, n);
-  const int status = pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return tpcomm::tooltest::runTool(TPCOMM_PERF, args, out);
 }
 
 class PerfSweep : public ::testing::TestWithParam<const char*> {};
