@@ -2,24 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
 
+#include "format/strprintf.h"
+
 namespace tpcomm {
 namespace decode {
 namespace {
-
-std::string format(const char* pattern, ...) __attribute__((format(printf, 1, 2)));
-std::string format(const char* pattern, ...) {
-  char buf[1024];
-  va_list args;
-  va_start(args, pattern);
-  vsnprintf(buf, sizeof(buf), pattern, args);
-  va_end(args);
-  return buf;
-}
 
 float bf16ToFloat(uint16_t bits) {
   const uint32_t word = uint32_t(bits) << 16;
@@ -46,7 +37,7 @@ double allReduceShare(const RankResult& r) {
 }
 
 std::string change(double value, double base) {
-  return base > 0 ? format("%+.1f%%", 100 * (value - base) / base) : "-";
+  return base > 0 ? strprintf("%+.1f%%", 100 * (value - base) / base) : "-";
 }
 
 std::string jsonString(const std::string& s) {
@@ -61,7 +52,7 @@ std::string jsonString(const std::string& s) {
 }  // namespace
 
 std::string encodeResult(const RankResult& r) {
-  return format(
+  return strprintf(
       "RES weights=%s prefill_ms=%.4f total_ms=%.4f step_mean_us=%.3f step_p50_us=%.3f "
       "step_p99_us=%.3f local_step_us=%.3f peak_mb=%.1f comm_mb=%.1f graph_mb=%.1f",
       r.weights.c_str(), r.prefillMs, r.totalMs, r.stepMeanUs, r.stepP50Us, r.stepP99Us,
@@ -156,7 +147,7 @@ void compareLogits(const std::vector<uint16_t>& reference, const std::vector<uin
 }
 
 std::string formatPreamble(const Report& report) {
-  std::string s = format(
+  std::string s = strprintf(
       "# tpcomm-decode %s: tensor-parallel decode with synthetic weights, bf16\n"
       "#  %d x %s, TP %d, one process per rank; prompts of %d tokens, then %d decode steps\n",
       report.version.c_str(), report.gpus, report.gpu.c_str(), report.ranks, report.inputLen,
@@ -169,9 +160,9 @@ std::string formatPreamble(const Report& report) {
        "for each\n"
        "#  (as an engine waits for its sampled tokens).\n";
   for (const ModelShape& m : report.models) {
-    s += format("#  %s: %d layers, hidden %d, %d heads (%d KV) of %d, MLP %d, vocabulary %d\n",
-                m.name.c_str(), m.layers, m.hidden, m.heads, m.kvHeads, m.headDim, m.intermediate,
-                m.vocab);
+    s += strprintf("#  %s: %d layers, hidden %d, %d heads (%d KV) of %d, MLP %d, vocabulary %d\n",
+                   m.name.c_str(), m.layers, m.hidden, m.heads, m.kvHeads, m.headDim,
+                   m.intermediate, m.vocab);
   }
   s += "#  Megatron sharding: QKV and gate/up split by columns, O and down by rows, the vocabulary "
        "over the ranks.\n"
@@ -208,7 +199,7 @@ std::string formatRun(const Report& report, const Run& run) {
   const Run* nccl = findRun(report, run.model, run.batch, Comm::kNccl);
   const std::string versus =
       run.comm != Comm::kNccl && nccl != nullptr ? change(r.totalMs, nccl->result.totalMs) : "-";
-  return format(
+  return strprintf(
       "   %-12s %5d  %-14s  %-8s %10.1f %8s %11.1f %9.1f %8.1f %9.1f %8.1f%% %9.0f %8.0f %9.0f\n",
       run.model.c_str(), run.batch, commName(run.comm), r.weights.c_str(), r.totalMs,
       versus.c_str(), r.prefillMs, r.stepP50Us, r.stepP99Us, r.localStepUs, 100 * allReduceShare(r),
@@ -217,18 +208,18 @@ std::string formatRun(const Report& report, const Run& run) {
 
 std::string formatCheck(const LogitsCheck& c) {
   const std::string what =
-      format("#  logits of %s, batch %d: %s against %s, %zu elements: ", c.model.c_str(), c.batch,
-             commName(c.comm), commName(c.reference), c.elements);
+      strprintf("#  logits of %s, batch %d: %s against %s, %zu elements: ", c.model.c_str(),
+                c.batch, commName(c.comm), commName(c.reference), c.elements);
   if (c.nonFinite != 0) {
-    return what + format("%zu not finite: FAILED\n", c.nonFinite);
+    return what + strprintf("%zu not finite: FAILED\n", c.nonFinite);
   }
   if (c.bitwise) {
     return what + (c.differing == 0 ? std::string("bitwise equal\n")
-                                    : format("%zu differ (max |diff| %.4g): FAILED\n", c.differing,
-                                             c.maxAbsDiff));
+                                    : strprintf("%zu differ (max |diff| %.4g): FAILED\n",
+                                                c.differing, c.maxAbsDiff));
   }
-  return what + format("%zu differ, max |diff| %.4g of max |logit| %.4g: %s\n", c.differing,
-                       c.maxAbsDiff, c.maxAbs, c.passed() ? "within 5%" : "FAILED");
+  return what + strprintf("%zu differ, max |diff| %.4g of max |logit| %.4g: %s\n", c.differing,
+                          c.maxAbsDiff, c.maxAbs, c.passed() ? "within 5%" : "FAILED");
 }
 
 std::string formatSummary(const Report& report) {
@@ -237,10 +228,11 @@ std::string formatSummary(const Report& report) {
     if (n.comm != Comm::kNccl) continue;
     const Run* t = tpcommRun(report, n.model, n.batch);
     if (t == nullptr) continue;
-    rows += format("   %-12s %-22s %3d %6d %10.1f %10.1f %7s %9.0f %9.0f %7s\n", n.model.c_str(),
-                   report.gpu.c_str(), report.ranks, n.batch, n.result.totalMs, t->result.totalMs,
-                   change(t->result.totalMs, n.result.totalMs).c_str(), n.result.peakMb,
-                   t->result.peakMb, change(t->result.peakMb, n.result.peakMb).c_str());
+    rows +=
+        strprintf("   %-12s %-22s %3d %6d %10.1f %10.1f %7s %9.0f %9.0f %7s\n", n.model.c_str(),
+                  report.gpu.c_str(), report.ranks, n.batch, n.result.totalMs, t->result.totalMs,
+                  change(t->result.totalMs, n.result.totalMs).c_str(), n.result.peakMb,
+                  t->result.peakMb, change(t->result.peakMb, n.result.peakMb).c_str());
   }
   if (rows.empty()) return "";
   return "#\n"
@@ -255,13 +247,13 @@ std::string formatJson(const Report& report) {
   std::string s = "{\n  \"tool\": \"tpcomm-decode\",\n";
   s += "  \"version\": " + jsonString(report.version) + ",\n";
   s += "  \"gpu\": " + jsonString(report.gpu) + ",\n";
-  s += format("  \"gpus\": %d,\n  \"tp\": %d,\n  \"input_len\": %d,\n  \"output_len\": %d,\n",
-              report.gpus, report.ranks, report.inputLen, report.outputLen);
+  s += strprintf("  \"gpus\": %d,\n  \"tp\": %d,\n  \"input_len\": %d,\n  \"output_len\": %d,\n",
+                 report.gpus, report.ranks, report.inputLen, report.outputLen);
   s += std::string("  \"tpcomm_nccl\": ") + (report.tpcommNccl ? "true" : "false") + ",\n";
   s += "  \"models\": [";
   for (size_t i = 0; i < report.models.size(); ++i) {
     const ModelShape& m = report.models[i];
-    s += format(
+    s += strprintf(
         "%s\n    {\"name\": %s, \"layers\": %d, \"hidden\": %d, \"heads\": %d, \"kv_heads\": %d, "
         "\"head_dim\": %d, \"intermediate\": %d, \"vocab\": %d}",
         i ? "," : "", jsonString(m.name).c_str(), m.layers, m.hidden, m.heads, m.kvHeads, m.headDim,
@@ -271,7 +263,7 @@ std::string formatJson(const Report& report) {
   for (size_t i = 0; i < report.runs.size(); ++i) {
     const Run& run = report.runs[i];
     const RankResult& r = run.result;
-    s += format(
+    s += strprintf(
         "%s\n    {\"model\": %s, \"batch\": %d, \"comm\": \"%s\", \"weights\": %s, "
         "\"total_ms\": %.3f, \"prefill_ms\": %.3f, \"step_mean_us\": %.2f, \"step_p50_us\": "
         "%.2f, \"step_p99_us\": %.2f, \"step_without_allreduce_us\": %.2f, "
@@ -283,7 +275,7 @@ std::string formatJson(const Report& report) {
   s += "\n  ],\n  \"checks\": [";
   for (size_t i = 0; i < report.checks.size(); ++i) {
     const LogitsCheck& c = report.checks[i];
-    s += format(
+    s += strprintf(
         "%s\n    {\"model\": %s, \"batch\": %d, \"comm\": \"%s\", \"reference\": \"%s\", "
         "\"bitwise\": %s, \"elements\": %zu, \"differing\": %zu, \"non_finite\": %zu, "
         "\"max_abs_diff\": %.6g, \"passed\": %s}",

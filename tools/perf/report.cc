@@ -2,24 +2,15 @@
 
 #include <algorithm>
 #include <cinttypes>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 
+#include "format/strprintf.h"
+
 namespace tpcomm {
 namespace perf {
 namespace {
-
-std::string strprintf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string strprintf(const char* fmt, ...) {
-  char buf[1024];
-  va_list args;
-  va_start(args, fmt);
-  vsnprintf(buf, sizeof(buf), fmt, args);
-  va_end(args);
-  return buf;
-}
 
 // nccl-tests prints large times without decimals to keep the columns.
 std::string formatTime(double us) {
