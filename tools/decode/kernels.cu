@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cfloat>
 
 #include "decode/kernels.h"
