@@ -2,24 +2,13 @@
 
 #include <getopt.h>
 
-#include <cerrno>
-#include <cstdlib>
 #include <sstream>
+
+#include "text/text.h"
 
 namespace tpcomm {
 namespace decode {
 namespace {
-
-bool parseInt(const std::string& text, int minimum, int maximum, int* out) {
-  errno = 0;
-  char* end = nullptr;
-  const long value = std::strtol(text.c_str(), &end, 10);
-  if (errno != 0 || end == text.c_str() || *end != '\0' || value < minimum || value > maximum) {
-    return false;
-  }
-  *out = static_cast<int>(value);
-  return true;
-}
 
 std::vector<std::string> splitList(const std::string& text) {
   std::vector<std::string> items;
@@ -140,67 +129,50 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
   *help = false;
   optind = 1;
   opterr = 0;
+  const auto bad = [error](const std::string& why) {
+    *error = why;
+    return false;
+  };
   int c;
   while ((c = getopt_long(argc, argv, "h", kLong, nullptr)) != -1) {
     const std::string arg = optarg != nullptr ? optarg : "";
     switch (c) {
       case kModel:
         o.models = splitList(arg);
-        if (o.models.empty()) {
-          *error = "--model needs a name";
-          return false;
-        }
+        if (o.models.empty()) return bad("--model needs a name");
         for (const std::string& m : o.models) {
-          if (findPreset(m) == nullptr) {
-            *error = "unknown model '" + m + "'";
-            return false;
-          }
+          if (findPreset(m) == nullptr) return bad("unknown model '" + m + "'");
         }
         break;
       case kBatch:
         o.batches.clear();
         for (const std::string& b : splitList(arg)) {
           int v = 0;
-          if (!parseInt(b, 1, 4096, &v)) {
-            *error = "bad batch size '" + b + "' (1 to 4096)";
-            return false;
-          }
+          if (!parseInt(b, 1, 4096, &v)) return bad("bad batch size '" + b + "' (1 to 4096)");
           o.batches.push_back(v);
         }
-        if (o.batches.empty()) {
-          *error = "--batch-size needs a number";
-          return false;
-        }
+        if (o.batches.empty()) return bad("--batch-size needs a number");
         break;
       case kInput:
         if (!parseInt(arg, 1, 1 << 16, &o.inputLen)) {
-          *error = "bad --input-len '" + arg + "' (1 to 65536)";
-          return false;
+          return bad("bad --input-len '" + arg + "' (1 to 65536)");
         }
         break;
       case kOutput:
         if (!parseInt(arg, 1, 1 << 16, &o.outputLen)) {
-          *error = "bad --output-len '" + arg + "' (1 to 65536)";
-          return false;
+          return bad("bad --output-len '" + arg + "' (1 to 65536)");
         }
         break;
       case kComm:
         if (!parseComms(arg, &o.comms)) {
-          *error = "bad --comm '" + arg + "' (nccl, tpcomm, tpcomm-unfused, both or all)";
-          return false;
+          return bad("bad --comm '" + arg + "' (nccl, tpcomm, tpcomm-unfused, both or all)");
         }
         break;
       case kLayers:
-        if (!parseInt(arg, 1, 1 << 10, &o.layers)) {
-          *error = "bad --layers '" + arg + "'";
-          return false;
-        }
+        if (!parseInt(arg, 1, 1 << 10, &o.layers)) return bad("bad --layers '" + arg + "'");
         break;
       case kTp:
-        if (!parseInt(arg, 1, 8, &o.ranks)) {
-          *error = "bad --tp '" + arg + "' (1 to 8)";
-          return false;
-        }
+        if (!parseInt(arg, 1, 8, &o.ranks)) return bad("bad --tp '" + arg + "' (1 to 8)");
         break;
       case kWeights:
         if (arg == "auto") {
@@ -210,8 +182,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         } else if (arg == "shared") {
           o.weights = WeightLayout::kShared;
         } else {
-          *error = "bad --weights '" + arg + "' (distinct, shared or auto)";
-          return false;
+          return bad("bad --weights '" + arg + "' (distinct, shared or auto)");
         }
         break;
       case kTpcommNccl:
@@ -221,10 +192,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         o.jsonPath = arg;
         break;
       case kWorkerRank:
-        if (!parseInt(arg, 0, 1 << 10, &o.workerRank)) {
-          *error = "bad --worker-rank";
-          return false;
-        }
+        if (!parseInt(arg, 0, 1 << 10, &o.workerRank)) return bad("bad --worker-rank");
         break;
       case kWorkerIds:
         o.workerIds = arg;
@@ -236,24 +204,18 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         *help = true;
         return true;
       default:
-        *error = "unknown or incomplete option '" + std::string(argv[optind - 1]) + "'";
-        return false;
+        return bad("unknown or incomplete option '" + std::string(argv[optind - 1]) + "'");
     }
   }
-  if (optind < argc) {
-    *error = "unexpected argument '" + std::string(argv[optind]) + "'";
-    return false;
-  }
+  if (optind < argc) return bad("unexpected argument '" + std::string(argv[optind]) + "'");
   if (o.inputLen + o.outputLen > (1 << 16)) {
-    *error = "--input-len plus --output-len must be at most 65536";
-    return false;
+    return bad("--input-len plus --output-len must be at most 65536");
   }
   // The forward pass gives each prompt row a thread block in one grid dimension.
   for (int b : o.batches) {
     if (size_t(o.inputLen) * b > 65535) {
-      *error = "batch " + std::to_string(b) + " x --input-len " + std::to_string(o.inputLen) +
-               " exceeds 65535 prompt rows";
-      return false;
+      return bad("batch " + std::to_string(b) + " x --input-len " + std::to_string(o.inputLen) +
+                 " exceeds 65535 prompt rows");
     }
   }
   *out = o;

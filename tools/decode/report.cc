@@ -6,7 +6,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "format/strprintf.h"
+#include "text/text.h"
 
 namespace tpcomm {
 namespace decode {
@@ -38,15 +38,6 @@ double allReduceShare(const RankResult& r) {
 
 std::string change(double value, double base) {
   return base > 0 ? strprintf("%+.1f%%", 100 * (value - base) / base) : "-";
-}
-
-std::string jsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20) out += c;
-  }
-  return out + "\"";
 }
 
 }  // namespace

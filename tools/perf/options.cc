@@ -9,21 +9,14 @@
 
 #include "common/env.h"
 #include "core/config.h"
+#include "text/text.h"
 
 namespace tpcomm {
 namespace perf {
 namespace {
 
-bool parseInt(const char* text, int minimum, int* out) {
-  errno = 0;
-  char* end = nullptr;
-  const long value = std::strtol(text, &end, 10);
-  if (errno != 0 || end == text || *end != '\0' || value < minimum || value > 1 << 30) {
-    return false;
-  }
-  *out = static_cast<int>(value);
-  return true;
-}
+// Counts and ranks are ints; anything up to 2^30 is accepted where no smaller bound applies.
+constexpr int kMaxInt = 1 << 30;
 
 constexpr const char* kShort = "b:e:f:i:n:w:c:d:o:G:J:a:g:th";
 enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kZeroCopy, kFused, kWorker, kIds };
@@ -150,14 +143,14 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         }
         break;
       case 'n':
-        if (!parseInt(optarg, 1, &o.iters)) return bad("bad -n iterations '" + arg + "'");
+        if (!parseInt(optarg, 1, kMaxInt, &o.iters)) return bad("bad -n iterations '" + arg + "'");
         break;
       case 'w':
-        if (!parseInt(optarg, 0, &o.warmup)) return bad("bad -w iterations '" + arg + "'");
+        if (!parseInt(optarg, 0, kMaxInt, &o.warmup)) return bad("bad -w iterations '" + arg + "'");
         break;
       case 'c': {
         int v = 0;
-        if (!parseInt(optarg, 0, &v) || v > 1) return bad("bad -c value '" + arg + "'");
+        if (!parseInt(optarg, 0, 1, &v)) return bad("bad -c value '" + arg + "'");
         o.check = v == 1;
         break;
       }
@@ -170,7 +163,8 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         if (arg != "sum") return bad("unsupported op '" + arg + "' (tpcomm-perf times sum)");
         break;
       case 'G':
-        if (!parseInt(optarg, 0, &o.graphLaunches)) return bad("bad -G count '" + arg + "'");
+        if (!parseInt(optarg, 0, kMaxInt, &o.graphLaunches))
+          return bad("bad -G count '" + arg + "'");
         break;
       case kGraph:
         o.graphLaunches = Options().graphLaunches;
@@ -191,7 +185,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         break;
       }
       case 'g':
-        if (!parseInt(optarg, 1, &o.nranks) || o.nranks > 8) {
+        if (!parseInt(optarg, 1, 8, &o.nranks)) {
           return bad("bad -g rank count '" + arg + "' (1 to 8)");
         }
         break;
@@ -206,7 +200,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         break;
       case kFused: {
         int hidden = 0;
-        if (!parseInt(optarg, 8, &hidden) || hidden % 8 != 0 || hidden > 16384) {
+        if (!parseInt(optarg, 8, 16384, &hidden) || hidden % 8 != 0) {
           return bad("bad --fused hidden size '" + arg + "' (a multiple of 8 up to 16384)");
         }
         o.fusedHidden = static_cast<size_t>(hidden);
@@ -217,7 +211,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         o.nccl = arg == "on";
         break;
       case kWorker:
-        if (!parseInt(optarg, 0, &o.workerRank)) return bad("bad --worker rank");
+        if (!parseInt(optarg, 0, kMaxInt, &o.workerRank)) return bad("bad --worker rank");
         break;
       case kIds:
         o.workerIds = arg;

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <sstream>
 
-#include "format/strprintf.h"
+#include "text/text.h"
 
 namespace tpcomm {
 namespace perf {
@@ -21,21 +21,6 @@ std::string formatMeasurement(const Report& report, size_t bytes, const Measurem
   const double algbw = algbwGBs(bytes, m.timeUs);
   return strprintf("  %s  %6.2f  %6.2f  %6" PRIu64, formatTime(m.timeUs).c_str(), algbw,
                    busbwGBs(algbw, report.nranks), m.wrong);
-}
-
-std::string jsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += strprintf("\\u%04x", c);
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
 }
 
 std::string jsonNumber(double v) { return strprintf("%.6g", v); }
