@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "decode/forward.h"
@@ -29,6 +30,18 @@ double usedMb() {
   return double(total - free) / (1 << 20);
 }
 
+// Owns a CUDA object, destroyed with `destroy`.
+template <typename T, cudaError_t (*destroy)(T)>
+struct Owned {
+  Owned() = default;
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+  T handle = nullptr;
+  ~Owned() {
+    if (handle != nullptr) destroy(handle);
+  }
+};
+
 // A communicator, and the end of a block made with it.
 class CommReducer : public Reducer {
  public:
@@ -43,22 +56,19 @@ class NcclReducer : public CommReducer {
     std::string why;
     lib_ = nccl::library(&why);
     if (lib_ == nullptr) throw DecodeError("no NCCL: " + why);
+    cudaTry(cudaMalloc(&scratch_.handle, 16), "cudaMalloc");
     if (lib_->commInitRank(&comm_, ranks, id, rank) != nccl::kSuccess) {
       throw DecodeError(std::string("ncclCommInitRank: ") + lib_->getLastError(nullptr));
     }
-    cudaTry(cudaMalloc(&scratch_, 16), "cudaMalloc");
   }
-  ~NcclReducer() override {
-    cudaFree(scratch_);
-    lib_->commDestroy(comm_);
-  }
+  ~NcclReducer() override { lib_->commDestroy(comm_); }
   void addNorm(bf16* partial, bf16* residual, const bf16* weight, bf16* normed, size_t rows,
                cudaStream_t stream) override {
     allReduce(partial, rows * hidden_, stream);
     addRmsNorm(partial, residual, weight, normed, rows, hidden_, eps_, stream);
   }
   void barrier(cudaStream_t stream) override {
-    allReduce(scratch_, 1, stream);
+    allReduce(scratch_.handle, 1, stream);
     cudaTry(cudaStreamSynchronize(stream), "the barrier");
   }
 
@@ -71,7 +81,7 @@ class NcclReducer : public CommReducer {
 
   const nccl::Library* lib_ = nullptr;
   nccl::Comm comm_ = nullptr;
-  void* scratch_ = nullptr;
+  Owned<void*, cudaFree> scratch_;
   int hidden_;
   float eps_;
 };
@@ -81,17 +91,14 @@ class TpcommReducer : public CommReducer {
   TpcommReducer(const tpcUniqueId& id, int ranks, int rank, bool fused, bool ncclFallback,
                 int hidden, float eps)
       : fused_(fused), hidden_(hidden), eps_(eps) {
+    cudaTry(cudaMalloc(&scratch_.handle, 16), "cudaMalloc");
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
     config.ncclFallback = ncclFallback ? TPC_NCCL_AUTO : TPC_NCCL_OFF;
     if (tpcCommInitRank(&comm_, ranks, id, rank, &config) != tpcSuccess) {
       throw DecodeError(std::string("tpcCommInitRank: ") + tpcCommGetLastError(nullptr));
     }
-    cudaTry(cudaMalloc(&scratch_, 16), "cudaMalloc");
   }
-  ~TpcommReducer() override {
-    cudaFree(scratch_);
-    tpcCommDestroy(comm_);
-  }
+  ~TpcommReducer() override { tpcCommDestroy(comm_); }
   void addNorm(bf16* partial, bf16* residual, const bf16* weight, bf16* normed, size_t rows,
                cudaStream_t stream) override {
     if (fused_) {
@@ -105,30 +112,23 @@ class TpcommReducer : public CommReducer {
     }
   }
   void barrier(cudaStream_t stream) override {
-    check(tpcAllReduce(scratch_, scratch_, 1, tpcBfloat16, tpcSum, comm_, stream), "tpcAllReduce");
+    check(tpcAllReduce(scratch_.handle, scratch_.handle, 1, tpcBfloat16, tpcSum, comm_, stream),
+          "tpcAllReduce");
     cudaTry(cudaStreamSynchronize(stream), "the barrier");
   }
 
  private:
   void check(tpcResult_t result, const char* what) {
-    if (result != tpcSuccess)
+    if (result != tpcSuccess) {
       throw DecodeError(std::string(what) + ": " + tpcCommGetLastError(comm_));
+    }
   }
 
   tpcComm_t comm_ = nullptr;
-  void* scratch_ = nullptr;
+  Owned<void*, cudaFree> scratch_;
   bool fused_;
   int hidden_;
   float eps_;
-};
-
-// Owns a CUDA object, destroyed with `destroy`.
-template <typename T, cudaError_t (*destroy)(T)>
-struct Owned {
-  T handle = nullptr;
-  ~Owned() {
-    if (handle != nullptr) destroy(handle);
-  }
 };
 
 struct BlasHandle {
@@ -165,18 +165,19 @@ cudaGraphExec_t capture(cudaStream_t stream, Step step) {
 // consecutive replays (the first from `after`).
 std::vector<double> timeReplays(cudaGraphExec_t exec, int count, cudaEvent_t after,
                                 cudaStream_t stream) {
-  std::vector<Owned<cudaEvent_t, cudaEventDestroy>> done(count);
+  Owned<cudaEvent_t, cudaEventDestroy> done[2];
+  for (auto& e : done) cudaTry(cudaEventCreate(&e.handle), "cudaEventCreate");
   std::vector<double> us(count);
   cudaEvent_t previous = after;
   for (int i = 0; i < count; ++i) {
-    cudaTry(cudaEventCreate(&done[i].handle), "cudaEventCreate");
+    const cudaEvent_t now = done[i % 2].handle;
     cudaTry(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
-    cudaTry(cudaEventRecord(done[i].handle, stream), "cudaEventRecord");
+    cudaTry(cudaEventRecord(now, stream), "cudaEventRecord");
     cudaTry(cudaStreamSynchronize(stream), "a decode step");
     float ms = 0;
-    cudaTry(cudaEventElapsedTime(&ms, previous, done[i].handle), "cudaEventElapsedTime");
+    cudaTry(cudaEventElapsedTime(&ms, previous, now), "cudaEventElapsedTime");
     us[i] = 1000.0 * ms;
-    previous = done[i].handle;
+    previous = now;
   }
   return us;
 }
@@ -234,12 +235,12 @@ RankResult run(const Options& o, int ranks, const std::string& idHex) {
 
   BlasHandle blas;
   if (cublasCreate(&blas.handle) != CUBLAS_STATUS_SUCCESS) throw DecodeError("cublasCreate failed");
-  void* workspace = nullptr;
-  cudaTry(cudaMalloc(&workspace, kBlasWorkspaceBytes), "cudaMalloc");
-  std::unique_ptr<void, cudaError_t (*)(void*)> workspaceOwner(workspace, cudaFree);
+  Owned<void*, cudaFree> workspace;
+  cudaTry(cudaMalloc(&workspace.handle, kBlasWorkspaceBytes), "cudaMalloc");
   // A workspace of its own keeps cuBLAS from allocating inside graph capture.
   if (cublasSetStream(blas.handle, s) != CUBLAS_STATUS_SUCCESS ||
-      cublasSetWorkspace(blas.handle, workspace, kBlasWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) {
+      cublasSetWorkspace(blas.handle, workspace.handle, kBlasWorkspaceBytes) !=
+          CUBLAS_STATUS_SUCCESS) {
     throw DecodeError("cannot give cuBLAS its stream and workspace");
   }
 
