@@ -76,14 +76,32 @@ tpcAlgorithm_t routeAlgorithm(Route route) {
 
 const char* routeName(Route route) { return algorithmName(routeAlgorithm(route)); }
 
-int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap) {
+namespace {
+
+// 16-byte vectors of a kernel's largest phase: the message, or one rank's slice of it (two-shot).
+size_t phaseVectors(Route route, int nranks, size_t count, size_t elemBytes) {
   const size_t elemsPerVec = 16 / elemBytes;
-  size_t vectors = (count + elemsPerVec - 1) / elemsPerVec;
-  if (route == Route::kTwoShot || route == Route::kPushTwoShot) {
-    vectors = (vectors + nranks - 1) / nranks;
-  }
+  const size_t vectors = (count + elemsPerVec - 1) / elemsPerVec;
+  const bool twoShot = route == Route::kTwoShot || route == Route::kPushTwoShot;
+  return twoShot ? (vectors + nranks - 1) / nranks : vectors;
+}
+
+}  // namespace
+
+int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap) {
+  const size_t vectors = phaseVectors(route, nranks, count, elemBytes);
   const size_t blocks = (vectors + device::kBlockThreads - 1) / device::kBlockThreads;
   return static_cast<int>(std::clamp<size_t>(blocks, 1, static_cast<size_t>(std::max(cap, 1))));
+}
+
+LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBytes, int cap) {
+  const size_t vectors = phaseVectors(route, nranks, count, elemBytes);
+  const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
+  const size_t perBlock = ((vectors + blockCap - 1) / blockCap + 31) / 32 * 32;
+  const size_t threads =
+      std::clamp<size_t>(perBlock, device::kPushVectorsPerBlock, device::kBlockThreads);
+  const size_t blocks = std::clamp<size_t>((vectors + threads - 1) / threads, 1, blockCap);
+  return LaunchShape{static_cast<int>(blocks), static_cast<int>(threads)};
 }
 
 int residentBlockShare(int blocksPerSm, int smCount, int ranksOnDevice) {

@@ -54,10 +54,20 @@ const char* routeName(Route route);
 // contend on the links without gain. The pull kernels' cap when every rank has a device to itself.
 constexpr int kNvlinkMaxBlocks = 36;
 
-// Blocks for one kernel over `count` elements of `elemBytes` each: enough for one 16-byte vector
-// per thread of the largest phase (a two-shot kernel's phases cover one slice), at least 1, at
-// most `cap`.
+// Blocks of device::kBlockThreads threads for one pull kernel over `count` elements of `elemBytes`
+// each: enough for one 16-byte vector per thread of the largest phase (a two-shot kernel's phases
+// cover one slice), at least 1, at most `cap`.
 int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap);
+
+struct LaunchShape {
+  int blocks;
+  int threads;
+};
+
+// The push kernels' grid: one 16-byte vector per thread of the largest phase while `cap` blocks
+// allow, in blocks of device::kPushVectorsPerBlock to device::kBlockThreads threads (a multiple of
+// 32), so that a small message leaves from many multiprocessors.
+LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
 // Per-rank block cap from residency: blocksPerSm * smCount shared by the ranks on that device,
 // clamped to [1, kMaxBlocks].

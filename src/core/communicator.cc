@@ -621,8 +621,9 @@ tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, v
     p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
     p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
     p.tag = callTag(algorithm, type, p.count);
-    const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, pushBlockCap_);
-    TPC_CUDA_CHECK(launchPush(type, algorithm, p, blocks, dependentLaunch_, stream));
+    const LaunchShape shape = pushLaunchShape(route, nranks_, p.count, elemBytes, pushBlockCap_);
+    TPC_CUDA_CHECK(
+        launchPush(type, algorithm, p, shape.blocks, shape.threads, dependentLaunch_, stream));
   }
   return tpcSuccess;
 }

@@ -29,10 +29,11 @@ cudaError_t launchPull(tpcDataType_t type, device::Algorithm algorithm,
 }
 
 cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
-                       const device::PushParams& params, int blocks, bool dependent,
+                       const device::PushParams& params, int blocks, int threads, bool dependent,
                        cudaStream_t stream) {
   return byType(type, [&](auto zero) {
-    return device::launchPush<decltype(zero)>(algorithm, params, blocks, dependent, stream);
+    return device::launchPush<decltype(zero)>(algorithm, params, blocks, threads, dependent,
+                                              stream);
   });
 }
 

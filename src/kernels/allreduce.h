@@ -17,7 +17,7 @@ cudaError_t launchPull(tpcDataType_t type, device::Algorithm algorithm,
                        const device::PullParams& params, int blocks, bool dependent,
                        cudaStream_t stream);
 cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
-                       const device::PushParams& params, int blocks, bool dependent,
+                       const device::PushParams& params, int blocks, int threads, bool dependent,
                        cudaStream_t stream);
 
 // Blocks per multiprocessor that every pull kernel, and every push kernel, can keep resident on

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <utility>
+
 #include "memory/shared_buffer.h"
 
 namespace tpcomm {
@@ -116,8 +118,30 @@ TEST(Algorithm, GridCoversOneVectorPerThread) {
   EXPECT_EQ(1, gridBlocks(Route::kTwoShot, 4, threads * 8 * 4, 2, 36));
   EXPECT_EQ(2, gridBlocks(Route::kTwoShot, 4, threads * 8 * 4 + 8 * 4, 2, 36));
   EXPECT_EQ(1, gridBlocks(Route::kTwoShot, 8, 0, 2, 36));
-  EXPECT_EQ(2, gridBlocks(Route::kPushTwoShot, 4, threads * 8 * 4 + 8 * 4, 2, 132));
-  EXPECT_EQ(132, gridBlocks(Route::kPushOneShot, 2, size_t{1} << 30, 2, 132));
+}
+
+TEST(Algorithm, PushGridSpreadsSmallMessagesOverBlocks) {
+  auto shape = [](Route route, int nranks, size_t bytes, int cap) {
+    const LaunchShape s = pushLaunchShape(route, nranks, bytes / 2, 2, cap);
+    return std::make_pair(s.blocks, s.threads);
+  };
+  const int least = device::kPushVectorsPerBlock;
+  EXPECT_EQ(std::make_pair(1, least), shape(Route::kPushOneShot, 2, 8, 132));
+  EXPECT_EQ(std::make_pair(1, least), shape(Route::kPushOneShot, 2, 0, 132));
+  // 8 KB: 512 vectors, a vector per thread over 4 blocks.
+  EXPECT_EQ(std::make_pair(512 / least, least), shape(Route::kPushOneShot, 2, 8 << 10, 132));
+  // 256 KB: 16384 vectors over 132 blocks round up to 128 threads each.
+  EXPECT_EQ(std::make_pair(128, 128), shape(Route::kPushOneShot, 2, 256 << 10, 132));
+  // 1 MB: 65536 vectors need the widest blocks.
+  EXPECT_EQ(std::make_pair(128, device::kBlockThreads),
+            shape(Route::kPushOneShot, 2, 1 << 20, 132));
+  // Beyond the cap a thread takes several vectors.
+  EXPECT_EQ(std::make_pair(132, device::kBlockThreads),
+            shape(Route::kPushOneShot, 2, size_t{1} << 30, 132));
+  EXPECT_EQ(std::make_pair(1, device::kBlockThreads), shape(Route::kPushOneShot, 2, 8 << 10, 1));
+  // Two-shot spreads one slice: 8 KB over 4 ranks is 128 vectors.
+  EXPECT_EQ(std::make_pair(1, least), shape(Route::kPushTwoShot, 4, 8 << 10, 132));
+  EXPECT_EQ(std::make_pair(2, 256), shape(Route::kPushOneShot, 2, 8 << 10, 2));
 }
 
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {

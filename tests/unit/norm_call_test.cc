@@ -9,7 +9,7 @@ namespace tpcomm {
 namespace {
 
 // Five disjoint, aligned fake device ranges of 1 MiB each: nothing dereferences them.
-uintptr_t base(int k) { return (uintptr_t{1} << 40) + (uintptr_t{k} << 20); }
+uintptr_t base(int k) { return (uintptr_t{1} << 40) + (static_cast<uintptr_t>(k) << 20); }
 
 NormCall validCall() {
   NormCall c{};

@@ -61,13 +61,13 @@ inline cudaError_t byRankCount(int nranks, Fn fn) {
 }
 
 template <typename T>
-inline cudaError_t launchPush(int algorithm, const PushParams& p, int blocks, bool dependent,
-                              cudaStream_t stream) {
+inline cudaError_t launchPush(int algorithm, const PushParams& p, int blocks, int threads,
+                              bool dependent, cudaStream_t stream) {
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
     return launchKernel(algorithm == kPushTwoShot ? pushTwoShotAllReduce<T, kRanks>
                                                   : pushOneShotAllReduce<T, kRanks>,
-                        p, blocks, dependent, stream);
+                        p, blocks, dependent, stream, threads);
   });
 }
 
