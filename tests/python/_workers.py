@@ -216,7 +216,7 @@ def _against_nccl(torch, comm, check, rank, size, device, path):
         dist.destroy_process_group()
 
 
-def process_group(rank, size, path, queue, pretend_host=None):
+def process_group(rank, size, path, pretend_host, queue):
     """from_process_group over gloo; with pretend_host, rank 1 claims another host."""
     check = _Checks(rank)
     try:

@@ -68,7 +68,7 @@ def test_tensors_graphs_and_norm(tmp_path, allocator):
 
 
 def test_from_process_group(tmp_path):
-    run_ranks(_workers.process_group, lambda r: (str(tmp_path / "store"),))
+    run_ranks(_workers.process_group, lambda r: (str(tmp_path / "store"), None))
 
 
 def test_a_group_over_two_hosts_is_refused(tmp_path):
