@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "tpcomm/device/params.cuh"
 #include "tpcomm/tpcomm.h"
 
 namespace nb = nanobind;
@@ -191,4 +192,5 @@ NB_MODULE(_tpcomm, m) {
   m.attr("DEVICE_CUDA") = static_cast<int>(nb::device::cuda::value);
   m.attr("DEVICE_CUDA_MANAGED") = static_cast<int>(nb::device::cuda_managed::value);
   m.attr("UNIQUE_ID_BYTES") = TPC_UNIQUE_ID_BYTES;
+  m.attr("MAX_RANKS") = tpcomm::device::kMaxRanks;
 }

@@ -31,6 +31,7 @@ from . import _tpcomm
 __all__ = [
     "Communicator",
     "DataType",
+    "MAX_RANKS",
     "Error",
     "MemoryInfo",
     "PathInfo",
@@ -42,6 +43,7 @@ _code = _tpcomm.version()
 __version__ = f"{_code // 10000}.{_code // 100 % 100}.{_code % 100}"
 
 UNIQUE_ID_BYTES: int = _tpcomm.UNIQUE_ID_BYTES
+MAX_RANKS: int = _tpcomm.MAX_RANKS  # the most ranks a communicator joins
 
 
 class Result(enum.IntEnum):
@@ -242,6 +244,8 @@ class Communicator:
             raise ValueError(f"a unique id is {UNIQUE_ID_BYTES} bytes, not {len(unique_id)}")
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive number of ranks, not {size!r}")
+        if size > MAX_RANKS:
+            raise ValueError(f"size {size}: a communicator joins at most {MAX_RANKS} ranks")
         if not isinstance(rank, int) or not 0 <= rank < size:
             raise ValueError(f"rank must be in [0, {size}), not {rank!r}")
         if timeout_ms < 0:
@@ -272,6 +276,10 @@ class Communicator:
                                "torch.distributed.init_process_group first")
         rank = dist.get_rank(group)
         size = dist.get_world_size(group)
+        if size > MAX_RANKS:
+            raise ValueError(f"the process group has {size} ranks; a tpcomm communicator joins at "
+                             f"most {MAX_RANKS}: make a group of at most {MAX_RANKS} ranks of one "
+                             f"host (one tensor-parallel group)")
         hosts: list = [None] * size
         dist.all_gather_object(hosts, socket.gethostname(), group=group)
         if len(set(hosts)) != 1:

@@ -38,6 +38,7 @@ def test_error_carries_code_and_sentence():
         ((bytes(128), 2, 2), ValueError, "rank must be in [0, 2)"),
         ((bytes(128), -1, 2), ValueError, "rank must be in"),
         ((bytes(128), 0, 0), ValueError, "size must be a positive number"),
+        ((bytes(128), 0, tpcomm.MAX_RANKS + 1), ValueError, "at most 8 ranks"),
     ],
 )
 def test_bad_constructor_arguments_fail_before_any_cuda_call(args, kind, words):
@@ -99,4 +100,23 @@ def test_from_process_group_needs_an_initialised_group():
     if dist.is_available() and dist.is_initialized():
         pytest.skip("a process group exists")
     with pytest.raises(RuntimeError, match="init_process_group"):
+        tpcomm.Communicator.from_process_group()
+
+
+def test_a_group_larger_than_a_communicator_is_refused(monkeypatch):
+    """Every rank of a group of 9 sees its size and refuses before any collective call."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: tpcomm.MAX_RANKS + 1)
+
+    def no_collective(*args, **kwargs):
+        raise AssertionError("a collective call before the size check")
+
+    monkeypatch.setattr(dist, "all_gather_object", no_collective)
+    monkeypatch.setattr(dist, "broadcast_object_list", no_collective)
+    with pytest.raises(ValueError, match="the process group has 9 ranks; a tpcomm communicator "
+                                         "joins at most 8"):
         tpcomm.Communicator.from_process_group()
