@@ -31,8 +31,8 @@ from . import _tpcomm
 __all__ = [
     "Communicator",
     "DataType",
-    "MAX_RANKS",
     "Error",
+    "MAX_RANKS",
     "MemoryInfo",
     "PathInfo",
     "Result",
