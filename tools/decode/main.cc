@@ -19,6 +19,7 @@
 #include "decode/report.h"
 #include "fallback/nccl_library.h"
 #include "launch/launcher.h"
+#include "text/text.h"
 #include "tpcomm/tpcomm.h"
 
 namespace tpcomm {
@@ -203,11 +204,9 @@ int coordinatorMain(const Options& o) {
   rmdir(dir.c_str());
   std::fputs(formatSummary(report).c_str(), stdout);
   if (!o.jsonPath.empty()) {
-    FILE* f = std::fopen(o.jsonPath.c_str(), "w");
-    if (f == nullptr) return fail("cannot write " + o.jsonPath + ": " + std::strerror(errno));
     const std::string json = formatJson(report);
-    std::fwrite(json.data(), 1, json.size(), f);
-    std::fclose(f);
+    std::string error;
+    if (!writeFile(o.jsonPath, json.data(), json.size(), &error)) return fail(error);
   }
   if (failedRuns > 0) return fail(std::to_string(failedRuns) + " run(s) failed");
   if (failedChecks > 0) {

@@ -12,6 +12,7 @@
 #include "decode/report.h"
 #include "fallback/nccl_library.h"
 #include "launch/launcher.h"
+#include "text/text.h"
 #include "tpcomm/tpcomm.h"
 
 namespace tpcomm {
@@ -188,11 +189,8 @@ void writeLogits(const std::string& path, const Transformer& t, cudaStream_t str
                           cudaMemcpyDeviceToHost, stream),
           "copying the logits");
   cudaTry(cudaStreamSynchronize(stream), "copying the logits");
-  FILE* f = std::fopen(path.c_str(), "wb");
-  const bool ok =
-      f != nullptr && std::fwrite(host.data(), sizeof(bf16), host.size(), f) == host.size();
-  if (f != nullptr) std::fclose(f);
-  if (!ok) throw DecodeError("cannot write " + path);
+  std::string error;
+  if (!writeFile(path, host.data(), host.size() * sizeof(bf16), &error)) throw DecodeError(error);
 }
 
 RankResult run(const Options& o, int ranks, const std::string& idHex) {

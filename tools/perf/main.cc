@@ -7,10 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +18,7 @@
 #include "perf/options.h"
 #include "perf/rank.h"
 #include "perf/report.h"
+#include "text/text.h"
 #include "tpcomm/tpcomm.h"
 
 namespace tpcomm {
@@ -256,11 +255,9 @@ int coordinatorMain(int argc, char** argv, const Options& o) {
   if (isatty(STDERR_FILENO)) std::fputs("\n", stderr);
   std::fputs(formatFooter(report).c_str(), stdout);
   if (!o.jsonPath.empty()) {
-    FILE* f = std::fopen(o.jsonPath.c_str(), "w");
-    if (f == nullptr) return fail("cannot write " + o.jsonPath + ": " + std::strerror(errno));
     const std::string json = formatJson(report);
-    std::fwrite(json.data(), 1, json.size(), f);
-    std::fclose(f);
+    std::string error;
+    if (!writeFile(o.jsonPath, json.data(), json.size(), &error)) return fail(error);
   }
   return totalWrong(report) == 0 ? 0 : 1;
 }

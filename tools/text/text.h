@@ -1,10 +1,12 @@
-// The tools' text: printf into a string, JSON strings, and integers from the command line.
+// The tools' text: printf into a string, JSON strings, integers from the command line, and files
+// written whole.
 #pragma once
 
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace tpcomm {
@@ -44,6 +46,22 @@ inline bool parseInt(const std::string& text, int minimum, int maximum, int* out
     return false;
   }
   *out = static_cast<int>(value);
+  return true;
+}
+
+// Replaces the file at `path` with `bytes` bytes of `data`; false, with *error saying why, when
+// it cannot be opened or written in full.
+inline bool writeFile(const std::string& path, const void* data, size_t bytes, std::string* error) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) {
+    *error = "cannot write " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  const bool written = std::fwrite(data, 1, bytes, f) == bytes;
+  if (std::fclose(f) != 0 || !written) {
+    *error = "cannot write " + path + ": " + std::strerror(errno);
+    return false;
+  }
   return true;
 }
 
