@@ -73,6 +73,27 @@ __device__ __forceinline__ bool awaitFull(const uint4* at, int peer, Patience* p
   return true;
 }
 
+// Polls vectors v[k] at address(k) (k < kN; a null address is not wanted) until none is empty.
+// Each round loads again every vector that still is, all at once: a thread waits one round trip
+// after the last vector arrives, not one round trip per vector it waits for.
+template <int kN, typename Address>
+__device__ __forceinline__ bool awaitAllFull(uint4 (&v)[kN], Address address, int peer,
+                                             Patience* patience) {
+  for (;;) {
+    bool waiting = false;
+#pragma unroll
+    for (int k = 0; k < kN; ++k) {
+      const uint4* at = address(k);
+      if (at != nullptr && isEmpty(v[k])) {
+        v[k] = loadPolled(at);
+        waiting = true;
+      }
+    }
+    if (!waiting) return true;
+    if (!patience->ok(peer)) return false;
+  }
+}
+
 // The slot sender `sender` owns in receiver `receiver`'s buffer: a receiver has no slot of its own.
 __device__ __forceinline__ int peerSlot(int sender, int receiver) {
   return sender < receiver ? sender : sender - 1;
@@ -110,14 +131,22 @@ __device__ __forceinline__ uint4* slotVector(const PushParams& p, const PushRoun
          static_cast<size_t>(slot) * p.slotVectors + v;
 }
 
-// Block 0 leaves the call's tag in vector 0 of this rank's slot `slot` (of each peer's slot index
-// peerSlot(rank, peer) + slotBase) in every peer's buffer.
-__device__ __forceinline__ void sendTags(const PushParams& p, const PushRound& round,
-                                         int slotBase) {
+// Block 0 leaves the call's tag in vector 0 of this rank's (first) slot in every peer's buffer.
+__device__ __forceinline__ void sendTags(const PushParams& p, const PushRound& round) {
   const int peer = static_cast<int>(threadIdx.x);
   if (blockIdx.x == 0 && peer < p.nranks && peer != p.rank) {
-    *slotVector(p, round, peer, slotBase + peerSlot(p.rank, peer), 0) = round.tag;
+    *slotVector(p, round, peer, peerSlot(p.rank, peer), 0) = round.tag;
   }
+}
+
+// Where sender `sender` left its tag in this rank's buffer of this launch.
+__device__ __forceinline__ const uint4* tagFrom(const PushParams& p, const PushRound& round,
+                                                int sender) {
+  return slotVector(p, round, p.rank, peerSlot(sender, p.rank), 0);
+}
+
+__device__ __forceinline__ bool sameTag(const uint4& a, const uint4& b) {
+  return a.x == b.x && a.y == b.y && a.z == b.z && a.w == b.w;
 }
 
 // Waits for every peer's tag in this rank's buffer and compares it with this rank's; a peer
@@ -127,11 +156,8 @@ __device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& 
   for (int r = 0; r < p.nranks; ++r) {
     if (r == p.rank) continue;
     uint4 theirs;
-    if (!awaitFull(slotVector(p, round, p.rank, peerSlot(r, p.rank), 0), r, patience, &theirs)) {
-      return false;
-    }
-    if (theirs.x != round.tag.x || theirs.y != round.tag.y || theirs.z != round.tag.z ||
-        theirs.w != round.tag.w) {
+    if (!awaitFull(tagFrom(p, round, r), r, patience, &theirs)) return false;
+    if (!sameTag(theirs, round.tag)) {
       recordFailure(p.failure, kFailureMismatch, WaitSite{p.rank, r, kPhasePushData, algorithm}, 0);
       return false;
     }
@@ -164,14 +190,31 @@ __device__ __forceinline__ void endRound(const PushParams& p, const PushRound& r
 
 // Gathers, for each slot position from + u * step (u < kBatch) below `length`, every rank's
 // contribution: the peers' vectors from this rank's buffer of this launch, waiting for those that
-// have not arrived, and this rank's own scrubbed input at element vector `input` + position. The
-// peers' tags are checked with the first batch a thread gathers, while its vectors are on their
-// way. False once a wait or the tag check fails.
+// have not arrived, and this rank's own scrubbed input at element vector `input` + position.
+//
+// The first batch a thread gathers also checks every peer's tag, and fails the rank as soon as one
+// differs from this rank's: a peer that made another call at this point never mixes its data into
+// this one. The tags are polled with the vectors, as awaitAllFull polls, one peer's at a time (the
+// registers of one vector more). False once a wait or the tag check fails.
 template <typename T, int kRanks, int kBatch>
 __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound& round,
                                             size_t from, size_t step, size_t length, size_t input,
                                             int algorithm, Patience* patience, bool* tagsChecked,
                                             uint4 (&in)[kBatch][kRanks]) {
+  auto nextPeer = [&](int r) { return r + 1 == p.rank ? r + 2 : r + 1; };
+  auto polled = [&](int u, int r) {
+    return from + u * step < length && r < p.nranks && r != p.rank;
+  };
+  auto slot = [&](int u, int r) {
+    return slotVector(p, round, p.rank, peerSlot(r, p.rank), 1 + from + u * step);
+  };
+  int tagPeer = p.nranks;  // whose tag is being checked; p.nranks once all are
+  uint4 tag;
+  if (!*tagsChecked && from < length) {
+    *tagsChecked = true;
+    tagPeer = nextPeer(-1);
+    if (tagPeer < p.nranks) tag = loadPolled(tagFrom(p, round, tagPeer));
+  }
 #pragma unroll
   for (int u = 0; u < kBatch; ++u) {
     const size_t i = from + u * step;
@@ -180,25 +223,38 @@ __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound
       if (i >= length || r >= p.nranks) continue;
       in[u][r] = r == p.rank
                      ? scrub<T>(asRaw(loadInput<T>(p.input, input + i, p.count, p.inputAligned)))
-                     : loadPolled(slotVector(p, round, p.rank, peerSlot(r, p.rank), 1 + i));
+                     : loadPolled(slot(u, r));
     }
   }
-  bool ok = true;
-  if (!*tagsChecked && from < length) {
-    ok = checkTags(p, round, patience, algorithm);
-    *tagsChecked = true;
-  }
-#pragma unroll
-  for (int u = 0; u < kBatch; ++u) {
-    const size_t i = from + u * step;
-#pragma unroll
-    for (int r = 0; r < kRanks; ++r) {
-      if (!ok || i >= length || r >= p.nranks || r == p.rank || !isEmpty(in[u][r])) continue;
-      ok = awaitFull(slotVector(p, round, p.rank, peerSlot(r, p.rank), 1 + i), r, patience,
-                     &in[u][r]);
+  for (;;) {
+    int waitingFor = -1;
+    if (tagPeer < p.nranks) {
+      if (!isEmpty(tag)) {
+        if (!sameTag(tag, round.tag)) {
+          recordFailure(p.failure, kFailureMismatch,
+                        WaitSite{p.rank, tagPeer, kPhasePushData, algorithm}, 0);
+          return false;
+        }
+        tagPeer = nextPeer(tagPeer);
+      }
+      if (tagPeer < p.nranks) {
+        tag = loadPolled(tagFrom(p, round, tagPeer));
+        waitingFor = tagPeer;
+      }
     }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+#pragma unroll
+      for (int r = 0; r < kRanks; ++r) {
+        if (polled(u, r) && isEmpty(in[u][r])) {
+          in[u][r] = loadPolled(slot(u, r));
+          waitingFor = r;
+        }
+      }
+    }
+    if (waitingFor < 0) return true;
+    if (!patience->ok(waitingFor)) return false;
   }
-  return ok;
 }
 
 // Vectors of one thread a push kernel handles at a time: enough loads and stores in flight to

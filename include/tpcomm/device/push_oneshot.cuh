@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
   if (failed) return;
   allowNextKernel();
-  sendTags(p, round, 0);
+  sendTags(p, round);
 
   Patience patience(p, kPhasePushData, kPushOneShot);
   bool ok = true;

@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const PushRound round = beginRound(p);
   if (failed) return;
   allowNextKernel();
-  sendTags(p, round, 0);
+  sendTags(p, round);
   uint4 w[kMaxRowVectors];
   loadWeights(n, w);
   RowPrefetch next;

@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const size_t mineLength = slices.length(p.rank);
   auto nextRank = [&](int k) { return p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks; };
 
-  sendTags(p, round, 0);
+  sendTags(p, round);
   Patience patience(p, kPhasePushData, kPushTwoShot);
   bool ok = true;
   bool tagsChecked = false;
@@ -96,25 +96,24 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     const int owner = nextRank(k);
     const size_t begin = slices.begin(owner);
     const size_t length = slices.length(owner);
+    const uint4* reduced = slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1);
     for (size_t at = s.first; ok && at < length; at += batchStep) {
+      auto address = [&](int u) -> const uint4* {
+        const size_t i = at + u * s.step;
+        return i < length ? reduced + i : nullptr;
+      };
       uint4 sum[kBatch];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const size_t i = at + u * s.step;
-        if (i < length) {
-          sum[u] =
-              loadPolled(slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + i));
-        }
+        if (address(u) != nullptr) sum[u] = loadPolled(address(u));
       }
+      ok = awaitAllFull(sum, address, owner, &gatherPatience);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const size_t i = at + u * s.step;
-        if (!ok || i >= length) continue;
-        if (isEmpty(sum[u])) {
-          ok = awaitFull(slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + i),
-                         owner, &gatherPatience, &sum[u]);
+        if (ok && address(u) != nullptr) {
+          storeOutput(p.output, begin + at + u * s.step, p.count, p.outputAligned,
+                      asVec<T>(sum[u]));
         }
-        if (ok) storeOutput(p.output, begin + i, p.count, p.outputAligned, asVec<T>(sum[u]));
       }
     }
   }

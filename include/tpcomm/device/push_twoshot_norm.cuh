@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   if (failed) return;
   allowNextKernel();
   const int gatherBase = p.nranks - 1;
-  sendTags(p, round, 0);
+  sendTags(p, round);
   uint4 w[kMaxRowVectors];
   loadWeights(n, w);
 
@@ -123,16 +123,17 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + local * hv);
     uint4 kept[kMaxRowVectors] = {};
     float squares = 0.0f;
+    auto address = [&](int k) -> const uint4* {
+      return rowVector(k) < hv ? from + rowVector(k) : nullptr;
+    };
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      const uint32_t v = rowVector(k);
-      if (ok && v < hv) kept[k] = loadPolled(from + v);
+      if (ok && address(k) != nullptr) kept[k] = loadPolled(address(k));
     }
+    ok = ok && awaitAllFull(kept, address, owner, &gatherPatience);
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      const uint32_t v = rowVector(k);
-      if (!ok || v >= hv) continue;
-      if (isEmpty(kept[k])) ok = awaitFull(from + v, owner, &gatherPatience, &kept[k]);
+      if (!ok || address(k) == nullptr) continue;
       const Vec<T> x = asVec<T>(kept[k]);
 #pragma unroll
       for (int e = 0; e < Vec<T>::kElems; ++e) {
