@@ -32,10 +32,14 @@ __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& resi
                                              float* squares) {
   const Vec<T> s = asVec<T>(sum);
   const Vec<T> r = asVec<T>(residual);
-  Vec<T> out;
+  float added[Vec<T>::kElems];
 #pragma unroll
   for (int e = 0; e < Vec<T>::kElems; ++e) {
-    out.elem[e] = fromFloat<T>(__fadd_rn(toFloat(s.elem[e]), toFloat(r.elem[e])));
+    added[e] = __fadd_rn(toFloat(s.elem[e]), toFloat(r.elem[e]));
+  }
+  const Vec<T> out = roundToVec<T>(added);
+#pragma unroll
+  for (int e = 0; e < Vec<T>::kElems; ++e) {
     const float x = toFloat(out.elem[e]);
     *squares = __fmaf_rn(x, x, *squares);
   }
@@ -88,10 +92,7 @@ __device__ __forceinline__ void storeNormalized(const NormParams& n, size_t at, 
     y[e] = __fmul_rn(__fmul_rn(toFloat(x.elem[e]), inverseRms), toFloat(w.elem[e]));
   }
   if (n.outType == kNormOutInput) {
-    Vec<T> out;
-#pragma unroll
-    for (int e = 0; e < Vec<T>::kElems; ++e) out.elem[e] = fromFloat<T>(y[e]);
-    static_cast<uint4*>(n.out)[at] = asRaw(out);
+    static_cast<uint4*>(n.out)[at] = asRaw(roundToVec<T>(y));
     return;
   }
   const __nv_fp8_interpretation_t kind = n.outType == kNormOutE4M3 ? __NV_E4M3 : __NV_E5M2;

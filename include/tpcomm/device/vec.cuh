@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <stddef.h>
 
+#include <type_traits>
+
 #include "tpcomm/device/namespace.cuh"
 
 #ifdef __CUDACC__
@@ -61,6 +63,33 @@ TPCOMM_HOST_DEVICE __nv_bfloat16 fromFloat<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// The elements of `x` rounded to T, to nearest, ties to even. The device rounds 16-bit types a pair
+// at a time, one instruction where one per element would take two and a shuffle: the same bits.
+template <typename T>
+TPCOMM_HOST_DEVICE Vec<T> roundToVec(const float (&x)[Vec<T>::kElems]) {
+#ifdef __CUDA_ARCH__
+  constexpr bool kDevice = true;
+#else
+  constexpr bool kDevice = false;
+#endif
+  Vec<T> out;
+  if constexpr (kDevice && std::is_same<T, __nv_bfloat16>::value) {
+    TPCOMM_UNROLL
+    for (int k = 0; k < Vec<T>::kElems; k += 2) {
+      reinterpret_cast<__nv_bfloat162*>(out.elem)[k / 2] = __floats2bfloat162_rn(x[k], x[k + 1]);
+    }
+  } else if constexpr (kDevice && std::is_same<T, __half>::value) {
+    TPCOMM_UNROLL
+    for (int k = 0; k < Vec<T>::kElems; k += 2) {
+      reinterpret_cast<__half2*>(out.elem)[k / 2] = __floats2half2_rn(x[k], x[k + 1]);
+    }
+  } else {
+    TPCOMM_UNROLL
+    for (int k = 0; k < Vec<T>::kElems; ++k) out.elem[k] = fromFloat<T>(x[k]);
+  }
+  return out;
+}
+
 // Vectors needed for `count` elements; the last one may be partly used.
 template <typename T>
 TPCOMM_HOST_DEVICE size_t vecCount(size_t count) {
@@ -81,12 +110,7 @@ struct Accumulator {
     TPCOMM_UNROLL
     for (int k = 0; k < Vec<T>::kElems; ++k) sum[k] += toFloat(v.elem[k]);
   }
-  TPCOMM_HOST_DEVICE Vec<T> result() const {
-    Vec<T> out;
-    TPCOMM_UNROLL
-    for (int k = 0; k < Vec<T>::kElems; ++k) out.elem[k] = fromFloat<T>(sum[k]);
-    return out;
-  }
+  TPCOMM_HOST_DEVICE Vec<T> result() const { return roundToVec<T>(sum); }
 };
 
 TPCOMM_DEVICE_NAMESPACE_END
