@@ -269,6 +269,7 @@ TEST(PerfReport, GoldenTable) {
       "# tpcomm-perf 0.1.0: all_reduce, bfloat16, algorithm auto, ranks as threads\n"
       "# nThread 1 nGpus 2 minBytes 8 maxBytes 1048576 step: 2(factor) warmup iters: 5 iters: 20 "
       "agg iters: 1 validation: 1 graph: 10\n"
+      "# time: the slowest rank's median of 3 timed sections\n"
       "#\n"
       "# Using devices\n"
       "#  Rank  0 Group  0 Pid   4242 on      node1 device  0 [0000:18:00.0] NVIDIA H100 80GB "

@@ -457,7 +457,9 @@ class Bench {
     }
   }
 
-  // Microseconds per call on every rank.
+  // Microseconds per call on every rank: the median of kTimedSections timed sections. The host
+  // queues a section's launches while the device runs them, so a host thread that stalls for a
+  // moment leaves the device idle inside that section; one such stall must not become the figure.
   std::vector<double> measure(size_t count, bool inPlace, Carrier carrier) {
     for (int i = 0; i < o_.warmup; ++i) callAll(i, count, inPlace, carrier);
     const bool graph = o_.graphLaunches > 0;
@@ -466,23 +468,34 @@ class Bench {
       // The first launch uploads the graph.
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
     }
-    barrier();
-    forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.start, r.stream), "cudaEventRecord"); });
-    if (graph) {
-      for (int k = 0; k < o_.graphLaunches; ++k) {
-        forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
-      }
-    } else {
-      for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, carrier);
-    }
-    forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.stop, r.stream), "cudaEventRecord"); });
     const int calls = o_.iters * (graph ? o_.graphLaunches : 1);
+    std::vector<std::vector<double>> timings;  // [rank][timing]
+    for (int t = 0; t < kTimedSections; ++t) {
+      barrier();
+      forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.start, r.stream), "cudaEventRecord"); });
+      if (graph) {
+        for (int k = 0; k < o_.graphLaunches; ++k) {
+          forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+        }
+      } else {
+        for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, carrier);
+      }
+      forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.stop, r.stream), "cudaEventRecord"); });
+      size_t k = 0;
+      forEach([&](Rank& r) {
+        cudaTry(cudaEventSynchronize(r.stop), "timed calls");
+        float ms = 0;
+        cudaTry(cudaEventElapsedTime(&ms, r.start, r.stop), "cudaEventElapsedTime");
+        if (timings.size() <= k) timings.emplace_back();
+        timings[k++].push_back(ms * 1e3 / calls);
+      });
+    }
     std::vector<double> times;
+    for (std::vector<double>& rank : timings) {
+      std::nth_element(rank.begin(), rank.begin() + kTimedSections / 2, rank.end());
+      times.push_back(rank[kTimedSections / 2]);
+    }
     forEach([&](Rank& r) {
-      cudaTry(cudaEventSynchronize(r.stop), "timed calls");
-      float ms = 0;
-      cudaTry(cudaEventElapsedTime(&ms, r.start, r.stop), "cudaEventElapsedTime");
-      times.push_back(ms * 1e3 / calls);
       if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
       r.exec = nullptr;
     });

@@ -98,6 +98,7 @@ std::string formatPreamble(const Report& r) {
       r.stepBytes != 0 ? strprintf("%zu(bytes)", r.stepBytes).c_str()
                        : strprintf("%g(factor)", r.stepFactor).c_str(),
       r.warmup, r.iters, r.check ? 1 : 0, r.graphLaunches);
+  out += strprintf("# time: the slowest rank's median of %d timed sections\n", kTimedSections);
   out += "#\n# Using devices\n";
   for (const RankInfo& k : r.ranks) {
     out += strprintf("#  Rank %2d Group  0 Pid %6d on %10s device %2d [%s] %s\n", k.rank, k.pid,

@@ -50,6 +50,9 @@ struct RankInfo {
   std::string name;
 };
 
+// Timed sections per size; a rank's time is their median.
+constexpr int kTimedSections = 3;
+
 struct Report {
   std::string version;  // tpcomm version
   size_t minBytes = 0, maxBytes = 0;
