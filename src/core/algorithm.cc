@@ -12,7 +12,8 @@ AlgorithmTable AlgorithmTable::defaults() {
   // NVLink (NV18), bf16, NCCL 2.28 in the same runs, graph and eager alike. Push one-shot wins to
   // 1 MB (graph: 7.4 us, push two-shot 7.8, NCCL 15.5), push two-shot from there (2 MB: 10.0
   // against 13.0 us; 128 MB: 455 against NCCL's 471), NCCL beyond 128 MB (256 MB: 885 against
-  // 914 us). The pull kernels lose at every size (8 KB: 7.5 us against 4.9).
+  // 914 us). The pull kernels lose at every size (8 KB: 7.5 us against 4.9). On 2 x H200 the
+  // switch holds: 1 MB one-shot 6.80 against two-shot 7.38 us, 4 MB 18.55 against 17.79.
   // Four and eight ranks: not measured yet. Push one-shot moves (n-1) times the message per rank
   // and push two-shot 2(n-1)/n of it, so one-shot should win while latency dominates, to about
   // 512 KB at four ranks and 256 KB at eight as published peer-to-peer crossovers on H100/H200
