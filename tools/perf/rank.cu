@@ -469,7 +469,7 @@ class Bench {
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
     }
     const int calls = o_.iters * (graph ? o_.graphLaunches : 1);
-    std::vector<std::vector<double>> timings;  // [rank][timing]
+    std::vector<std::vector<double>> timings(ranks_.size());  // [rank][timing]
     for (int t = 0; t < kTimedSections; ++t) {
       barrier();
       forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.start, r.stream), "cudaEventRecord"); });
@@ -486,7 +486,6 @@ class Bench {
         cudaTry(cudaEventSynchronize(r.stop), "timed calls");
         float ms = 0;
         cudaTry(cudaEventElapsedTime(&ms, r.start, r.stop), "cudaEventElapsedTime");
-        if (timings.size() <= k) timings.emplace_back();
         timings[k++].push_back(ms * 1e3 / calls);
       });
     }
