@@ -105,6 +105,19 @@ LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBy
   return LaunchShape{static_cast<int>(blocks), static_cast<int>(threads)};
 }
 
+FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, int clusterRows, int cap) {
+  const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
+  const size_t cluster = static_cast<size_t>(device::rowBlocks(hiddenVectors));
+  if (cluster > 1 && rows <= static_cast<size_t>(std::max(clusterRows, 0)) &&
+      rows * cluster <= blockCap) {
+    return FusedShape{static_cast<int>(rows * cluster), true};
+  }
+  const size_t threads = static_cast<size_t>(device::rowThreads(hiddenVectors));
+  const size_t senders = (rows * hiddenVectors + threads - 1) / threads;
+  return FusedShape{static_cast<int>(std::clamp<size_t>(std::max(rows, senders), 1, blockCap)),
+                    false};
+}
+
 int residentBlockShare(int blocksPerSm, int smCount, int ranksOnDevice) {
   const int share = blocksPerSm * smCount / std::max(ranksOnDevice, 1);
   return std::clamp(share, 1, device::kMaxBlocks);

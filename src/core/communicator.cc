@@ -28,6 +28,7 @@ struct Communicator::RankInfo {
   int32_t smCount;
   int32_t pullBlocksPerSm;
   int32_t pushBlocksPerSm;
+  int32_t rowClusters;  // fused one-shot clusters the device holds at once
 };
 
 tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
@@ -113,11 +114,11 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   }
   TPC_INFO(
       "rank %d/%d on device %d ready: staging %zu bytes, push chunks %zu / %zu bytes, at most %d "
-      "(pull) and %d (push) blocks per kernel, %s",
+      "(pull) and %d (push) blocks per kernel, fused rows over clusters up to %d rows, %s",
       rank_, nranks_, device_, layout_.stagingBytes,
       layout_.receive(device::kPushOneShot).chunkBytes,
       layout_.receive(device::kPushTwoShot).chunkBytes, pullBlockCap_, pushBlockCap_,
-      config_.digest().c_str());
+      fusedClusterRows_, config_.digest().c_str());
   TPC_INFO("rank %d: custom path %s: %s; NCCL: %s", rank_, topology_.decision.custom ? "on" : "off",
            topology_.decision.reason.c_str(), nccl_.description().c_str());
   return tpcSuccess;
@@ -141,6 +142,7 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   }
   mine->pullBlocksPerSm = pull;
   mine->pushBlocksPerSm = push;
+  TPC_CUDA_CHECK(fusedRowClusters(&mine->rowClusters));
   local_ = std::make_shared<LocalBuffer>();
   TPC_CHECK(local_->allocate(layout_));
   publishLocalBuffer(key_, rank_, local_);
@@ -204,11 +206,14 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
 void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
   // Every rank computes the same caps from the same gathered facts, so all launch equal grids.
   int pullCap = device::kMaxBlocks, pushCap = device::kMaxBlocks;
+  int clusterRows = kFusedClusterRows;
   for (int r = 0; r < nranks_; ++r) {
     int onDevice = 0;
     for (int q = 0; q < nranks_; ++q) {
       onDevice += std::memcmp(all[q].uuid, all[r].uuid, sizeof(all[r].uuid)) == 0;
     }
+    // A cluster a row, and every rank's clusters resident at once.
+    clusterRows = std::min(clusterRows, all[r].rowClusters / onDevice);
     // Ranks sharing a device spin on each other: all their blocks must be resident at once.
     pullCap =
         std::min(pullCap, residentBlockShare(all[r].pullBlocksPerSm, all[r].smCount, onDevice));
@@ -231,6 +236,7 @@ void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
   }
   pullBlockCap_ = pullCap;
   pushBlockCap_ = pushCap;
+  fusedClusterRows_ = clusterRows;
 }
 
 char* Communicator::bufferOf(int rank) const {
@@ -532,11 +538,12 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
     p.count = rows * call.hidden;
     p.norm = normParams(call, first, rows);
     p.tag = callTag(algorithm, call.type, p.count, call.hidden, p.norm.outType);
-    // A block per row; one-shot sends with a vector per thread where that takes more blocks.
-    const size_t threads = static_cast<size_t>(device::rowThreads(p.norm.hiddenVectors));
-    const size_t senders = twoShot ? 0 : (rows * hiddenVectors + threads - 1) / threads;
-    const int blocks = static_cast<int>(std::min<size_t>(std::max(rows, senders), pushBlockCap_));
-    TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, blocks, dependentLaunch_, stream));
+    // Two-shot: a block per row of this rank's slice.
+    const FusedShape shape =
+        twoShot ? FusedShape{static_cast<int>(std::min<size_t>(rows, pushBlockCap_)), false}
+                : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusterRows_, pushBlockCap_);
+    TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.rowClusters,
+                               dependentLaunch_, stream));
   }
   return tpcSuccess;
 }

@@ -10,14 +10,18 @@
 namespace tpcomm {
 
 // Both take float16 and bfloat16 rows (cudaErrorInvalidValue for other types). `algorithm` is
-// device::kPushOneShotNorm or kPushTwoShotNorm.
+// device::kPushOneShotNorm or kPushTwoShotNorm; `rowClusters` as device::launchFused takes it.
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
-                        const device::FusedParams& params, int blocks, bool dependent,
-                        cudaStream_t stream);
+                        const device::FusedParams& params, int blocks, bool rowClusters,
+                        bool dependent, cudaStream_t stream);
 cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
                              bool dependent, cudaStream_t stream);
 
 // Blocks per multiprocessor that every fused kernel can keep resident on the current device.
 cudaError_t fusedBlocksPerSm(int* blocks);
+
+// Clusters of the fused one-shot kernel, of any row size, that the current device holds at once;
+// 0 where it launches no clusters.
+cudaError_t fusedRowClusters(int* clusters);
 
 }  // namespace tpcomm

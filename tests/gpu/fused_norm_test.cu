@@ -306,10 +306,10 @@ TEST_P(FusedNormShapes, MatchReferenceOnTwoRanks) {
   Ranks ranks(2, configFor(algorithm));
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   if (algorithm == tpcAlgoNccl && !ncclAvailable(ranks)) GTEST_SKIP() << "no NCCL here";
-  const Shape shapes[] = {{1, 2048},  {1, 4096},   {1, 5120},    {1, 6144},
-                          {1, 7168},  {1, 8192},   {1, 12288},   {1, 16384},
-                          {3, 8},     {7, 1000},   {5, 2056},    {64, 8192},
-                          {33, 5120}, {517, 7168}, {4096, 2048}, {1024, 16384}};
+  const Shape shapes[] = {{1, 2048},    {1, 4096},    {1, 5120},  {1, 6144},  {1, 7168},
+                          {1, 8192},    {1, 12288},   {1, 16384}, {3, 8},     {7, 1000},
+                          {5, 2056},    {2, 1032},    {64, 8192}, {33, 5120}, {517, 7168},
+                          {4096, 2048}, {1024, 16384}};
   uint32_t seed = 1;
   for (const Shape& shape : shapes) {
     Call c;
@@ -362,10 +362,13 @@ INSTANTIATE_TEST_SUITE_P(WorldSizes, FusedNormWorld, ::testing::Range(2, 9),
                            return std::to_string(info.param) + "ranks";
                          });
 
-// The fused one-shot and two-shot kernels, and NCCL with the norm kernel, give the same bits (two
-// ranks: every all-reduce rounds a + b once).
+// The fused one-shot kernel (a row over a cluster of blocks for few rows, a block a row for many)
+// and two-shot kernel, and NCCL with the norm kernel, give the same bits (two ranks: every
+// all-reduce rounds a + b once).
 TEST(FusedNorm, EveryPathGivesTheSameBits) {
   SKIP_WITHOUT_GPU();
+  const Shape shapes[] = {{37, 7168}, {3, 7168}, {1, 16384}};
+  constexpr size_t kPerPath = 2 * 3;  // outputs x shapes
   std::vector<Results> results;
   for (tpcAlgorithm_t algorithm : {tpcAlgoPushOneShot, tpcAlgoPushTwoShot, tpcAlgoNccl}) {
     if (algorithm == tpcAlgoNccl && gpuCount() < 2) continue;  // NCCL needs a GPU per rank
@@ -373,18 +376,20 @@ TEST(FusedNorm, EveryPathGivesTheSameBits) {
     ASSERT_TRUE(ranks.ok()) << ranks.message;
     if (algorithm == tpcAlgoNccl && !ncclAvailable(ranks)) continue;
     for (tpcDataType_t outType : {tpcBfloat16, tpcFloat8e4m3}) {
-      Call c;
-      c.outType = outType;
-      c.shape = {37, 7168};
-      c.scale = 0.5f;
-      results.emplace_back();
-      runAndVerify(&c, ranks, 7 + outType, &results.back());
+      for (const Shape& shape : shapes) {
+        Call c;
+        c.outType = outType;
+        c.shape = shape;
+        c.scale = 0.5f;
+        results.emplace_back();
+        runAndVerify(&c, ranks, 7 + outType + static_cast<uint32_t>(shape.rows), &results.back());
+      }
     }
   }
-  ASSERT_GE(results.size(), 4u);
-  for (size_t k = 2; k < results.size(); ++k) {
-    EXPECT_TRUE(results[k].residual == results[k % 2].residual) << "path " << k / 2;
-    EXPECT_TRUE(results[k].out == results[k % 2].out) << "path " << k / 2;
+  ASSERT_GE(results.size(), 2 * kPerPath);
+  for (size_t k = kPerPath; k < results.size(); ++k) {
+    EXPECT_TRUE(results[k].residual == results[k % kPerPath].residual) << "path " << k / kPerPath;
+    EXPECT_TRUE(results[k].out == results[k % kPerPath].out) << "path " << k / kPerPath;
   }
 }
 

@@ -144,6 +144,29 @@ TEST(Algorithm, PushGridSpreadsSmallMessagesOverBlocks) {
   EXPECT_EQ(std::make_pair(2, 256), shape(Route::kPushOneShot, 2, 8 << 10, 2));
 }
 
+TEST(Algorithm, FusedOneShotSpreadsFewRowsOverClusters) {
+  auto shape = [](size_t rows, uint32_t hiddenVectors, int clusterRows, int cap) {
+    const FusedShape s = fusedOneShotShape(rows, hiddenVectors, clusterRows, cap);
+    return std::make_pair(s.blocks, s.rowClusters);
+  };
+  // Hidden 8192 (bf16, 1024 vectors): a cluster of 8 blocks a row while the rows are few.
+  EXPECT_EQ(std::make_pair(8, true), shape(1, 1024, 16, 132));
+  EXPECT_EQ(std::make_pair(128, true), shape(16, 1024, 16, 132));
+  // Beyond them, a block a row (of 512 threads, two vectors each), and as many blocks again to send
+  // a vector per thread.
+  EXPECT_EQ(std::make_pair(34, false), shape(17, 1024, 16, 132));
+  EXPECT_EQ(std::make_pair(128, false), shape(64, 1024, 16, 132));
+  // Without clusters, one row still sends from two blocks: a vector per thread.
+  EXPECT_EQ(std::make_pair(2, false), shape(1, 1024, 0, 132));
+  // Hidden 5120: clusters of 5 blocks.
+  EXPECT_EQ(std::make_pair(10, true), shape(2, 640, 16, 132));
+  // Clusters that would pass the block cap do not run.
+  EXPECT_EQ(std::make_pair(12, false), shape(6, 1024, 16, 40));
+  EXPECT_EQ(std::make_pair(3, false), shape(3, 1024, 16, 3));
+  // A row of one block's worth stays in one block.
+  EXPECT_EQ(std::make_pair(1, false), shape(1, 100, 16, 132));
+}
+
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
   EXPECT_EQ(device::kMaxBlocks, residentBlockShare(2, 132, 1));
   EXPECT_EQ(132, residentBlockShare(2, 132, 2));

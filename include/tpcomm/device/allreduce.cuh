@@ -22,18 +22,26 @@
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
+// `cluster` > 1: in thread block clusters of that many blocks (a divisor of `blocks`).
 template <typename Params>
 inline cudaError_t launchKernel(void (*kernel)(Params), const Params& p, int blocks, bool dependent,
-                                cudaStream_t stream, int threads = kBlockThreads) {
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+                                cudaStream_t stream, int threads = kBlockThreads, int cluster = 1) {
+  cudaLaunchAttribute attributes[2];
+  unsigned count = 0;
+  if (dependent) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count++].val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(static_cast<unsigned>(threads));
   config.stream = stream;
-  config.attrs = dependent ? &attribute : nullptr;
-  config.numAttrs = dependent ? 1 : 0;
+  config.attrs = count > 0 ? attributes : nullptr;
+  config.numAttrs = count;
   return cudaLaunchKernelEx(&config, kernel, p);
 }
 

@@ -1,7 +1,8 @@
 // The all-reduce fused with the residual add and RMSNorm, and the norm alone, with their
 // launchers: raw parameters and a stream in, cudaError_t out. A block normalises a row at a time
-// with rowThreads(hiddenVectors) threads; the fused kernels expect what the push kernels expect
-// (allreduce.cuh).
+// with rowThreads(hiddenVectors) threads, or a cluster of rowBlocks(hiddenVectors) blocks of
+// rowBlockThreads(hiddenVectors) does (the fused one-shot kernel, for few rows); the fused kernels
+// expect what the push kernels expect (allreduce.cuh), their clusters too.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,15 +16,23 @@
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
-// `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type.
+// `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type. With `rowClusters` the
+// one-shot kernel spreads each row over a cluster of rowBlocks(hiddenVectors) blocks (which must
+// divide `blocks`); otherwise a block holds a row.
 template <typename T>
-inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, bool dependent,
-                               cudaStream_t stream) {
+inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, bool rowClusters,
+                               bool dependent, cudaStream_t stream) {
+  const uint32_t hv = p.norm.hiddenVectors;
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
-    return launchKernel(algorithm == kPushTwoShotNorm ? pushTwoShotAddRmsNorm<T, kRanks>
-                                                      : pushOneShotAddRmsNorm<T, kRanks>,
-                        p, blocks, dependent, stream, rowThreads(p.norm.hiddenVectors));
+    if (algorithm == kPushTwoShotNorm) {
+      return launchKernel(pushTwoShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
+                          rowThreads(hv));
+    }
+    return rowClusters ? launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent,
+                                      stream, rowBlockThreads(hv), rowBlocks(hv))
+                       : launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent,
+                                      stream, rowThreads(hv));
   });
 }
 
@@ -47,6 +56,42 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks>),
   };
   return fewestBlocksPerSm(kernels, 6, blocks);
+}
+
+// The fewest clusters of the fused one-shot kernel for T that the device holds at once, at the
+// largest row (kMaxRowBlocks blocks of the most threads rowBlockThreads gives): a bound for every
+// smaller cluster or block. 0 where the kernel was compiled for a device without clusters (it
+// would then take each block of a cluster for a whole group).
+template <typename T>
+inline cudaError_t fusedRowClusters(int* clusters) {
+  const void* kernels[] = {
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
+  };
+  *clusters = kMaxBlocks;
+  for (const void* kernel : kernels) {
+    cudaFuncAttributes compiled;
+    cudaError_t err = cudaFuncGetAttributes(&compiled, kernel);
+    if (err != cudaSuccess) return err;
+    if (compiled.ptxVersion < 90) {
+      *clusters = 0;
+      return cudaSuccess;
+    }
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim = {kMaxRowBlocks, 1, 1};
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(kMaxRowBlocks);
+    config.blockDim = dim3(rowBlockThreads(kMaxRowVectors * kBlockThreads));
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    int n = 0;
+    err = cudaOccupancyMaxActiveClusters(&n, kernel, &config);
+    if (err != cudaSuccess) return err;
+    *clusters = n < *clusters ? n : *clusters;
+  }
+  return cudaSuccess;
 }
 
 TPCOMM_DEVICE_NAMESPACE_END

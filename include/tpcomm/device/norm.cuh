@@ -1,13 +1,16 @@
 // The end of a transformer block's all-reduce: the residual add and RMSNorm of each row, shared by
 // the fused push kernels and by the norm kernel that follows an all-reduce made elsewhere (NCCL).
 //
-// A block owns a row at a time. Thread t holds vectors t, t + blockDim.x, ... of the row (at most
-// kMaxRowVectors), adds the residual, stores the new residual and sums its squares; the block
-// reduces the squares in a fixed order, and every thread then writes its part of the output. Every
-// kernel uses these same steps and the same block size for a row size, so a row gets the same bits
-// on every rank and through every path that sums the same way.
+// A row belongs to a group of threads at a time: one block, or (the fused one-shot kernel, for few
+// rows) the blocks of a thread block cluster, so that a row is gathered and normalised by several
+// multiprocessors. Thread t of the group holds vectors t, t + threads, ... of the row (at most
+// kMaxRowVectors), adds the residual, stores the new residual and sums each vector's squares; the
+// group reduces the squares in the order params.cuh fixes (kMaxRowWarps), which does not depend on
+// how the group is laid out, and every thread then writes its part of the output. So a row gets
+// the same bits on every rank and through every path that sums the same way.
 #pragma once
 
+#include <cooperative_groups.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -20,13 +23,73 @@
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
-// Vector k of this thread's part of a row; >= hiddenVectors where the thread has none.
-__device__ __forceinline__ uint32_t rowVector(int k) {
-  return threadIdx.x + static_cast<uint32_t>(k) * blockDim.x;
+// This thread's place among the threads that hold a row.
+struct RowLane {
+  uint32_t thread;
+  uint32_t threads;
+  // Vector k of this thread's part of a row; >= hiddenVectors where the thread has none.
+  __device__ __forceinline__ uint32_t vector(int k) const {
+    return thread + static_cast<uint32_t>(k) * threads;
+  }
+};
+
+// A row held by one block.
+__device__ __forceinline__ RowLane blockLane() { return RowLane{threadIdx.x, blockDim.x}; }
+
+// The blocks of this block's thread block cluster (one block outside a cluster, and before Hopper).
+struct RowBlocks {
+  __device__ __forceinline__ static unsigned count() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().num_blocks();
+#else
+    return 1;
+#endif
+  }
+  __device__ __forceinline__ static unsigned rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().block_rank();
+#else
+    return 0;
+#endif
+  }
+  // This thread's place in a row spread over the cluster, in block order.
+  __device__ __forceinline__ static RowLane lane() {
+    return RowLane{rank() * blockDim.x + threadIdx.x, count() * blockDim.x};
+  }
+  // Every thread of the cluster arrives; what each stored to shared memory before, anywhere in
+  // the cluster, is visible to all after.
+  __device__ __forceinline__ static void sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#else
+    __syncthreads();
+#endif
+  }
+  // `local`, a variable in this block's shared memory, as block `block` of the cluster has it.
+  template <typename V>
+  __device__ __forceinline__ static V* at(V* local, unsigned block) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().map_shared_rank(local, block);
+#else
+    return local;
+#endif
+  }
+};
+
+// The sum of the squares of a vector's elements, in float32 and in element order.
+template <typename T>
+__device__ __forceinline__ float vectorSquares(const Vec<T>& v) {
+  float squares = 0.0f;
+#pragma unroll
+  for (int e = 0; e < Vec<T>::kElems; ++e) {
+    const float x = toFloat(v.elem[e]);
+    squares = __fmaf_rn(x, x, squares);
+  }
+  return squares;
 }
 
-// T(sum + residual) per element, as raw words; adds its squares (in float32, in element order) to
-// *squares.
+// T(sum + residual) per element, as raw words; *squares is the sum of their squares (in float32,
+// in element order).
 template <typename T>
 __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& residual,
                                              float* squares) {
@@ -38,44 +101,80 @@ __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& resi
     added[e] = __fadd_rn(toFloat(s.elem[e]), toFloat(r.elem[e]));
   }
   const Vec<T> out = roundToVec<T>(added);
-#pragma unroll
-  for (int e = 0; e < Vec<T>::kElems; ++e) {
-    const float x = toFloat(out.elem[e]);
-    *squares = __fmaf_rn(x, x, *squares);
-  }
+  *squares = vectorSquares(out);
   return asRaw(out);
 }
 
-// The state a block keeps from row to row: its reduction scratch, and the output scale.
+// Shared memory a row's warp sums meet in: two sets, by row parity, so that one barrier per row
+// suffices (no block can write a row's sums before every block has read the last row's).
+using RowSums = float[2][kMaxRowWarps];
+
+// A warp sum no row has: marks a warp in which a thread failed to gather its part.
+constexpr float kFailedWarp = -1.0f;
+
+// The state a group of threads keeps from row to row: where its threads sit in a row, the blocks
+// that hold it, where its warp sums meet, and the output scale.
 struct RowNorm {
-  float (*partial)[kBlockThreads / 32];  // two sets, by row parity: one barrier per row
+  RowLane lane;
+  unsigned blocks;  // of the cluster that holds a row; 1: one block holds it
+  float (*sums)[kMaxRowWarps];
   int parity;
   float scaleInv;  // FP8 output: 1 / *scale
 
-  __device__ RowNorm(const NormParams& n, float (*scratch)[kBlockThreads / 32]) {
-    partial = scratch;
+  __device__ RowNorm(const NormParams& n, RowLane lane_, unsigned blocks_, RowSums& sums_) {
+    lane = lane_;
+    blocks = blocks_;
+    sums = sums_;
     parity = 0;
     scaleInv = n.outType == kNormOutInput ? 1.0f : __frcp_rn(__ldg(n.scale));
   }
 };
 
-// The sum of every thread's `x` in the block, the same bits on every thread and in a fixed order:
-// a butterfly over each warp, then one over the warps' sums (a butterfly gives every lane the same
-// bits, since each addition meets its mirror image). False on every thread if any thread's `ok` is
-// false (its row is then left alone).
-__device__ __forceinline__ bool blockSum(float x, bool ok, RowNorm* state, float* total) {
+__device__ __forceinline__ float warpButterfly(float x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  float* partial = state->partial[state->parity];
-  state->parity ^= 1;
+  return x;
+}
+
+// The sum of a row's squares (`squares[k]` those of this thread's vector k), the same bits on
+// every thread: each warp's vectors in a butterfly (a butterfly gives every lane the same bits,
+// since each addition meets its mirror image), every warp sum stored where every block of the row
+// reads it, then lane l adds warp sums l and l + 32 and the lanes meet in a butterfly. False on
+// every thread if any thread's `ok` is false (its row is then left alone): its warp stores
+// kFailedWarp instead, which every thread of the row sees.
+//
+// In a cluster, the barrier per row took about 0.6 us from the last warp's arrival to the blocks'
+// leaving (1 row of 8192, 2 H200s); waiting instead for warp sums numbered by row in each block's
+// own shared memory was no faster.
+__device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
+                                       uint32_t hiddenVectors, bool ok, RowNorm* state,
+                                       float* total) {
   const unsigned lane = threadIdx.x % 32;
-  if (lane == 0) partial[threadIdx.x / 32] = x;
-  if (!__syncthreads_and(ok)) return false;
-  float sum = lane < blockDim.x / 32 ? partial[lane] : 0.0f;
-  static_assert(kBlockThreads / 32 <= 32, "a lane for every warp's sum");
+  float* sums = state->sums[state->parity];
+  state->parity ^= 1;
+  const bool warpOk = __all_sync(0xffffffffu, ok);
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  *total = sum;
+  for (int k = 0; k < kMaxRowVectors; ++k) {
+    const uint32_t first = state->lane.vector(k) - lane;  // the warp's first vector
+    if (first >= hiddenVectors) continue;
+    const float x = warpOk ? warpButterfly(squares[k]) : kFailedWarp;
+    if (state->blocks == 1) {
+      if (lane == 0) sums[first / 32] = x;
+    } else if (lane < state->blocks) {
+      *RowBlocks::at(&sums[first / 32], lane) = x;
+    }
+  }
+  if (state->blocks == 1) {
+    __syncthreads();
+  } else {
+    RowBlocks::sync();
+  }
+  const uint32_t warps = (hiddenVectors + 31) / 32;
+  float low = lane < warps ? sums[lane] : 0.0f;
+  const float high = lane + 32 < warps ? sums[lane + 32] : 0.0f;
+  if (__any_sync(0xffffffffu, low < 0.0f || high < 0.0f)) return false;
+  if (lane + 32 < warps) low = __fadd_rn(low, high);
+  *total = warpButterfly(low);
   return true;
 }
 
@@ -110,21 +209,22 @@ __device__ __forceinline__ void storeNormalized(const NormParams& n, size_t at, 
   static_cast<uint2*>(n.out)[at] = make_uint2(packed[0], packed[1]);
 }
 
-// Ends row `row` once every thread of the block holds its part of the new residual in `kept` and
-// the sum of its squares: stores the residual and the normalised output. `weights` is the weight
+// Ends row `row` once every thread of the row holds its part of the new residual in `kept` and
+// each vector's squares: stores the residual and the normalised output. `weights` is the weight
 // row (in global or shared memory). False on every thread, with nothing stored, if any thread of
-// the block failed to gather its part.
+// the row failed to gather its part.
 template <typename T>
 __device__ __forceinline__ bool finishRow(const NormParams& n, size_t row, const uint4* weights,
-                                          const uint4 (&kept)[kMaxRowVectors], float squares,
-                                          bool ok, RowNorm* state) {
+                                          const uint4 (&kept)[kMaxRowVectors],
+                                          const float (&squares)[kMaxRowVectors], bool ok,
+                                          RowNorm* state) {
   float total = 0.0f;
-  if (!blockSum(squares, ok, state, &total)) return false;
+  if (!rowSum(squares, n.hiddenVectors, ok, state, &total)) return false;
   const float meanSquare = __fdiv_rn(total, static_cast<float>(n.hidden));
   const float inverseRms = rsqrtf(__fadd_rn(meanSquare, n.eps));
 #pragma unroll
   for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t v = rowVector(k);
+    const uint32_t v = state->lane.vector(k);
     if (v >= n.hiddenVectors) continue;
     const size_t at = row * n.hiddenVectors + v;
     static_cast<uint4*>(n.residualOut)[at] = kept[k];
@@ -143,34 +243,35 @@ struct RowPrefetch {
   uint4 residual[kMaxRowVectors];
 
   // Loads this thread's part of row `row` of the residual.
-  __device__ __forceinline__ void loadResidual(const NormParams& n, size_t row) {
+  __device__ __forceinline__ void loadResidual(const NormParams& n, RowLane lane, size_t row) {
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      const uint32_t v = rowVector(k);
+      const uint32_t v = lane.vector(k);
       if (v < n.hiddenVectors) residual[k] = loadRowVector(n.residualIn, row * n.hiddenVectors + v);
     }
   }
 };
 
-// Shared memory for a block's weight row: each thread only ever reads the vectors it wrote, so no
-// barrier is needed.
+// Shared memory for a block's part of the weight row (indexed by vector): each thread only ever
+// reads the vectors it wrote, so no barrier is needed.
 using WeightRow = uint4[kMaxRowVectors * kBlockThreads];
 
 // Starts loading this thread's weight vectors; storeWeights puts them in shared memory later, once
 // the thread has sent its data.
-__device__ __forceinline__ void loadWeights(const NormParams& n, uint4 (&w)[kMaxRowVectors]) {
+__device__ __forceinline__ void loadWeights(const NormParams& n, RowLane lane,
+                                            uint4 (&w)[kMaxRowVectors]) {
 #pragma unroll
   for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t v = rowVector(k);
+    const uint32_t v = lane.vector(k);
     if (v < n.hiddenVectors) w[k] = __ldg(static_cast<const uint4*>(n.weight) + v);
   }
 }
 
-__device__ __forceinline__ void storeWeights(const NormParams& n, const uint4 (&w)[kMaxRowVectors],
-                                             WeightRow& shared) {
+__device__ __forceinline__ void storeWeights(const NormParams& n, RowLane lane,
+                                             const uint4 (&w)[kMaxRowVectors], WeightRow& shared) {
 #pragma unroll
   for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t v = rowVector(k);
+    const uint32_t v = lane.vector(k);
     if (v < n.hiddenVectors) shared[v] = w[k];
   }
 }
@@ -180,20 +281,21 @@ __device__ __forceinline__ void storeWeights(const NormParams& n, const uint4 (&
 template <typename T>
 __global__ void __launch_bounds__(kBlockThreads)
     addRmsNorm(const __grid_constant__ AddNormParams p) {
-  __shared__ float scratch[2][kBlockThreads / 32];
+  __shared__ RowSums sums;
   waitForPreviousKernel();
   allowNextKernel();
   const NormParams& n = p.norm;
-  RowNorm state(n, scratch);
+  RowNorm state(n, blockLane(), 1, sums);
   for (size_t row = blockIdx.x; row < n.rows; row += gridDim.x) {
     uint4 kept[kMaxRowVectors] = {};
-    float squares = 0.0f;
+    float squares[kMaxRowVectors] = {};
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      const uint32_t v = rowVector(k);
+      const uint32_t v = state.lane.vector(k);
       if (v >= n.hiddenVectors) continue;
       const size_t at = row * n.hiddenVectors + v;
-      kept[k] = addResidual<T>(loadRowVector(p.sum, at), loadRowVector(n.residualIn, at), &squares);
+      kept[k] =
+          addResidual<T>(loadRowVector(p.sum, at), loadRowVector(n.residualIn, at), &squares[k]);
     }
     finishRow<T>(n, row, static_cast<const uint4*>(n.weight), kept, squares, true, &state);
   }

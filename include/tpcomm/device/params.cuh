@@ -191,6 +191,39 @@ static_assert(rowThreads(1024) == 512 && rowThreads(640) == 320 && rowThreads(20
                   rowThreads(1) == 32 && rowThreads(896) == 448,
               "rows spread over as few warps as kMaxRowVectors allows");
 
+// A row's sum of squares is the same bits however its threads hold it, as long as every warp holds
+// 32 consecutive vectors: each vector's squares are summed in element order, each warp's 32 in a
+// butterfly, and the row's (at most this many) warp sums two to a lane, then in a butterfly.
+constexpr int kMaxRowWarps = kMaxRowVectors * kBlockThreads / 32;
+static_assert(kMaxRowWarps <= 64, "two warp sums to a lane");
+
+// The largest thread block cluster every Hopper GPU launches.
+constexpr int kMaxRowBlocks = 8;
+
+// Blocks of the cluster over which the fused one-shot kernel spreads a row of `hiddenVectors`
+// vectors for few rows: about kPushVectorsPerBlock vectors each (as push one-shot spreads a message
+// of that size), one to a thread.
+TPCOMM_PARAMS_HOST_DEVICE constexpr int rowBlocks(uint32_t hiddenVectors) {
+  return hiddenVectors <= kPushVectorsPerBlock
+             ? 1
+             : static_cast<int>(
+                   (hiddenVectors + kPushVectorsPerBlock - 1) / kPushVectorsPerBlock < kMaxRowBlocks
+                       ? (hiddenVectors + kPushVectorsPerBlock - 1) / kPushVectorsPerBlock
+                       : kMaxRowBlocks);
+}
+
+// Threads of each of those blocks: whole warps, together at least one per vector.
+TPCOMM_PARAMS_HOST_DEVICE constexpr int rowBlockThreads(uint32_t hiddenVectors) {
+  return static_cast<int>(
+      ((hiddenVectors + rowBlocks(hiddenVectors) - 1) / rowBlocks(hiddenVectors) + 31) / 32 * 32);
+}
+static_assert(rowBlocks(1024) == 8 && rowBlockThreads(1024) == 128 && rowBlocks(640) == 5 &&
+                  rowBlockThreads(640) == 128 && rowBlocks(896) == 7 && rowBlocks(2048) == 8 &&
+                  rowBlockThreads(2048) == 256 && rowBlocks(1000) == 8 &&
+                  rowBlockThreads(1000) == 128 && rowBlocks(100) == 1 &&
+                  rowBlockThreads(100) == 128 && rowBlocks(1) == 1 && rowBlockThreads(1) == 32,
+              "rows over clusters of about kPushVectorsPerBlock vectors a block");
+
 struct NormParams {
   const void* residualIn;
   void* residualOut;

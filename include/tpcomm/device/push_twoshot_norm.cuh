@@ -43,7 +43,7 @@ struct RowSlices {
 template <typename T, int kRanks>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushTwoShotAddRmsNorm(const __grid_constant__ FusedParams p) {
-  __shared__ float scratch[2][kBlockThreads / 32];
+  __shared__ RowSums sums;
   __shared__ WeightRow weights;
   waitForPreviousKernel();
   const NormParams& n = p.norm;
@@ -55,8 +55,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   allowNextKernel();
   const int gatherBase = p.nranks - 1;
   sendTags(p, round);
+  const RowLane lane = blockLane();
   uint4 w[kMaxRowVectors];
-  loadWeights(n, w);
+  loadWeights(n, lane, w);
 
   // Reduce-scatter, sending half: every row of another slice to the rank that owns it.
   for (size_t j = blockIdx.x; j < slices.others(); j += gridDim.x) {
@@ -66,35 +67,35 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     uint4 x[kMaxRowVectors];
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      const uint32_t v = rowVector(k);
+      const uint32_t v = lane.vector(k);
       if (v < hv) x[k] = scrub<T>(loadRowVector(p.input, row * hv + v));
     }
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      const uint32_t v = rowVector(k);
+      const uint32_t v = lane.vector(k);
       if (v < hv) *slotVector(p, round, owner, peerSlot(p.rank, owner), 1 + local * hv + v) = x[k];
     }
   }
-  storeWeights(n, w, weights);
+  storeWeights(n, lane, w, weights);
   resetStale(p, round, 2 * (p.nranks - 1));
 
   // This rank's rows: summed, the residual added, sent to every peer and normalised here.
-  RowNorm state(n, scratch);
+  RowNorm state(n, lane, 1, sums);
   Patience patience(p, kPhasePushData, kPushTwoShotNorm);
   bool ok = true;
   bool tagsChecked = false;
   for (size_t j = blockIdx.x; j < slices.mineCount; j += gridDim.x) {
     const size_t row = slices.mineBegin + j;
     uint4 kept[kMaxRowVectors] = {};
-    float squares = 0.0f;
+    float squares[kMaxRowVectors] = {};
     RowPrefetch prefetch;
-    prefetch.loadResidual(n, row);
-    ok = ok && gatherRow<T, kRanks>(p, round, n, j * hv, row * hv, prefetch.residual,
-                                    kPushTwoShotNorm, &patience, &tagsChecked, kept, &squares);
+    prefetch.loadResidual(n, lane, row);
+    ok = ok && gatherRow<T, kRanks>(p, round, n, lane, j * hv, row * hv, prefetch.residual,
+                                    kPushTwoShotNorm, &patience, &tagsChecked, kept, squares);
     if (ok) {
 #pragma unroll
       for (int k = 0; k < kMaxRowVectors; ++k) {
-        const uint32_t v = rowVector(k);
+        const uint32_t v = lane.vector(k);
         if (v >= hv) continue;
         // Scrubbed (a sum can round to -0): this rank keeps exactly what it sends.
         kept[k] = scrub<T>(kept[k]);
@@ -122,9 +123,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     const uint4* from =
         slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + local * hv);
     uint4 kept[kMaxRowVectors] = {};
-    float squares = 0.0f;
+    float squares[kMaxRowVectors] = {};
     auto address = [&](int k) -> const uint4* {
-      return rowVector(k) < hv ? from + rowVector(k) : nullptr;
+      return lane.vector(k) < hv ? from + lane.vector(k) : nullptr;
     };
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
@@ -133,12 +134,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     ok = ok && awaitAllFull(kept, address, owner, &gatherPatience);
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
-      if (!ok || address(k) == nullptr) continue;
-      const Vec<T> x = asVec<T>(kept[k]);
-#pragma unroll
-      for (int e = 0; e < Vec<T>::kElems; ++e) {
-        squares = __fmaf_rn(toFloat(x.elem[e]), toFloat(x.elem[e]), squares);
-      }
+      if (ok && address(k) != nullptr) squares[k] = vectorSquares(asVec<T>(kept[k]));
     }
     ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
