@@ -136,6 +136,17 @@ __device__ __forceinline__ float warpButterfly(float x) {
   return x;
 }
 
+// warpButterfly of `a` on lanes 0-15 and of `b` on lanes 16-31, the same bits, in half the
+// shuffles: the first step adds the same pairs (each half sends the other the value it sums), and
+// the later ones stay within a half.
+__device__ __forceinline__ float warpButterflyPair(float a, float b) {
+  const bool upper = (threadIdx.x & 16) != 0;
+  float x = (upper ? b : a) + __shfl_xor_sync(0xffffffffu, upper ? a : b, 16);
+#pragma unroll
+  for (int offset = 8; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
 // The sum of a row's squares (`squares[k]` those of this thread's vector k), the same bits on
 // every thread: each warp's vectors in a butterfly (a butterfly gives every lane the same bits,
 // since each addition meets its mirror image), every warp sum stored where every block of the row
@@ -153,15 +164,23 @@ __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
   float* sums = state->sums[state->parity];
   state->parity ^= 1;
   const bool warpOk = __all_sync(0xffffffffu, ok);
+  static_assert(kMaxRowVectors % 2 == 0, "vectors in pairs");
 #pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t first = state->lane.vector(k) - lane;  // the warp's first vector
+  for (int k = 0; k < kMaxRowVectors; k += 2) {
+    // The warp's first vector of its k-th and (k + 1)-th; lanes 16-31 store the second's sum.
+    const uint32_t first = state->lane.vector(k) - lane;
+    const uint32_t second = state->lane.vector(k + 1) - lane;
     if (first >= hiddenVectors) continue;
-    const float x = warpOk ? warpButterfly(squares[k]) : kFailedWarp;
+    const bool pair = second < hiddenVectors;
+    float x = pair ? warpButterflyPair(squares[k], squares[k + 1]) : warpButterfly(squares[k]);
+    if (!warpOk) x = kFailedWarp;
+    const unsigned half = lane % 16;
+    if (lane >= 16 && !pair) continue;
+    const uint32_t warp = (lane < 16 ? first : second) / 32;
     if (state->blocks == 1) {
-      if (lane == 0) sums[first / 32] = x;
-    } else if (lane < state->blocks) {
-      *RowBlocks::at(&sums[first / 32], lane) = x;
+      if (half == 0) sums[warp] = x;
+    } else if (half < state->blocks) {
+      *RowBlocks::at(&sums[warp], half) = x;
     }
   }
   if (state->blocks == 1) {
