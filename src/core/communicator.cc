@@ -142,7 +142,14 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   }
   mine->pullBlocksPerSm = pull;
   mine->pushBlocksPerSm = push;
-  TPC_CUDA_CHECK(fusedRowClusters(&mine->rowClusters));
+  // Clusters only speed up few fused rows: a device that cannot say how many it holds runs
+  // without them.
+  if (const cudaError_t err = fusedRowClusters(&mine->rowClusters); err != cudaSuccess) {
+    cudaGetLastError();
+    mine->rowClusters = 0;
+    TPC_INFO("rank %d: the fused kernel's rows stay in single blocks: %s", rank_,
+             cudaGetErrorString(err));
+  }
   local_ = std::make_shared<LocalBuffer>();
   TPC_CHECK(local_->allocate(layout_));
   publishLocalBuffer(key_, rank_, local_);
