@@ -56,23 +56,69 @@ struct RowBlocks {
   __device__ __forceinline__ static RowLane lane() {
     return RowLane{rank() * blockDim.x + threadIdx.x, count() * blockDim.x};
   }
-  // Every thread of the cluster arrives; what each stored to shared memory before, anywhere in
-  // the cluster, is visible to all after.
-  __device__ __forceinline__ static void sync() {
+  // Arrivals, in this block's shared memory, for the warp sums that storeSum sends to every
+  // block: each expects one phase's bytes from one local arrival (expectSums). The cluster's blocks
+  // must all have initialised theirs (joinArrivals) before any block stores a sum.
+  __device__ __forceinline__ static void initArrivals(uint64_t* arrivals, int count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
-#else
-    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < count; ++i) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(sharedAddress(arrivals + i))
+                     : "memory");
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 #endif
   }
-  // `local`, a variable in this block's shared memory, as block `block` of the cluster has it.
-  template <typename V>
-  __device__ __forceinline__ static V* at(V* local, unsigned block) {
+  __device__ __forceinline__ static void joinArrivals() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    return cooperative_groups::this_cluster().map_shared_rank(local, block);
-#else
-    return local;
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
 #endif
+  }
+  // One thread of the block says how many bytes the arrival's current phase waits for.
+  __device__ __forceinline__ static void expectSums(uint64_t* arrival, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sharedAddress(arrival)),
+        "r"(bytes)
+        : "memory");
+#endif
+  }
+  // Stores `x` into `*local` and counts its bytes on `*arrival`, both as block `block` has them.
+  // Only the arrival orders the store: no fence, and no wait for the other blocks' threads.
+  __device__ __forceinline__ static void storeSum(float* local, uint64_t* arrival, unsigned block,
+                                                  float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t to, counter;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(to) : "r"(sharedAddress(local)), "r"(block));
+    asm("mapa.shared::cluster.u32 %0, %1, %2;"
+        : "=r"(counter)
+        : "r"(sharedAddress(arrival)), "r"(block));
+    asm volatile(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(to),
+        "r"(__float_as_uint(x)), "r"(counter)
+        : "memory");
+#endif
+  }
+  // Until phase `parity` of `*arrival` completes; what was counted on it is then visible.
+  __device__ __forceinline__ static void waitSums(uint64_t* arrival, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    while (!done) {
+      asm volatile(
+          "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, "
+          "0, p; }"
+          : "=r"(done)
+          : "r"(sharedAddress(arrival)), "r"(parity)
+          : "memory");
+    }
+#endif
+  }
+
+ private:
+  __device__ __forceinline__ static uint32_t sharedAddress(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
   }
 };
 
@@ -105,9 +151,13 @@ __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& resi
   return asRaw(out);
 }
 
-// Shared memory a row's warp sums meet in: two sets, by row parity, so that one barrier per row
-// suffices (no block can write a row's sums before every block has read the last row's).
-using RowSums = float[2][kMaxRowWarps];
+// Shared memory a row's warp sums meet in: two sets, by row parity, so that a block never writes a
+// row's sums before every block has read those of the row two before: it cannot have passed the
+// last row's without them. In a cluster each set has its arrival (RowBlocks).
+struct RowSums {
+  float sums[2][kMaxRowWarps];
+  uint64_t arrivals[2];
+};
 
 // A warp sum no row has: marks a warp in which a thread failed to gather its part.
 constexpr float kFailedWarp = -1.0f;
@@ -117,16 +167,19 @@ constexpr float kFailedWarp = -1.0f;
 struct RowNorm {
   RowLane lane;
   unsigned blocks;  // of the cluster that holds a row; 1: one block holds it
-  float (*sums)[kMaxRowWarps];
-  int parity;
+  RowSums* shared;
+  uint32_t rowsDone;
   float scaleInv;  // FP8 output: 1 / *scale
 
-  __device__ RowNorm(const NormParams& n, RowLane lane_, unsigned blocks_, RowSums& sums_) {
+  // In a cluster, every block of it must construct its RowNorm, and only after
+  // RowBlocks::initArrivals(shared.arrivals, 2).
+  __device__ RowNorm(const NormParams& n, RowLane lane_, unsigned blocks_, RowSums& shared_) {
     lane = lane_;
     blocks = blocks_;
-    sums = sums_;
-    parity = 0;
+    shared = &shared_;
+    rowsDone = 0;
     scaleInv = n.outType == kNormOutInput ? 1.0f : __frcp_rn(__ldg(n.scale));
+    if (blocks > 1) RowBlocks::joinArrivals();
   }
 };
 
@@ -154,15 +207,22 @@ __device__ __forceinline__ float warpButterflyPair(float a, float b) {
 // every thread if any thread's `ok` is false (its row is then left alone): its warp stores
 // kFailedWarp instead, which every thread of the row sees.
 //
-// In a cluster, the barrier per row took about 0.6 us from the last warp's arrival to the blocks'
-// leaving (1 row of 8192, 2 H200s); waiting instead for warp sums numbered by row in each block's
-// own shared memory was no faster.
+// In a cluster, each block waits for the bytes of the row's warp sums to arrive in its own shared
+// memory. A cluster barrier per row instead (its release orders all of a thread's earlier stores,
+// to the peers too) made one row of 8192 0.3 us slower, 4.5 against 4.2 us (2 H200s).
 __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
                                        uint32_t hiddenVectors, bool ok, RowNorm* state,
                                        float* total) {
   const unsigned lane = threadIdx.x % 32;
-  float* sums = state->sums[state->parity];
-  state->parity ^= 1;
+  const uint32_t set = state->rowsDone % 2;
+  float* sums = state->shared->sums[set];
+  uint64_t* arrival = &state->shared->arrivals[set];
+  const uint32_t phase = state->rowsDone / 2 % 2;
+  ++state->rowsDone;
+  const uint32_t warps = (hiddenVectors + 31) / 32;
+  if (state->blocks > 1 && threadIdx.x == 0) {
+    RowBlocks::expectSums(arrival, warps * static_cast<uint32_t>(sizeof(float)));
+  }
   const bool warpOk = __all_sync(0xffffffffu, ok);
   static_assert(kMaxRowVectors % 2 == 0, "vectors in pairs");
 #pragma unroll
@@ -180,15 +240,14 @@ __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
     if (state->blocks == 1) {
       if (half == 0) sums[warp] = x;
     } else if (half < state->blocks) {
-      *RowBlocks::at(&sums[warp], half) = x;
+      RowBlocks::storeSum(&sums[warp], arrival, half, x);
     }
   }
   if (state->blocks == 1) {
     __syncthreads();
   } else {
-    RowBlocks::sync();
+    RowBlocks::waitSums(arrival, phase);
   }
-  const uint32_t warps = (hiddenVectors + 31) / 32;
   float low = lane < warps ? sums[lane] : 0.0f;
   const float high = lane + 32 < warps ? sums[lane + 32] : 0.0f;
   if (__any_sync(0xffffffffu, low < 0.0f || high < 0.0f)) return false;
