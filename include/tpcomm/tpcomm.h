@@ -197,6 +197,14 @@ tpcResult_t tpcCommGetPathInfo(tpcComm_t comm, tpcPathInfo_t* info);
 tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t datatype,
                                 tpcAlgorithm_t* algorithm);
 
+/* The algorithm tpcAllReduceAddRmsNorm would use, eager or captured, for `rows` rows of `hidden`
+ * elements of `datatype` on this communicator: tpcAlgoPushOneShot or tpcAlgoPushTwoShot (the fused
+ * kernel), or tpcAlgoNccl (NCCL, then the norm kernel). Its one-shot kernel may take larger
+ * messages than tpcAllReduce's. Rows the call refuses get the call's error (tpcNotSupported for
+ * a type or hidden size it lacks). */
+tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hidden,
+                                          tpcDataType_t datatype, tpcAlgorithm_t* algorithm);
+
 /* Sums `count` elements of `sendbuff` over all ranks into `recvbuff` on every rank. In place when
  * sendbuff == recvbuff. Asynchronous and ordered on `stream`, which must belong to the
  * communicator's device; may be captured into a CUDA graph. Every rank gets bitwise identical

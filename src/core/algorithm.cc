@@ -24,18 +24,33 @@ AlgorithmTable AlgorithmTable::defaults() {
       {4, kAny, Route::kPushTwoShot},    {8, 256 * KiB, Route::kPushOneShot},
       {8, kAny, Route::kPushTwoShot},
   };
-  return AlgorithmTable{rules, rules};
+  // The fused call, two ranks: its one-shot kernel keeps its lead over its two-shot kernel to
+  // larger messages than push one-shot alone does. Measured with tpcomm-perf --fused and forced
+  // kernels on 2 x H200 (NVLink), graph, bf16: 128 rows of 8192 (2 MB) take 11.8 us one-shot
+  // against 13.0 two-shot, 128 of 5120 (1.25 MB) 9.2 against 10.9; from 256 rows of 5120 (2.5
+  // MB: 16.4 against 13.6) two-shot wins. Not measured beyond two ranks: there the all-reduce's
+  // rows.
+  const std::vector<RouteRule> addRmsNorm = {
+      {2, 2 * MiB, Route::kPushOneShot}, {2, 128 * MiB, Route::kPushTwoShot},
+      {2, kAny, Route::kNccl},           {4, 512 * KiB, Route::kPushOneShot},
+      {4, kAny, Route::kPushTwoShot},    {8, 256 * KiB, Route::kPushOneShot},
+      {8, kAny, Route::kPushTwoShot},
+  };
+  return AlgorithmTable{rules, rules, addRmsNorm};
 }
 
-Route AlgorithmTable::lookup(int nranks, size_t bytes, bool graphMode) const {
-  for (const RouteRule& rule : graphMode ? graph : eager) {
+Route AlgorithmTable::lookup(int nranks, size_t bytes, CallKind kind) const {
+  const std::vector<RouteRule>& rules = kind == CallKind::kAddRmsNorm ? addRmsNorm
+                                        : kind == CallKind::kGraph    ? graph
+                                                                      : eager;
+  for (const RouteRule& rule : rules) {
     if (nranks <= rule.maxRanks && bytes <= rule.maxBytes) return rule.route;
   }
   return Route::kNccl;
 }
 
 Route chooseRoute(const AlgorithmTable& table, const RoutePolicy& policy, int nranks, size_t bytes,
-                  bool graphMode) {
+                  CallKind kind) {
   if (!policy.customPath) return Route::kNccl;
   // The kernel that takes any size when NCCL is not there to take over.
   const Route widest = Route::kPushTwoShot;
@@ -56,7 +71,7 @@ Route chooseRoute(const AlgorithmTable& table, const RoutePolicy& policy, int nr
   if (policy.ncclAvailable && policy.maxCustomBytes != 0 && bytes > policy.maxCustomBytes) {
     return Route::kNccl;
   }
-  const Route route = table.lookup(nranks, bytes, graphMode);
+  const Route route = table.lookup(nranks, bytes, kind);
   return route == Route::kNccl && !policy.ncclAvailable ? widest : route;
 }
 

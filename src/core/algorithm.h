@@ -26,12 +26,20 @@ struct RouteRule {
   Route route;
 };
 
+// The calls a route is chosen for, each with its own rows in the table.
+enum class CallKind {
+  kEager,      // tpcAllReduce
+  kGraph,      // tpcAllReduce captured into a CUDA graph
+  kAddRmsNorm  // tpcAllReduceAddRmsNorm, eager or captured
+};
+
 struct AlgorithmTable {
   std::vector<RouteRule> eager;
-  std::vector<RouteRule> graph;  // calls captured into CUDA graphs
+  std::vector<RouteRule> graph;
+  std::vector<RouteRule> addRmsNorm;
 
   static AlgorithmTable defaults();
-  Route lookup(int nranks, size_t bytes, bool graphMode) const;
+  Route lookup(int nranks, size_t bytes, CallKind kind) const;
 };
 
 // Everything besides the message that decides a call's route.
@@ -45,7 +53,7 @@ struct RoutePolicy {
 // The route of an all-reduce of a type and operation the kernels support. Without NCCL the
 // kernels take every size; without the custom path NCCL takes every call.
 Route chooseRoute(const AlgorithmTable& table, const RoutePolicy& policy, int nranks, size_t bytes,
-                  bool graphMode);
+                  CallKind kind);
 
 tpcAlgorithm_t routeAlgorithm(Route route);
 const char* routeName(Route route);

@@ -218,6 +218,20 @@ TPC_API tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataTyp
   return tpcSuccess;
 }
 
+TPC_API tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hidden,
+                                                  tpcDataType_t datatype,
+                                                  tpcAlgorithm_t* algorithm) {
+  TPC_CHECK(checkComm(comm, "tpcCommGetAddRmsNormAlgorithm"));
+  if (algorithm == nullptr) {
+    return remember(comm,
+                    fail(tpcInvalidArgument, "tpcCommGetAddRmsNormAlgorithm: algorithm is NULL"));
+  }
+  Route route = Route::kNccl;
+  TPC_CHECK(remember(comm, comm->impl->addRmsNormRouteFor(rows, hidden, datatype, &route)));
+  *algorithm = routeAlgorithm(route);
+  return tpcSuccess;
+}
+
 TPC_API tpcResult_t tpcCommGetPathInfo(tpcComm_t comm, tpcPathInfo_t* info) {
   TPC_CHECK(checkComm(comm, "tpcCommGetPathInfo"));
   if (info == nullptr) {

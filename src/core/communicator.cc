@@ -406,8 +406,9 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   TPC_CHECK(checkStream(stream, &capturing));
   const size_t bytes = count * elemBytes;
   const bool kernelsCan = kernelSupports(type) && op == tpcSum;
-  const Route route =
-      kernelsCan ? chooseRoute(table_, policy_, nranks_, bytes, capturing) : Route::kNccl;
+  const Route route = kernelsCan ? chooseRoute(table_, policy_, nranks_, bytes,
+                                               capturing ? CallKind::kGraph : CallKind::kEager)
+                                 : Route::kNccl;
   TPC_TRACE("rank %d: all-reduce of %zu bytes (%s%s) on stream %p", rank_, bytes, routeName(route),
             capturing ? ", captured" : "", static_cast<void*>(stream));
   if (route == Route::kNccl && nccl_.available()) {
@@ -454,7 +455,7 @@ tpcResult_t Communicator::allReduceAddRmsNorm(const NormCall& call, cudaStream_t
   bool capturing = false;
   TPC_CHECK(checkStream(stream, &capturing));
   const size_t bytes = call.rows * call.rowBytes();
-  const Route route = chooseRoute(table_, policy_, nranks_, bytes, capturing);
+  const Route route = chooseRoute(table_, policy_, nranks_, bytes, CallKind::kAddRmsNorm);
   TPC_TRACE("rank %d: all-reduce + RMSNorm of %zu rows of %zu (%s%s) on stream %p", rank_,
             call.rows, call.hidden, routeName(route), capturing ? ", captured" : "",
             static_cast<void*>(stream));
@@ -689,7 +690,15 @@ tpcMemoryInfo_t Communicator::memoryInfo() const {
 
 Route Communicator::routeFor(size_t count, tpcDataType_t type) const {
   if (!kernelSupports(type) || !policy_.customPath) return Route::kNccl;
-  return chooseRoute(table_, policy_, nranks_, count * typeSize(type), false);
+  return chooseRoute(table_, policy_, nranks_, count * typeSize(type), CallKind::kEager);
+}
+
+tpcResult_t Communicator::addRmsNormRouteFor(size_t rows, size_t hidden, tpcDataType_t type,
+                                             Route* route) const {
+  TPC_CHECK(checkNormRows(type, rows, hidden, rank_, "tpcCommGetAddRmsNormAlgorithm"));
+  *route =
+      chooseRoute(table_, policy_, nranks_, rows * hidden * typeSize(type), CallKind::kAddRmsNorm);
+  return tpcSuccess;
 }
 
 tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {

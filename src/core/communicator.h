@@ -47,6 +47,9 @@ class Communicator {
 
   // The route of an eager all-reduce of `count` elements of `type` (which must be valid).
   Route routeFor(size_t count, tpcDataType_t type) const;
+  // The route of tpcAllReduceAddRmsNorm for `rows` rows of `hidden` elements of `type`.
+  tpcResult_t addRmsNormRouteFor(size_t rows, size_t hidden, tpcDataType_t type,
+                                 Route* route) const;
 
   tpcResult_t allReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                         tpcRedOp_t op, cudaStream_t stream);

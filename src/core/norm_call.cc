@@ -36,16 +36,32 @@ bool allowedAlias(int written, int other, const Range* ranges, const NormCall& c
 size_t NormCall::rowBytes() const { return hidden * typeSize(type); }
 size_t NormCall::outRowBytes() const { return hidden * typeSize(outType); }
 
+tpcResult_t checkNormRows(tpcDataType_t type, size_t rows, size_t hidden, int rank,
+                          const char* what) {
+  if (type < 0 || type >= tpcNumTypes) {
+    return fail(tpcInvalidArgument, "rank %d: %s: datatype %d is not a tpcDataType_t", rank, what,
+                static_cast<int>(type));
+  }
+  if (type != tpcFloat16 && type != tpcBfloat16) {
+    return fail(tpcNotSupported, "rank %d: %s takes float16 and bfloat16 rows, not %s", rank, what,
+                typeName(type));
+  }
+  if (hidden == 0 || hidden % 8 != 0 || hidden > kMaxNormHidden) {
+    return fail(tpcNotSupported,
+                "rank %d: %s: a hidden size of %zu is not supported (a multiple of 8 from 8 to "
+                "%zu)",
+                rank, what, hidden, kMaxNormHidden);
+  }
+  if (rows > SIZE_MAX / 4 / (hidden * typeSize(type))) {
+    return fail(tpcInvalidArgument, "rank %d: %s: %zu rows of %zu elements overflow", rank, what,
+                rows, hidden);
+  }
+  return tpcSuccess;
+}
+
 tpcResult_t checkNormCall(const NormCall& call, int rank) {
   const char* const kCall = "tpcAllReduceAddRmsNorm";
-  if (call.type < 0 || call.type >= tpcNumTypes) {
-    return fail(tpcInvalidArgument, "rank %d: %s: datatype %d is not a tpcDataType_t", rank, kCall,
-                static_cast<int>(call.type));
-  }
-  if (call.type != tpcFloat16 && call.type != tpcBfloat16) {
-    return fail(tpcNotSupported, "rank %d: %s takes float16 and bfloat16 rows, not %s", rank, kCall,
-                typeName(call.type));
-  }
+  TPC_CHECK(checkNormRows(call.type, call.rows, call.hidden, rank, kCall));
   if (call.outType != call.type && !isFp8(call.outType)) {
     return fail(tpcInvalidArgument,
                 "rank %d: %s: the output type %s is neither the input's (%s) nor an FP8 type", rank,
@@ -58,16 +74,6 @@ tpcResult_t checkNormCall(const NormCall& call, int rank) {
   if (!(call.eps >= 0.0f) || std::isinf(call.eps)) {
     return fail(tpcInvalidArgument, "rank %d: %s: eps %g is not a finite value >= 0", rank, kCall,
                 static_cast<double>(call.eps));
-  }
-  if (call.hidden == 0 || call.hidden % 8 != 0 || call.hidden > kMaxNormHidden) {
-    return fail(tpcNotSupported,
-                "rank %d: %s: a hidden size of %zu is not supported (a multiple of 8 from 8 to "
-                "%zu)",
-                rank, kCall, call.hidden, kMaxNormHidden);
-  }
-  if (call.rows > SIZE_MAX / 4 / call.rowBytes()) {
-    return fail(tpcInvalidArgument, "rank %d: %s: %zu rows of %zu elements overflow", rank, kCall,
-                call.rows, call.hidden);
   }
   if (call.rows == 0) return tpcSuccess;
   const Range ranges[kBuffers] = {

@@ -29,6 +29,11 @@ struct NormCall {
 // The widest row the norm kernels take: kMaxRowVectors vectors for each of a block's threads.
 constexpr size_t kMaxNormHidden = size_t{device::kMaxRowVectors} * device::kBlockThreads * 8;
 
+// The rows' type and size, for the call or a question (`what`) about it. Names `rank` in its
+// message.
+tpcResult_t checkNormRows(tpcDataType_t type, size_t rows, size_t hidden, int rank,
+                          const char* what);
+
 // Everything about a call that needs no device: types, sizes, pointers, alignment and overlaps.
 // Names `rank` in its message.
 tpcResult_t checkNormCall(const NormCall& call, int rank);

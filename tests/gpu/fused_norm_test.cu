@@ -306,10 +306,10 @@ TEST_P(FusedNormShapes, MatchReferenceOnTwoRanks) {
   Ranks ranks(2, configFor(algorithm));
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   if (algorithm == tpcAlgoNccl && !ncclAvailable(ranks)) GTEST_SKIP() << "no NCCL here";
-  const Shape shapes[] = {{1, 2048},    {1, 4096},    {1, 5120},  {1, 6144},  {1, 7168},
-                          {1, 8192},    {1, 12288},   {1, 16384}, {3, 8},     {7, 1000},
-                          {5, 2056},    {2, 1032},    {64, 8192}, {33, 5120}, {517, 7168},
-                          {4096, 2048}, {1024, 16384}};
+  const Shape shapes[] = {{1, 2048},   {1, 4096},    {1, 5120},    {1, 6144},  {1, 7168},
+                          {1, 8192},   {1, 12288},   {1, 16384},   {3, 8},     {7, 1000},
+                          {5, 2056},   {2, 1032},    {64, 8192},   {33, 5120}, {128, 8192},
+                          {517, 7168}, {4096, 2048}, {1024, 16384}};
   uint32_t seed = 1;
   for (const Shape& shape : shapes) {
     Call c;
@@ -595,6 +595,43 @@ TEST(FusedNorm, OneRank) {
     c.shape = {19, 6144};
     runAndVerify(&c, ranks, 40 + outType);
   }
+}
+
+// The route the call reports is the fused table's, which keeps one-shot to 2 MB on two ranks
+// where the all-reduce alone switches at 1 MB; rows the call refuses get the call's errors.
+TEST(FusedNorm, ReportsItsAlgorithm) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(2);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  tpcComm_t comm = ranks.comms[0];
+  auto fused = [&](size_t rows, size_t hidden) {
+    tpcAlgorithm_t algo = tpcAlgoAuto;
+    EXPECT_EQ(tpcSuccess, tpcCommGetAddRmsNormAlgorithm(comm, rows, hidden, tpcBfloat16, &algo))
+        << tpcCommGetLastError(comm);
+    return algo;
+  };
+  tpcAlgorithm_t plain = tpcAlgoAuto;
+  TPC_OK(tpcCommGetAlgorithm(comm, 128 * 8192, tpcBfloat16, &plain));
+  EXPECT_EQ(tpcAlgoPushTwoShot, plain);
+  EXPECT_EQ(tpcAlgoPushOneShot, fused(1, 8192));
+  EXPECT_EQ(tpcAlgoPushOneShot, fused(128, 8192));
+  EXPECT_EQ(tpcAlgoPushTwoShot, fused(129, 8192));
+  EXPECT_EQ(ncclAvailable(ranks) ? tpcAlgoNccl : tpcAlgoPushTwoShot, fused(size_t{1} << 20, 8192));
+
+  tpcAlgorithm_t algo = tpcAlgoAuto;
+  EXPECT_EQ(tpcNotSupported, tpcCommGetAddRmsNormAlgorithm(comm, 1, 8192, tpcFloat32, &algo));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("float32"));
+  EXPECT_EQ(tpcNotSupported, tpcCommGetAddRmsNormAlgorithm(comm, 1, 100, tpcBfloat16, &algo));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("hidden size"));
+  EXPECT_EQ(tpcInvalidArgument,
+            tpcCommGetAddRmsNormAlgorithm(comm, SIZE_MAX / 2, 8192, tpcBfloat16, &algo));
+  EXPECT_EQ(tpcInvalidArgument, tpcCommGetAddRmsNormAlgorithm(comm, 1, 8192, tpcBfloat16, nullptr));
+  EXPECT_EQ(tpcAlgoAuto, algo) << "a refused question leaves the answer alone";
+
+  Ranks forced(2, configFor(tpcAlgoPushTwoShot));
+  ASSERT_TRUE(forced.ok()) << forced.message;
+  TPC_OK(tpcCommGetAddRmsNormAlgorithm(forced.comms[0], 1, 8192, tpcBfloat16, &algo));
+  EXPECT_EQ(tpcAlgoPushTwoShot, algo);
 }
 
 // Arguments the call refuses on a live communicator, each with its own code and a sentence.

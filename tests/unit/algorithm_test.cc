@@ -18,7 +18,12 @@ RoutePolicy withNccl(bool nccl) {
 }
 
 Route route(const RoutePolicy& policy, int nranks, size_t bytes, bool graph = false) {
-  return chooseRoute(AlgorithmTable::defaults(), policy, nranks, bytes, graph);
+  return chooseRoute(AlgorithmTable::defaults(), policy, nranks, bytes,
+                     graph ? CallKind::kGraph : CallKind::kEager);
+}
+
+Route addRmsNormRoute(const RoutePolicy& policy, int nranks, size_t bytes) {
+  return chooseRoute(AlgorithmTable::defaults(), policy, nranks, bytes, CallKind::kAddRmsNorm);
 }
 
 TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
@@ -40,14 +45,32 @@ TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   for (bool graph : {false, true}) EXPECT_EQ(Route::kPushOneShot, route(p, 8, 8 * KiB, graph));
 }
 
+TEST(AlgorithmTable, TheFusedCallKeepsOneShotToLargerMessages) {
+  const RoutePolicy p = withNccl(true);
+  EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 16 * KiB));
+  EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 2 * MiB)) << "128 rows of 8192";
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 2 * MiB + 1));
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 128 * MiB));
+  EXPECT_EQ(Route::kNccl, addRmsNormRoute(p, 2, 128 * MiB + 1));
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(withNccl(false), 2, 256 * MiB));
+  for (int n = 3; n <= 8; ++n) {
+    for (size_t bytes : {8 * KiB, 256 * KiB, 256 * KiB + 1, 512 * KiB + 1, 64 * MiB}) {
+      EXPECT_EQ(route(p, n, bytes), addRmsNormRoute(p, n, bytes)) << n << " ranks, " << bytes;
+    }
+  }
+  RoutePolicy forced = p;
+  forced.forced = tpcAlgoPushTwoShot;
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(forced, 2, 16 * KiB));
+}
+
 TEST(AlgorithmTable, WithoutNcclTheKernelsTakeEverySize) {
   const RoutePolicy p = withNccl(false);
   AlgorithmTable t;
   t.eager = t.graph = {{8, 1 * MiB, Route::kPushOneShot}, {8, ~size_t{0}, Route::kNccl}};
-  EXPECT_EQ(Route::kPushOneShot, chooseRoute(t, p, 2, 1 * MiB, false));
-  EXPECT_EQ(Route::kPushTwoShot, chooseRoute(t, p, 2, size_t{1} << 40, false))
+  EXPECT_EQ(Route::kPushOneShot, chooseRoute(t, p, 2, 1 * MiB, CallKind::kEager));
+  EXPECT_EQ(Route::kPushTwoShot, chooseRoute(t, p, 2, size_t{1} << 40, CallKind::kEager))
       << "a row for NCCL falls to the kernel that takes any size";
-  EXPECT_EQ(Route::kPushTwoShot, chooseRoute(t, p, 8, 64 * MiB, true));
+  EXPECT_EQ(Route::kPushTwoShot, chooseRoute(t, p, 8, 64 * MiB, CallKind::kGraph));
 }
 
 TEST(AlgorithmTable, WithoutTheCustomPathNcclTakesEverything) {
@@ -88,10 +111,13 @@ TEST(AlgorithmTable, RowsAreTriedInOrder) {
   AlgorithmTable t;
   t.eager = {{8, 1 * KiB, Route::kTwoShot}, {8, ~size_t{0}, Route::kOneShot}};
   t.graph = {{4, ~size_t{0}, Route::kNccl}};
-  EXPECT_EQ(Route::kTwoShot, t.lookup(8, 1 * KiB, false));
-  EXPECT_EQ(Route::kOneShot, t.lookup(8, 1 * KiB + 1, false));
-  EXPECT_EQ(Route::kNccl, t.lookup(4, 8, true));
-  EXPECT_EQ(Route::kNccl, t.lookup(8, 8, true)) << "no matching row: NCCL";
+  t.addRmsNorm = {{8, 8, Route::kPushTwoShot}};
+  EXPECT_EQ(Route::kTwoShot, t.lookup(8, 1 * KiB, CallKind::kEager));
+  EXPECT_EQ(Route::kOneShot, t.lookup(8, 1 * KiB + 1, CallKind::kEager));
+  EXPECT_EQ(Route::kNccl, t.lookup(4, 8, CallKind::kGraph));
+  EXPECT_EQ(Route::kNccl, t.lookup(8, 8, CallKind::kGraph)) << "no matching row: NCCL";
+  EXPECT_EQ(Route::kPushTwoShot, t.lookup(8, 8, CallKind::kAddRmsNorm));
+  EXPECT_EQ(Route::kNccl, t.lookup(8, 9, CallKind::kAddRmsNorm));
 }
 
 TEST(AlgorithmTable, RouteNames) {

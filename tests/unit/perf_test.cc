@@ -209,9 +209,12 @@ TEST(PerfReport, FusedRowsRoundTripAndPrintTokens) {
   row.allReduceUs = 5.0;
   row.ncclUs = 18.0;
   row.algo = "push-oneshot";
+  row.allReduceAlgo = "push-twoshot";
   Row back;
   ASSERT_TRUE(decodeRow(encodeRow(row), &back));
   EXPECT_EQ(8192u, back.hidden);
+  EXPECT_EQ("push-oneshot", back.algo);
+  EXPECT_EQ("push-twoshot", back.allReduceAlgo);
   EXPECT_DOUBLE_EQ(5.0, back.allReduceUs);
   EXPECT_EQ(64u, back.tokens());
   Report r;
@@ -221,7 +224,7 @@ TEST(PerfReport, FusedRowsRoundTripAndPrintTokens) {
   const std::string line = formatRow(r, row);
   EXPECT_EQ(
       "       64    8192     1048576  bfloat16     6.00  174.76       0     6.50  161.32       0 "
-      " push-oneshot     5.00     1.20x      18.00    3.00x\n",
+      " push-oneshot  push-twoshot     5.00     1.20x      18.00    3.00x\n",
       line);
   EXPECT_NE(std::string::npos, formatHeader(r).find("tokens"));
   EXPECT_NE(std::string::npos, formatJson(r).find("all_reduce_add_rmsnorm"));

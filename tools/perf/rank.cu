@@ -207,7 +207,9 @@ class Bench {
         row.ncclSymUs = symTimes[i];
         row.hidden = o_.fusedHidden;
         row.allReduceUs = allReduceTimes[i];
-        row.algo = ncclPrimary ? "nccl" : chosenAlgorithm(ranks_[i], count);
+        const std::string allReduceAlgo = ncclPrimary ? "nccl" : chosenAlgorithm(ranks_[i], count);
+        row.algo = fused_ ? chosenFusedAlgorithm(ranks_[i], count) : allReduceAlgo;
+        if (fused_) row.allReduceAlgo = allReduceAlgo;
         allRight = allRight && wrongOut[i] == 0 && wrongIn[i] == 0;
         sendMessage(ranks_[i].id.messageFd, encodeRow(row));
       }
@@ -349,6 +351,15 @@ class Bench {
   std::string chosenAlgorithm(const Rank& r, size_t count) const {
     tpcAlgorithm_t algo = tpcAlgoAuto;
     if (tpcCommGetAlgorithm(r.comm, count, o_.dtype, &algo) != tpcSuccess) return "?";
+    return algorithmName(algo);
+  }
+
+  std::string chosenFusedAlgorithm(const Rank& r, size_t count) const {
+    tpcAlgorithm_t algo = tpcAlgoAuto;
+    if (tpcCommGetAddRmsNormAlgorithm(r.comm, count / o_.fusedHidden, o_.fusedHidden, o_.dtype,
+                                      &algo) != tpcSuccess) {
+      return "?";
+    }
     return algorithmName(algo);
   }
 

@@ -117,11 +117,11 @@ std::string formatPreamble(const Report& r) {
 std::string formatHeader(const Report& r) {
   if (r.fusedHidden != 0) {
     return "#                                   norm out of place          norm over the input   "
-           "                 tpcomm all-reduce alone   NCCL + norm kernel\n"
+           "       fused                 tpcomm all-reduce alone   NCCL + norm kernel\n"
            "#  tokens  hidden        size      type     time   algbw  #wrong     time   algbw  "
-           "#wrong          algo     time  fused/ar       time  speedup\n"
+           "#wrong          algo          algo     time  fused/ar       time  speedup\n"
            "#                         (B)               (us)  (GB/s)             (us)  (GB/s)  "
-           "                        (us)                  (us)\n";
+           "                                      (us)                  (us)\n";
   }
   return "#                                                              out-of-place           "
          "            in-place                                \n"
@@ -138,7 +138,7 @@ std::string formatFusedRow(const Report& r, const Row& row) {
     out += strprintf("  %s  %6.2f  %6" PRIu64, formatTime(m->timeUs).c_str(),
                      algbwGBs(row.bytes, m->timeUs), m->wrong);
   }
-  out += strprintf("  %12s", row.algo.c_str());
+  out += strprintf("  %12s  %12s", row.algo.c_str(), row.allReduceAlgo.c_str());
   out += row.allReduceUs >= 0 ? strprintf("  %s  %7.2fx", formatTime(row.allReduceUs).c_str(),
                                           row.outOfPlace.timeUs / row.allReduceUs)
                               : strprintf("  %7s  %8s", "-", "-");
@@ -237,7 +237,8 @@ std::string formatJson(const Report& r) {
                 : "null") +
            (row.hidden != 0 ? ", \"tokens\": " + std::to_string(row.tokens()) + ", \"hidden\": " +
                                   std::to_string(row.hidden) + ", \"allreduce_time_us\": " +
-                                  (row.allReduceUs >= 0 ? jsonNumber(row.allReduceUs) : "null")
+                                  (row.allReduceUs >= 0 ? jsonNumber(row.allReduceUs) : "null") +
+                                  ", \"allreduce_algo\": " + jsonString(row.allReduceAlgo)
                             : std::string()) +
            "}";
   }
@@ -253,10 +254,10 @@ std::string encodeRank(const RankInfo& k) {
 }
 
 std::string encodeRow(const Row& row) {
-  return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %.17g %zu %.17g %s",
+  return strprintf("ROW %zu %zu %.17g %" PRIu64 " %.17g %" PRIu64 " %.17g %.17g %zu %.17g %s %s",
                    row.bytes, row.count, row.outOfPlace.timeUs, row.outOfPlace.wrong,
                    row.inPlace.timeUs, row.inPlace.wrong, row.ncclUs, row.ncclSymUs, row.hidden,
-                   row.allReduceUs, row.algo.c_str());
+                   row.allReduceUs, row.algo.c_str(), row.allReduceAlgo.c_str());
 }
 
 std::string encodeMemory(const MemoryReport& m) {
@@ -288,7 +289,7 @@ bool decodeRow(const std::string& line, Row* row) {
   return static_cast<bool>(in >> tag >> row->bytes >> row->count >> row->outOfPlace.timeUs >>
                            row->outOfPlace.wrong >> row->inPlace.timeUs >> row->inPlace.wrong >>
                            row->ncclUs >> row->ncclSymUs >> row->hidden >> row->allReduceUs >>
-                           row->algo) &&
+                           row->algo >> row->allReduceAlgo) &&
          tag == "ROW";
 }
 

@@ -22,11 +22,12 @@ struct Row {
   std::string algo;       // what tpcomm chose (or "nccl")
   double ncclUs = -1;     // NCCL's out-of-place time in the same run; negative when not run
   double ncclSymUs = -1;  // ... on symmetric registered windows (NCCL 2.27+); negative when not
-  // Fused rows (--fused): the all-reduce with the residual add and RMSNorm. outOfPlace writes the
-  // norm to its own buffer, inPlace over the input; ncclUs is NCCL's all-reduce followed by the
-  // norm kernel, and allReduceUs tpcomm's all-reduce of the same bytes alone.
+  // Fused rows (--fused): the all-reduce with the residual add and RMSNorm, by `algo`. outOfPlace
+  // writes the norm to its own buffer, inPlace over the input; ncclUs is NCCL's all-reduce
+  // followed by the norm kernel, and allReduceUs tpcomm's all-reduce of the same bytes alone.
   size_t hidden = 0;  // elements per row; 0 for a plain all-reduce row
   double allReduceUs = -1;
+  std::string allReduceAlgo = "-";  // what tpcomm chose for the all-reduce alone
   size_t tokens() const { return hidden == 0 ? 0 : count / hidden; }
   // The faster NCCL time of the two, or negative when neither ran.
   double bestNcclUs() const;
