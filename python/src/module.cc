@@ -178,6 +178,12 @@ NB_MODULE(_tpcomm, m) {
         tpcCommGetAlgorithm(handle(comm), count, static_cast<tpcDataType_t>(dtype), &algo);
     return std::make_tuple(static_cast<int>(r), static_cast<int>(algo));
   });
+  m.def("rmsnorm_algorithm", [](uintptr_t comm, size_t rows, size_t hidden, int dtype) {
+    tpcAlgorithm_t algo = tpcAlgoAuto;
+    const tpcResult_t r = tpcCommGetAddRmsNormAlgorithm(handle(comm), rows, hidden,
+                                                        static_cast<tpcDataType_t>(dtype), &algo);
+    return std::make_tuple(static_cast<int>(r), static_cast<int>(algo));
+  });
 
   // What the package needs of any DLPack array: its address, element count, last dimension,
   // tpcomm type (-1 when none) with DLPack's own code and bits for messages, device type and

@@ -432,6 +432,18 @@ class Communicator:
             raise self._error(code)
         return _ALGORITHMS.get(algo, str(algo))
 
+    def rmsnorm_algorithm(self, x: Any) -> str:
+        """The algorithm all_reduce_rmsnorm on the rows of ``x`` (its last dimension) would take:
+        push-oneshot or push-twoshot (the fused kernel), or nccl (NCCL, then the norm kernel)."""
+        buf = _describe(x, "input")
+        if buf.last == 0 or buf.count % buf.last != 0:
+            raise ValueError("x must hold whole rows")
+        code, algo = _tpcomm.rmsnorm_algorithm(self._live(), buf.count // buf.last, buf.last,
+                                               buf.dtype)
+        if code != 0:
+            raise self._error(code)
+        return _ALGORITHMS.get(algo, str(algo))
+
     def check(self) -> None:
         """Raises the error a kernel of this communicator hit since (a timed-out wait on a peer,
         a peer's failure, mismatched calls), without issuing any work."""

@@ -159,7 +159,7 @@ def _rmsnorm(torch, tpcomm, comm, check, size, device):
                                                      dtype=torch.float8_e4m3fn)))
 
 
-def _queries(torch, tpcomm, comm, check, device):
+def _queries(torch, tpcomm, comm, check, size, device):
     info = comm.path_info()
     check.true(f"path info ({info})", isinstance(info, tpcomm.PathInfo) and info.reason)
     mem = comm.memory_info()
@@ -167,6 +167,13 @@ def _queries(torch, tpcomm, comm, check, device):
     algo = comm.algorithm(torch.empty(4096, dtype=torch.bfloat16, device=device))
     check.true(f"algorithm ({algo})", algo in ("push-oneshot", "push-twoshot", "oneshot",
                                                "twoshot", "nccl"))
+    rows = torch.empty(128, 8192, dtype=torch.bfloat16, device=device)
+    fused = comm.rmsnorm_algorithm(rows)
+    check.true(f"rmsnorm algorithm ({fused})", fused in ("push-oneshot", "push-twoshot", "nccl"))
+    if size == 2:
+        check.true(f"128 rows of 8192 stay one-shot ({fused})", fused == "push-oneshot")
+    check.raises("rmsnorm algorithm of float32 rows", tpcomm.Error, "float32",
+                 lambda: comm.rmsnorm_algorithm(rows.float()))
     comm.check()
 
 
@@ -187,7 +194,7 @@ def tensors_and_graphs(rank, size, uids, queue):
             _tensors(torch, tpcomm, comm, check, size, device, gpus)
             _graphs(torch, tpcomm, comm, zc, check, size, device)
             _rmsnorm(torch, tpcomm, comm, check, size, device)
-            _queries(torch, tpcomm, comm, check, device)
+            _queries(torch, tpcomm, comm, check, size, device)
             if gpus >= size:
                 _against_nccl(torch, comm, check, rank, size, device, uids[2])
         e = check.raises("a closed communicator", tpcomm.Error, "closed",
