@@ -29,10 +29,9 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
       return launchKernel(pushTwoShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
                           rowThreads(hv));
     }
-    return rowClusters ? launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent,
-                                      stream, rowBlockThreads(hv), rowBlocks(hv))
-                       : launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent,
-                                      stream, rowThreads(hv));
+    return launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
+                        rowClusters ? rowBlockThreads(hv) : rowThreads(hv),
+                        rowClusters ? rowBlocks(hv) : 1);
   });
 }
 

@@ -171,11 +171,12 @@ struct RowNorm {
   uint32_t rowsDone;
   float scaleInv;  // FP8 output: 1 / *scale
 
-  // In a cluster, every block of it must construct its RowNorm, and only after
+  // `lane_` spreads a row over one block (blockLane) or over the blocks of this block's cluster
+  // (RowBlocks::lane). In a cluster, every block of it must construct its RowNorm, and only after
   // RowBlocks::initArrivals(shared.arrivals, 2).
-  __device__ RowNorm(const NormParams& n, RowLane lane_, unsigned blocks_, RowSums& shared_) {
+  __device__ RowNorm(const NormParams& n, RowLane lane_, RowSums& shared_) {
     lane = lane_;
-    blocks = blocks_;
+    blocks = lane.threads / blockDim.x;
     shared = &shared_;
     rowsDone = 0;
     scaleInv = n.outType == kNormOutInput ? 1.0f : __frcp_rn(__ldg(n.scale));
@@ -363,7 +364,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   waitForPreviousKernel();
   allowNextKernel();
   const NormParams& n = p.norm;
-  RowNorm state(n, blockLane(), 1, sums);
+  RowNorm state(n, blockLane(), sums);
   for (size_t row = blockIdx.x; row < n.rows; row += gridDim.x) {
     uint4 kept[kMaxRowVectors] = {};
     float squares[kMaxRowVectors] = {};

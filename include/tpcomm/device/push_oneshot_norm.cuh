@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     resetStale(p, round, p.nranks - 1);
   }
 
-  RowNorm state(n, lane, blocks, sums);
+  RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushOneShotNorm);
   bool tagsChecked = false;
   for (size_t row = group; row < n.rows; row += groups) {

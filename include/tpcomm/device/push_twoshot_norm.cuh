@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   resetStale(p, round, 2 * (p.nranks - 1));
 
   // This rank's rows: summed, the residual added, sent to every peer and normalised here.
-  RowNorm state(n, lane, 1, sums);
+  RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushTwoShotNorm);
   bool ok = true;
   bool tagsChecked = false;
