@@ -50,7 +50,7 @@ struct RoutePolicy {
   size_t maxCustomBytes = 0;  // larger messages go to NCCL when it is there; 0: no limit
 };
 
-// The route of an all-reduce of a type and operation the kernels support. Without NCCL the
+// The route of a call of `kind` whose type and operation the kernels support. Without NCCL the
 // kernels take every size; without the custom path NCCL takes every call.
 Route chooseRoute(const AlgorithmTable& table, const RoutePolicy& policy, int nranks, size_t bytes,
                   CallKind kind);

@@ -151,9 +151,10 @@ __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& resi
   return asRaw(out);
 }
 
-// Shared memory a row's warp sums meet in: two sets, by row parity, so that a block never writes a
-// row's sums before every block has read those of the row two before: it cannot have passed the
-// last row's without them. In a cluster each set has its arrival (RowBlocks).
+// Shared memory a row's warp sums meet in: two sets, by row parity. A warp writes a row's sums
+// only after its block passed the previous row's barrier (or arrival), which needs the sums of
+// that row from every warp, each stored after the warp read the sums of the row before: so no set
+// is overwritten while it is read. In a cluster each set has its arrival (RowBlocks).
 struct RowSums {
   float sums[2][kMaxRowWarps];
   uint64_t arrivals[2];
