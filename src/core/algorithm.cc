@@ -24,18 +24,14 @@ AlgorithmTable AlgorithmTable::defaults() {
       {4, kAny, Route::kPushTwoShot},    {8, 256 * KiB, Route::kPushOneShot},
       {8, kAny, Route::kPushTwoShot},
   };
-  // The fused call, two ranks: its one-shot kernel keeps its lead over its two-shot kernel to
-  // larger messages than push one-shot alone does. Measured with tpcomm-perf --fused and forced
-  // kernels on 2 x H200 (NVLink), graph, bf16: 128 rows of 8192 (2 MB) take 11.8 us one-shot
-  // against 13.0 two-shot, 128 of 5120 (1.25 MB) 9.2 against 10.9; from 256 rows of 5120 (2.5
-  // MB: 16.4 against 13.6) two-shot wins. Not measured beyond two ranks: there the all-reduce's
-  // rows.
-  const std::vector<RouteRule> addRmsNorm = {
-      {2, 2 * MiB, Route::kPushOneShot}, {2, 128 * MiB, Route::kPushTwoShot},
-      {2, kAny, Route::kNccl},           {4, 512 * KiB, Route::kPushOneShot},
-      {4, kAny, Route::kPushTwoShot},    {8, 256 * KiB, Route::kPushOneShot},
-      {8, kAny, Route::kPushTwoShot},
-  };
+  // The fused call: the all-reduce's rows behind one of its own. On two ranks its one-shot kernel
+  // keeps its lead over its two-shot kernel to larger messages than push one-shot alone does.
+  // Measured with tpcomm-perf --fused and forced kernels on 2 x H200 (NVLink), graph, bf16: 128
+  // rows of 8192 (2 MB) take 11.8 us one-shot against 13.0 two-shot, 128 of 5120 (1.25 MB) 9.2
+  // against 10.9; from 256 rows of 5120 (2.5 MB: 16.4 against 13.6) two-shot wins. Not measured
+  // beyond two ranks.
+  std::vector<RouteRule> addRmsNorm = {{2, 2 * MiB, Route::kPushOneShot}};
+  addRmsNorm.insert(addRmsNorm.end(), rules.begin(), rules.end());
   return AlgorithmTable{rules, rules, addRmsNorm};
 }
 

@@ -77,10 +77,6 @@ struct LaunchShape {
 // 32), so that a small message leaves from many multiprocessors.
 LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
-// The fused one-shot kernel's grid for `rows` rows of `hiddenVectors` vectors. For up to
-// `clusterRows` rows (where that fits `cap`), a thread block cluster of device::rowBlocks blocks
-// holds each row; otherwise a block holds a row at a time and the grid sends with a vector per
-// thread where that takes more blocks than rows. At most `cap` blocks.
 // Rows up to which clusters hold the fused one-shot kernel's rows. On 2 H200s (NVLink), bf16: 1 row
 // of 8192 took 4.5 us in a cluster of 8 blocks and 5.5 us in one block, 16 rows 5.1 and 6.4 us,
 // 32 rows 6.6 us either way; more rows than 16 of 8192 need more blocks than a GPU has SMs.
@@ -90,6 +86,11 @@ struct FusedShape {
   int blocks;
   bool rowClusters;
 };
+
+// The fused one-shot kernel's grid for `rows` rows of `hiddenVectors` vectors. For up to
+// `clusterRows` rows (where that fits `cap`), a thread block cluster of device::rowBlocks blocks
+// holds each row; otherwise a block holds a row at a time and the grid sends with a vector per
+// thread where that takes more blocks than rows. At most `cap` blocks.
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, int clusterRows, int cap);
 
 // Per-rank block cap from residency: blocksPerSm * smCount shared by the ranks on that device,
