@@ -28,6 +28,7 @@ struct Communicator::RankInfo {
   int32_t smCount;
   int32_t pullBlocksPerSm;
   int32_t pushBlocksPerSm;
+  int32_t pushTwoShotBlocksPerSm;
   int32_t rowClusters;  // fused one-shot clusters the device holds at once
 };
 
@@ -114,11 +115,12 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   }
   TPC_INFO(
       "rank %d/%d on device %d ready: staging %zu bytes, push chunks %zu / %zu bytes, at most %d "
-      "(pull) and %d (push) blocks per kernel, fused rows over clusters up to %d rows, %s",
+      "(pull), %d (push) and %d (push two-shot) blocks per kernel, fused rows over clusters up to "
+      "%d rows, %s",
       rank_, nranks_, device_, layout_.stagingBytes,
       layout_.receive(device::kPushOneShot).chunkBytes,
       layout_.receive(device::kPushTwoShot).chunkBytes, pullBlockCap_, pushBlockCap_,
-      fusedClusterRows_, config_.digest().c_str());
+      pushTwoShotBlockCap_, fusedClusterRows_, config_.digest().c_str());
   TPC_INFO("rank %d: custom path %s: %s; NCCL: %s", rank_, topology_.decision.custom ? "on" : "off",
            topology_.decision.reason.c_str(), nccl_.description().c_str());
   return tpcSuccess;
@@ -142,6 +144,7 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   }
   mine->pullBlocksPerSm = pull;
   mine->pushBlocksPerSm = push;
+  TPC_CUDA_CHECK(pushTwoShotBlocksPerSm(nranks_, &mine->pushTwoShotBlocksPerSm));
   // Clusters only speed up few fused rows: a device that cannot say how many it holds runs
   // without them.
   if (const cudaError_t err = fusedRowClusters(&mine->rowClusters); err != cudaSuccess) {
@@ -212,7 +215,7 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
 
 void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
   // Every rank computes the same caps from the same gathered facts, so all launch equal grids.
-  int pullCap = device::kMaxBlocks, pushCap = device::kMaxBlocks;
+  int pullCap = device::kMaxBlocks, pushCap = device::kMaxBlocks, twoShotCap = device::kMaxBlocks;
   int clusterRows = kFusedClusterRows;
   for (int r = 0; r < nranks_; ++r) {
     int onDevice = 0;
@@ -226,9 +229,12 @@ void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
         std::min(pullCap, residentBlockShare(all[r].pullBlocksPerSm, all[r].smCount, onDevice));
     pushCap =
         std::min(pushCap, residentBlockShare(all[r].pushBlocksPerSm, all[r].smCount, onDevice));
+    twoShotCap = std::min(
+        twoShotCap, residentBlockShare(all[r].pushTwoShotBlocksPerSm, all[r].smCount, onDevice));
   }
   // With a device each, the pull kernels stay at the published NVLink cap; the push kernels may
-  // fill every multiprocessor, one block each, to keep enough stores and polls in flight.
+  // fill every multiprocessor (one block each, push two-shot as many as it holds, up to
+  // kMaxBlocks), to keep enough stores and polls in flight.
   if (!sharesDevice_) pullCap = std::min(pullCap, kNvlinkMaxBlocks);
   if (config_.maxBlocks > 0) {
     if (config_.maxBlocks > std::min(pullCap, pushCap)) {
@@ -240,9 +246,11 @@ void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
     }
     pullCap = std::min(pullCap, config_.maxBlocks);
     pushCap = std::min(pushCap, config_.maxBlocks);
+    twoShotCap = std::min(twoShotCap, config_.maxBlocks);
   }
   pullBlockCap_ = pullCap;
   pushBlockCap_ = pushCap;
+  pushTwoShotBlockCap_ = twoShotCap;
   fusedClusterRows_ = clusterRows;
 }
 
@@ -636,7 +644,9 @@ tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, v
     p.inputAligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;
     p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
     p.tag = callTag(algorithm, type, p.count);
-    const LaunchShape shape = pushLaunchShape(route, nranks_, p.count, elemBytes, pushBlockCap_);
+    const LaunchShape shape =
+        pushLaunchShape(route, nranks_, p.count, elemBytes,
+                        route == Route::kPushTwoShot ? pushTwoShotBlockCap_ : pushBlockCap_);
     TPC_CUDA_CHECK(
         launchPush(type, algorithm, p, shape.blocks, shape.threads, dependentLaunch_, stream));
   }

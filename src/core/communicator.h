@@ -127,6 +127,7 @@ class Communicator {
   device::PushParams push_[device::kNumPushAlgorithms] = {};
   int pullBlockCap_ = 1;
   int pushBlockCap_ = 1;
+  int pushTwoShotBlockCap_ = 1;
   int fusedClusterRows_ = 0;  // up to this many rows, a cluster holds each row (fusedOneShotShape)
   bool dependentLaunch_ = false;          // programmatic dependent launch of the kernels
   bool sharesDevice_ = false;             // some ranks of the communicator share a device

@@ -51,6 +51,19 @@ cudaError_t allReduceBlocksPerSm(int* pull, int* push) {
   return cudaSuccess;
 }
 
+cudaError_t pushTwoShotBlocksPerSm(int nranks, int* blocks) {
+  *blocks = device::kMaxBlocks;
+  for (tpcDataType_t type : {tpcFloat32, tpcFloat16, tpcBfloat16}) {
+    int n = 0;
+    const cudaError_t err = byType(type, [&](auto zero) {
+      return device::pushTwoShotBlocksPerSm<decltype(zero)>(nranks, &n);
+    });
+    if (err != cudaSuccess) return err;
+    *blocks = std::min(*blocks, n);
+  }
+  return cudaSuccess;
+}
+
 cudaError_t fillEmpty(void* base, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   const size_t words = bytes / 4;

@@ -24,6 +24,10 @@ cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
 // the current device.
 cudaError_t allReduceBlocksPerSm(int* pull, int* push);
 
+// Blocks per multiprocessor that push two-shot for `nranks` ranks can keep resident on the current
+// device, whatever the type: more than the other push kernels at two ranks.
+cudaError_t pushTwoShotBlocksPerSm(int nranks, int* blocks);
+
 // Marks `bytes` (a multiple of 4) of receive buffers on the current device empty, on the legacy
 // default stream.
 cudaError_t fillEmpty(void* base, size_t bytes);

@@ -114,4 +114,14 @@ inline cudaError_t residentBlocksPerSm(int* pull, int* push) {
   return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 6, push);
 }
 
+// Blocks of push two-shot for T and `nranks` ranks that fit on one multiprocessor at once.
+template <typename T>
+inline cudaError_t pushTwoShotBlocksPerSm(int nranks, int* blocks) {
+  return byRankCount(nranks, [&](auto ranks) {
+    const void* kernel =
+        reinterpret_cast<const void*>(pushTwoShotAllReduce<T, decltype(ranks)::value>);
+    return fewestBlocksPerSm(&kernel, 1, blocks);
+  });
+}
+
 TPCOMM_DEVICE_NAMESPACE_END
