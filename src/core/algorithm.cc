@@ -8,31 +8,25 @@ namespace tpcomm {
 
 AlgorithmTable AlgorithmTable::defaults() {
   constexpr size_t KiB = 1024, MiB = 1024 * KiB, kAny = ~size_t{0};
-  // Two ranks: measured by tools/tune.py and tpcomm-perf on 2 x H100 80GB HBM3 SXM joined by
-  // NVLink (NV18), bf16, NCCL 2.28 in the same runs, graph and eager alike. Push one-shot wins to
-  // 1 MB (graph: 7.4 us, push two-shot 7.8, NCCL 15.5), push two-shot from there (2 MB: 10.0
-  // against 13.0 us; 128 MB: 455 against NCCL's 471), NCCL beyond 128 MB (256 MB: 885 against
-  // 914 us). The pull kernels lose at every size (8 KB: 7.5 us against 4.9). On 2 x H200 the
-  // switch holds: 1 MB one-shot 6.80 against two-shot 7.38 us, 4 MB 18.55 against 17.79.
-  // Four and eight ranks: not measured yet. Push one-shot moves (n-1) times the message per rank
-  // and push two-shot 2(n-1)/n of it, so one-shot should win while latency dominates, to about
-  // 512 KB at four ranks and 256 KB at eight as published peer-to-peer crossovers on H100/H200
-  // put it, and two-shot beyond.
+  // Two ranks: measured by tpcomm-perf with forced kernels on 2 x H200 joined by NVLink, bf16,
+  // NCCL 2.28 in the same runs, graph and eager alike. Push one-shot wins to 2 MB (graph: 10.6 us,
+  // push two-shot 10.8, NCCL 27.7), push two-shot from there to 256 MB (4 MB: 16.6 against 18.4;
+  // 256 MB: 871 against NCCL's 883). On 2 x H100, before push two-shot ran two blocks a
+  // multiprocessor, the switch was at 1 MB and NCCL won above 128 MB. The pull kernels lose at
+  // every size (8 KB: 7.5 us against 4.9 on 2 x H100). Four and eight ranks: not measured yet. Push
+  // one-shot moves (n-1) times the message per rank and push two-shot 2(n-1)/n of it, so one-shot
+  // should win while latency dominates, to about 512 KB at four ranks and 256 KB at eight as
+  // published peer-to-peer crossovers on H100/H200 put it, and two-shot beyond.
   const std::vector<RouteRule> rules = {
-      {2, 1 * MiB, Route::kPushOneShot}, {2, 128 * MiB, Route::kPushTwoShot},
-      {2, kAny, Route::kNccl},           {4, 512 * KiB, Route::kPushOneShot},
-      {4, kAny, Route::kPushTwoShot},    {8, 256 * KiB, Route::kPushOneShot},
-      {8, kAny, Route::kPushTwoShot},
+      {2, 2 * MiB, Route::kPushOneShot},   {2, kAny, Route::kPushTwoShot},
+      {4, 512 * KiB, Route::kPushOneShot}, {4, kAny, Route::kPushTwoShot},
+      {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
   };
-  // The fused call: the all-reduce's rows behind one of its own. On two ranks its one-shot kernel
-  // keeps its lead over its two-shot kernel to larger messages than push one-shot alone does.
-  // Measured with tpcomm-perf --fused and forced kernels on 2 x H200 (NVLink), graph, bf16: 128
-  // rows of 8192 (2 MB) take 11.8 us one-shot against 13.0 two-shot, 128 of 5120 (1.25 MB) 9.2
-  // against 10.9; from 256 rows of 5120 (2.5 MB: 16.4 against 13.6) two-shot wins. Not measured
-  // beyond two ranks.
-  std::vector<RouteRule> addRmsNorm = {{2, 2 * MiB, Route::kPushOneShot}};
-  addRmsNorm.insert(addRmsNorm.end(), rules.begin(), rules.end());
-  return AlgorithmTable{rules, rules, addRmsNorm};
+  // The fused call switches where the all-reduce does. Measured with tpcomm-perf --fused and
+  // forced kernels on 2 x H200 (NVLink), graph, bf16: 128 rows of 8192 (2 MB) take 11.8 us
+  // one-shot against 13.0 two-shot, 128 of 5120 (1.25 MB) 9.2 against 10.9; from 256 rows of 5120
+  // (2.5 MB: 16.4 against 13.6) two-shot wins. Not measured beyond two ranks.
+  return AlgorithmTable{rules, rules, rules};
 }
 
 Route AlgorithmTable::lookup(int nranks, size_t bytes, CallKind kind) const {

@@ -29,11 +29,10 @@ Route addRmsNormRoute(const RoutePolicy& policy, int nranks, size_t bytes) {
 TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   const RoutePolicy p = withNccl(true);
   EXPECT_EQ(Route::kPushOneShot, route(p, 2, 8));
-  EXPECT_EQ(Route::kPushOneShot, route(p, 2, 1 * MiB));
-  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 1 * MiB + 1));
-  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 128 * MiB));
-  EXPECT_EQ(Route::kNccl, route(p, 2, 128 * MiB + 1)) << "measured faster beyond";
-  EXPECT_EQ(Route::kPushTwoShot, route(withNccl(false), 2, 256 * MiB)) << "unless there is none";
+  EXPECT_EQ(Route::kPushOneShot, route(p, 2, 2 * MiB));
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 2 * MiB + 1));
+  EXPECT_EQ(Route::kPushTwoShot, route(p, 2, 256 * MiB)) << "measured faster than NCCL";
+  EXPECT_EQ(Route::kPushTwoShot, route(withNccl(false), 2, 256 * MiB));
   for (int n : {3, 4}) {
     EXPECT_EQ(Route::kPushOneShot, route(p, n, 512 * KiB)) << n;
     EXPECT_EQ(Route::kPushTwoShot, route(p, n, 512 * KiB + 1)) << n;
@@ -45,15 +44,14 @@ TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   for (bool graph : {false, true}) EXPECT_EQ(Route::kPushOneShot, route(p, 8, 8 * KiB, graph));
 }
 
-TEST(AlgorithmTable, TheFusedCallKeepsOneShotToLargerMessages) {
+TEST(AlgorithmTable, TheFusedCallSwitchesWhereTheAllReduceDoes) {
   const RoutePolicy p = withNccl(true);
   EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 16 * KiB));
   EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 2 * MiB)) << "128 rows of 8192";
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 2 * MiB + 1));
-  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 128 * MiB));
-  EXPECT_EQ(Route::kNccl, addRmsNormRoute(p, 2, 128 * MiB + 1));
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 256 * MiB));
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(withNccl(false), 2, 256 * MiB));
-  for (int n = 3; n <= 8; ++n) {
+  for (int n = 2; n <= 8; ++n) {
     for (size_t bytes : {8 * KiB, 256 * KiB, 256 * KiB + 1, 512 * KiB + 1, 64 * MiB}) {
       EXPECT_EQ(route(p, n, bytes), addRmsNormRoute(p, n, bytes)) << n << " ranks, " << bytes;
     }
