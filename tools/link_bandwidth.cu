@@ -10,16 +10,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-namespace {
+#include "check_cuda.h"
 
-#define CHECK_CUDA(call)                                                                           \
-  do {                                                                                             \
-    const cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
+namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kUnroll = 4;  // vectors in flight per thread

@@ -12,18 +12,10 @@
 #include <cstdlib>
 #include <vector>
 
+#include "check_cuda.h"
 #include "tpcomm/tpcomm.h"
 
 namespace {
-
-#define CHECK_CUDA(call)                                                                           \
-  do {                                                                                             \
-    const cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
 
 #define CHECK_TPC(call)                                                 \
   do {                                                                  \
