@@ -121,9 +121,12 @@ def rank_main(rank, world, port, sizes, results):
         gathered = [None] * world
         dist.all_gather_object(gathered, row)
         for name in IMPLEMENTATIONS:
-            times = [g[name].get("us") for g in gathered]
-            if None not in times:
-                row[name] = {"us": max(times), "wrong": sum(g[name]["wrong"] for g in gathered)}
+            failed = [g[name] for g in gathered if "error" in g[name]]
+            if failed:
+                row[name] = failed[0]
+            else:
+                row[name] = {"us": max(g[name]["us"] for g in gathered),
+                             "wrong": sum(g[name]["wrong"] for g in gathered)}
         rows.append(row)
     comm.close()
     dist.destroy_process_group()
