@@ -12,12 +12,12 @@ usage: python3 tools/python_overhead.py [--calls N] [--json FILE]   (needs 2 or 
 
 import argparse
 import json
-import os
 import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from torch_ranks import run_per_gpu
 
 SIZES = [8 << 10, 64 << 10, 1 << 20, 8 << 20]  # bytes of bf16
 
@@ -45,12 +45,9 @@ def measure(fn, calls, device):
     }
 
 
-def rank_main(rank, world, port, calls, results):
+def rank_main(rank, world, calls):
     import tpcomm
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
     # tpcomm's kernels carry every size: the figures are tpcomm's own, whatever its table says.
     comm = tpcomm.Communicator.from_process_group(nccl=False)
     rows = []
@@ -68,9 +65,7 @@ def rank_main(rank, world, port, calls, results):
             rows.append({k: (max(g[k] for g in gathered) if k.endswith("_us") else v)
                          for k, v in row.items()})
     comm.close()
-    dist.destroy_process_group()
-    if rank == 0:
-        results.put(rows)
+    return rows
 
 
 def main():
@@ -78,15 +73,8 @@ def main():
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--json")
     args = parser.parse_args()
+    rows = run_per_gpu("python_overhead.py", rank_main, args.calls)
     world = torch.cuda.device_count()
-    if world < 2:
-        raise SystemExit("python_overhead.py: needs 2 or more GPUs (NCCL runs one rank per GPU)")
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = 29500 + os.getpid() % 1000
-    mp.spawn(rank_main, args=(world, port, args.calls, results), nprocs=world)
-    rows = results.get()
     gpu = torch.cuda.get_device_name(0)
     print(f"# eager all-reduce from Python, bf16, {world} x {gpu}, one process per GPU, "
           f"torch {torch.__version__}, {args.calls} calls per burst")

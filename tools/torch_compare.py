@@ -15,7 +15,8 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from torch_ranks import run_per_gpu
 
 DEFAULT_SIZES = "8K,64K,256K,1M,2M,4M,16M,64M,256M"
 IMPLEMENTATIONS = ("tpcomm", "nccl", "symm-oneshot", "symm-twoshot")
@@ -83,15 +84,12 @@ def time_graph(runner, name, calls, replays, device):
     return start.elapsed_time(end) / (calls * replays)
 
 
-def rank_main(rank, world, port, sizes, results):
+def rank_main(rank, world, sizes):
     import torch.distributed._symmetric_memory as symm_mem
 
     import tpcomm
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = torch.device("cuda", rank)
-    torch.cuda.set_device(device)
-    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
     group_name = dist.group.WORLD.group_name
     # tpcomm's own algorithm table picks the kernel (at two ranks it never picks NCCL).
     comm = tpcomm.Communicator.from_process_group(nccl=False)
@@ -129,9 +127,7 @@ def rank_main(rank, world, port, sizes, results):
                              "wrong": sum(g[name]["wrong"] for g in gathered)}
         rows.append(row)
     comm.close()
-    dist.destroy_process_group()
-    if rank == 0:
-        results.put(rows)
+    return rows
 
 
 def main():
@@ -140,16 +136,9 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    world = torch.cuda.device_count()
-    if world < 2:
-        raise SystemExit("torch_compare.py: needs 2 or more GPUs (one process per GPU)")
-    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = 29500 + os.getpid() % 1000
-    mp.spawn(rank_main, args=(world, port, sizes, results), nprocs=world)
-    rows = results.get()
+    rows = run_per_gpu("torch_compare.py", rank_main, sizes)
+    world = torch.cuda.device_count()
     gpu = torch.cuda.get_device_name(0)
     print(f"# all-reduce, bf16, CUDA graphs, {world} x {gpu}, one process per GPU, "
           f"torch {torch.__version__}; us per call (the slowest rank), wrong elements in brackets")
