@@ -11,13 +11,12 @@ usage: python3 tools/python_overhead.py [--calls N] [--json FILE]   (needs 2 or 
 """
 
 import argparse
-import json
 import time
 
 import torch
 import torch.distributed as dist
 
-from torch_ranks import run_per_gpu
+from torch_ranks import run_per_gpu, write_json
 
 SIZES = [8 << 10, 64 << 10, 1 << 20, 8 << 20]  # bytes of bf16
 
@@ -83,9 +82,7 @@ def main():
         print(f"  {r['bytes']:>9}  {r['api']:<18} {r['issue_us']:>9.2f} {r['burst_us']:>9.2f} "
               f"{r['waited_us']:>10.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "ranks": world, "torch": torch.__version__, "rows": rows}, f,
-                      indent=1)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ usage: python3 tools/torch_compare.py [--sizes 8K,64K,...] [--json FILE]   (need
 """
 
 import argparse
-import json
 import os
 
 import torch
 import torch.distributed as dist
 
-from torch_ranks import run_per_gpu
+from torch_ranks import run_per_gpu, write_json
 
 DEFAULT_SIZES = "8K,64K,256K,1M,2M,4M,16M,64M,256M"
 IMPLEMENTATIONS = ("tpcomm", "nccl", "symm-oneshot", "symm-twoshot")
@@ -164,9 +163,7 @@ def main():
     for e in sorted(errors):
         print(f"# not timed: {e}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "ranks": world, "torch": torch.__version__, "rows": rows}, f,
-                      indent=1)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

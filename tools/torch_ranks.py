@@ -1,6 +1,7 @@
 """One process per GPU under torch.distributed (NCCL), for the tools that time tpcomm from Python
 beside PyTorch's collectives."""
 
+import json
 import os
 
 import torch
@@ -32,3 +33,10 @@ def _rank(rank, world, port, results, body, args):
         dist.destroy_process_group()
     if rank == 0:
         results.put(out)
+
+
+def write_json(path, rows):
+    """Writes a tool's rows to `path` with the GPUs and the PyTorch they came from."""
+    with open(path, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(0), "ranks": torch.cuda.device_count(),
+                   "torch": torch.__version__, "rows": rows}, f, indent=1)
