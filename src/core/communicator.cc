@@ -535,7 +535,7 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
   const ReceiveRegion& region = layout_.receive(protocol);
   const size_t hiddenVectors = call.rowBytes() / 16;
   // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank.
-  const size_t rowsPerSlot = (region.slotVectors - 1) / hiddenVectors;
+  const size_t rowsPerSlot = (region.slotVectors - device::kSlotDataVector) / hiddenVectors;
   const size_t chunkRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
   if (chunkRows == 0) {
     return fail(tpcInvalidUsage,

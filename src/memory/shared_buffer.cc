@@ -52,12 +52,14 @@ BufferLayout BufferLayout::make(size_t stagingBytes, size_t pushBytes, int nrank
     const size_t peers = static_cast<size_t>(nranks - 1);
     ReceiveRegion& one = l.push[0];
     one.chunkBytes = std::max<size_t>(pushBytes / peers / 16 * 16, 16);
-    one.slotVectors = static_cast<uint32_t>(1 + one.chunkBytes / 16);
+    one.slotVectors = static_cast<uint32_t>(
+        device::kSlotDataVector + roundUp(one.chunkBytes / 16, device::kSlotDataVector));
     one.bufferBytes = peers * one.slotVectors * 16;
     ReceiveRegion& two = l.push[1];
     const size_t slice = std::max<size_t>(pushBytes / (16 * nranks), 1);
     two.chunkBytes = slice * 16 * nranks;
-    two.slotVectors = static_cast<uint32_t>(1 + slice);
+    two.slotVectors =
+        static_cast<uint32_t>(device::kSlotDataVector + roundUp(slice, device::kSlotDataVector));
     two.bufferBytes = 2 * peers * two.slotVectors * 16;
     for (ReceiveRegion& region : l.push) {
       region.offset = roundUp(end, kPage);

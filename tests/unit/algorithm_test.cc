@@ -226,13 +226,20 @@ TEST(BufferLayout, PushChunksFitTheirSlots) {
       const ReceiveRegion& two = l.receive(device::kPushTwoShot);
       EXPECT_EQ(0u, one.chunkBytes % 16);
       EXPECT_EQ(0u, two.chunkBytes % (16 * n));
-      EXPECT_GE(one.slotVectors, 1 + one.chunkBytes / 16) << "tag vector plus a whole chunk";
-      EXPECT_GE(two.slotVectors, 1 + two.chunkBytes / 16 / n);
+      EXPECT_GE(one.slotVectors, device::kSlotDataVector + one.chunkBytes / 16)
+          << "tag line plus a whole chunk";
+      EXPECT_GE(two.slotVectors, device::kSlotDataVector + two.chunkBytes / 16 / n);
+      // Slots, and so every slot's data, start on 128-byte lines.
+      EXPECT_EQ(0u, one.slotVectors % device::kSlotDataVector);
+      EXPECT_EQ(0u, two.slotVectors % device::kSlotDataVector);
+      EXPECT_EQ(0u, one.offset % 128);
+      EXPECT_EQ(0u, two.offset % 128);
       EXPECT_EQ(static_cast<size_t>(n - 1) * one.slotVectors * 16, one.bufferBytes);
       EXPECT_EQ(static_cast<size_t>(2 * (n - 1)) * two.slotVectors * 16, two.bufferBytes);
       EXPECT_LE(one.chunkBytes * (n - 1), budget);
       EXPECT_LE(two.chunkBytes, budget);
-      EXPECT_LE(one.bytes() + two.bytes(), 9 * budget + 64 * 16 * n) << n << " ranks";
+      // Nine slots of (n - 1) at most, each with a tag line and less than a line of rounding.
+      EXPECT_LE(one.bytes() + two.bytes(), 9 * budget + 9 * (n - 1) * 256) << n << " ranks";
       EXPECT_EQ(0u, one.offset % 4096);
     }
   }

@@ -131,6 +131,12 @@ __device__ __forceinline__ uint4* slotVector(const PushParams& p, const PushRoun
          static_cast<size_t>(slot) * p.slotVectors + v;
 }
 
+// Data vector i of slot `slot` of rank r's buffer of this launch.
+__device__ __forceinline__ uint4* slotData(const PushParams& p, const PushRound& round, int r,
+                                           int slot, size_t i) {
+  return slotVector(p, round, r, slot, kSlotDataVector + i);
+}
+
 // Block 0 leaves the call's tag in vector 0 of this rank's (first) slot in every peer's buffer.
 __device__ __forceinline__ void sendTags(const PushParams& p, const PushRound& round) {
   const int peer = static_cast<int>(threadIdx.x);
@@ -206,7 +212,7 @@ __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound
     return from + u * step < length && r < p.nranks && r != p.rank;
   };
   auto slot = [&](int u, int r) {
-    return slotVector(p, round, p.rank, peerSlot(r, p.rank), 1 + from + u * step);
+    return slotData(p, round, p.rank, peerSlot(r, p.rank), from + u * step);
   };
   int tagPeer = p.nranks;  // whose tag is being checked; p.nranks once all are
   uint4 tag;

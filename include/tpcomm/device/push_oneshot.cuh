@@ -33,7 +33,7 @@ __device__ __forceinline__ void pushBatchToPeers(const PushParams& p, const Push
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const size_t v = at + u * step;
-      if (v < nvec) *slotVector(p, round, peer, peerSlot(p.rank, peer), 1 + v) = x[u];
+      if (v < nvec) *slotData(p, round, peer, peerSlot(p.rank, peer), v) = x[u];
     }
   }
 }
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       }
     }
   }
-  endRound(p, round, static_cast<uint32_t>(1 + nvec), ok);
+  endRound(p, round, static_cast<uint32_t>(kSlotDataVector + nvec), ok);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END

@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
         for (int k = 0; k < kMaxRowVectors; ++k) {
           const size_t i = at + k * s.step;
-          if (i < nvec) *slotVector(p, round, peer, peerSlot(p.rank, peer), 1 + i) = x[k];
+          if (i < nvec) *slotData(p, round, peer, peerSlot(p.rank, peer), i) = x[k];
         }
       }
     }
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
   }
-  endRound(p, round, static_cast<uint32_t>(1 + nvec), ok);
+  endRound(p, round, static_cast<uint32_t>(kSlotDataVector + nvec), ok);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END

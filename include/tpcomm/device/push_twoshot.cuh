@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const size_t i = at + u * s.step;
-        if (i < length) *slotVector(p, round, owner, peerSlot(p.rank, owner), 1 + i) = x[u];
+        if (i < length) *slotData(p, round, owner, peerSlot(p.rank, owner), i) = x[u];
       }
     }
     if (at == s.first) {
@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
       const uint4 sum = scrub<T>(asRaw(sumInRankOrder<T, kRanks>(in[u], p.nranks)));
       for (int k = 1; k < p.nranks; ++k) {
         const int peer = nextRank(k);
-        *slotVector(p, round, peer, gatherBase + peerSlot(p.rank, peer), 1 + i) = sum;
+        *slotData(p, round, peer, gatherBase + peerSlot(p.rank, peer), i) = sum;
       }
       storeOutput(p.output, mine + i, p.count, p.outputAligned, asVec<T>(sum));
     }
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
     const int owner = nextRank(k);
     const size_t begin = slices.begin(owner);
     const size_t length = slices.length(owner);
-    const uint4* reduced = slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1);
+    const uint4* reduced = slotData(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 0);
     for (size_t at = s.first; ok && at < length; at += batchStep) {
       auto address = [&](int u) -> const uint4* {
         const size_t i = at + u * s.step;
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
       }
     }
   }
-  endRound(p, round, static_cast<uint32_t>(1 + slices.perRank), ok);
+  endRound(p, round, static_cast<uint32_t>(kSlotDataVector + slices.perRank), ok);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END

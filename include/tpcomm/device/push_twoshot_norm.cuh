@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
     for (int k = 0; k < kMaxRowVectors; ++k) {
       const uint32_t v = lane.vector(k);
-      if (v < hv) *slotVector(p, round, owner, peerSlot(p.rank, owner), 1 + local * hv + v) = x[k];
+      if (v < hv) *slotData(p, round, owner, peerSlot(p.rank, owner), local * hv + v) = x[k];
     }
   }
   storeWeights(n, lane, w, weights);
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         kept[k] = scrub<T>(kept[k]);
         for (int i = 1; i < p.nranks; ++i) {
           const int peer = p.rank + i < p.nranks ? p.rank + i : p.rank + i - p.nranks;
-          *slotVector(p, round, peer, gatherBase + peerSlot(p.rank, peer), 1 + j * hv + v) =
+          *slotData(p, round, peer, gatherBase + peerSlot(p.rank, peer), j * hv + v) =
               kept[k];
         }
       }
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     const int owner = slices.owner(row);
     const size_t local = row - owner * slices.perRank;
     const uint4* from =
-        slotVector(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 1 + local * hv);
+        slotData(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), local * hv);
     uint4 kept[kMaxRowVectors] = {};
     float squares[kMaxRowVectors] = {};
     auto address = [&](int k) -> const uint4* {
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
   }
-  endRound(p, round, static_cast<uint32_t>(1 + slices.perRank * hv), ok);
+  endRound(p, round, static_cast<uint32_t>(kSlotDataVector + slices.perRank * hv), ok);
 }
 
 TPCOMM_DEVICE_NAMESPACE_END
