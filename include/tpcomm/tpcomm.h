@@ -115,10 +115,11 @@ typedef struct {
   int zeroCopyGraphs;   /* 1: captured all-reduces read their peers' inputs in place; the graph
                            may run only after tpcCommRegisterGraphBuffers */
   int graphSlots;       /* captured zero-copy calls a communicator can hold; 0: 65536 */
-  size_t pushBytes;     /* the largest message a push kernel carries in one launch; larger ones go
-                           in chunks. Each rank's receive buffers take about 3 x pushBytes for
-                           push one-shot plus 6 x pushBytes x (nranks - 1) / nranks for push
-                           two-shot; 0: 8 MiB */
+  size_t pushBytes;     /* the largest message push two-shot carries in one launch (push one-shot:
+                           min(pushBytes, 4 MiB) / (nranks - 1)); larger ones go in chunks. Each
+                           rank's receive buffers take about 3 x min(pushBytes, 4 MiB) for push
+                           one-shot plus 6 x pushBytes x (nranks - 1) / nranks for push two-shot;
+                           0: 32 MiB */
   int pdl;              /* 1: launch the kernels as programmatic dependents of the kernel before
                            them in the stream (they start while it finishes); -1: never; 0: the
                            environment's choice, else the default (see README) */

@@ -24,11 +24,12 @@ constexpr int kDefaultTimeoutMs = 300 * 1000;
 constexpr int kDefaultGraphSlots = 65536;
 // Slots for eager registrations when captured calls do not read in place.
 constexpr int kRegistrationSlots = 256;
-// Push kernels take messages up to this size in one launch: every launch boundary idles the link
-// for a few microseconds (64 MB on 2 H100s: 330 us in 8 MB chunks, 289 us in 16 MB ones with push
-// one-shot; 254 and 226 us with push two-shot), while the receive buffers grow with it (about
-// 3 x for push one-shot plus up to 6 x for push two-shot).
-constexpr size_t kDefaultPushBytes = size_t{16} << 20;
+// Push two-shot takes messages up to this size in one launch: every launch boundary idles the link
+// for a few microseconds (64 MB on 2 H100s: 254 us in 8 MB chunks, 226 in 16 MB ones), and on
+// 2 H200s (graph, bf16, 64 / 256 MB) 32 MB launches carried 332 GB/s against 327 in 16 MB ones;
+// 64 MB ones only 325. Its receive buffers take 6 x (nranks - 1) / nranks of it (3 x at two
+// ranks), push one-shot's 3 x min(it, kPushOneShotBytes) (memory/shared_buffer.h).
+constexpr size_t kDefaultPushBytes = size_t{32} << 20;
 constexpr size_t kMinPushBytes = size_t{64} << 10;
 constexpr size_t kMaxPushBytes = size_t{1} << 30;
 

@@ -51,7 +51,7 @@ BufferLayout BufferLayout::make(size_t stagingBytes, size_t pushBytes, int nrank
   if (nranks > 1) {
     const size_t peers = static_cast<size_t>(nranks - 1);
     ReceiveRegion& one = l.push[0];
-    one.chunkBytes = std::max<size_t>(pushBytes / peers / 16 * 16, 16);
+    one.chunkBytes = std::max<size_t>(std::min(pushBytes, kPushOneShotBytes) / peers / 16 * 16, 16);
     one.slotVectors = static_cast<uint32_t>(
         device::kSlotDataVector + roundUp(one.chunkBytes / 16, device::kSlotDataVector));
     one.bufferBytes = peers * one.slotVectors * 16;

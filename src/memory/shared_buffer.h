@@ -38,6 +38,12 @@ struct ReceiveRegion {
   size_t bytes() const { return 3 * bufferBytes; }
 };
 
+// The most push one-shot's buffers hold per launch, all peers together. The algorithm table sends
+// it messages up to 2 MB (two ranks; less with more), so larger buffers would only take memory
+// from push two-shot, whose bandwidth grows with its launches (see kDefaultPushBytes). Larger calls
+// forced onto push one-shot go in chunks.
+constexpr size_t kPushOneShotBytes = size_t{4} << 20;
+
 struct BufferLayout {
   size_t stagingOffset = 0;
   size_t stagingBytes = 0;
@@ -47,8 +53,9 @@ struct BufferLayout {
   size_t totalBytes = 0;
 
   // Two-shot keeps one reduced slice of at most half a chunk (nranks >= 2) in scratch. Push
-  // one-shot receives a message of pushBytes / (nranks - 1) from every peer; push two-shot
-  // receives, per peer, a slice of pushBytes / nranks and a reduced slice as large.
+  // one-shot receives a message of min(pushBytes, kPushOneShotBytes) / (nranks - 1) from every
+  // peer; push two-shot receives, per peer, a slice of pushBytes / nranks and a reduced slice as
+  // large.
   static BufferLayout make(size_t stagingBytes, size_t pushBytes, int nranks);
   const ReceiveRegion& receive(int algorithm) const {
     return push[algorithm - device::kPushOneShot];
