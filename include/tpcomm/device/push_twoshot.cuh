@@ -22,9 +22,12 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 
 // Two ranks: two blocks a multiprocessor, each thread two vectors a batch. A thread stops sending
 // while it waits for its peer's batch, so the more warps a multiprocessor holds, the more of them
-// store while others wait: on 2 H200s (graph, bf16) 64 MB took 218 us against 227 with one block
-// of four vectors a batch, 4 MB 16.6 against 17.6, 1 MB 6.9 against 7.3. More ranks: one block,
-// push one-shot's batch (not measured).
+// store while others wait: on 2 H200s (graph, bf16, slot data then one vector off its line) 64 MB
+// took 218 us against 227 with one block of four vectors a batch, 4 MB 16.6 against 17.6, 1 MB 6.9
+// against 7.3. Warps split by role instead (half scatter then gather, half reset then reduce) beat
+// this from 48 MB a launch (343 against 332 GB/s, a diagnostic program) but lose below 32 MB
+// (16 MB: 306 against 320), and launches that large take three times as much receive memory.
+// More ranks: one block, push one-shot's batch (not measured).
 template <int kRanks>
 __host__ __device__ constexpr int pushTwoShotMinBlocksPerSm() {
   return kRanks <= 2 ? 2 : 1;
