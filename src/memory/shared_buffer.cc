@@ -52,8 +52,8 @@ BufferLayout BufferLayout::make(size_t stagingBytes, size_t pushBytes, int nrank
     const size_t peers = static_cast<size_t>(nranks - 1);
     ReceiveRegion& one = l.push[0];
     one.chunkBytes = std::max<size_t>(std::min(pushBytes, kPushOneShotBytes) / peers / 16 * 16, 16);
-    one.slotVectors = static_cast<uint32_t>(
-        device::kSlotDataVector + roundUp(one.chunkBytes / 16, device::kSlotDataVector));
+    one.slotVectors = static_cast<uint32_t>(device::kSlotDataVector +
+                                            roundUp(one.chunkBytes / 16, device::kSlotDataVector));
     one.bufferBytes = peers * one.slotVectors * 16;
     ReceiveRegion& two = l.push[1];
     const size_t slice = std::max<size_t>(pushBytes / (16 * nranks), 1);

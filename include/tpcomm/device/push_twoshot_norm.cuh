@@ -101,8 +101,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         kept[k] = scrub<T>(kept[k]);
         for (int i = 1; i < p.nranks; ++i) {
           const int peer = p.rank + i < p.nranks ? p.rank + i : p.rank + i - p.nranks;
-          *slotData(p, round, peer, gatherBase + peerSlot(p.rank, peer), j * hv + v) =
-              kept[k];
+          *slotData(p, round, peer, gatherBase + peerSlot(p.rank, peer), j * hv + v) = kept[k];
         }
       }
     }
