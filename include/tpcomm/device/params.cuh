@@ -144,14 +144,16 @@ struct PushState {
   uint32_t reserved;
 };
 
+// A receive slot's first vector carries the sender's call tag, and its data starts at this vector:
+// with slots a multiple of it long, data and slots begin on 128-byte lines, and a warp's stores
+// into a peer fill whole 32-byte sectors. Data one vector off the line cost push two-shot 7% of
+// its bandwidth on 2 H200s (64 MB: 330 GB/s aligned, 308 one off).
+constexpr uint32_t kSlotDataVector = 8;
+
 // The push kernels: every rank stores its data into its slot of every peer's receive buffer.
 // A rank's receive region holds three buffers of `bufferBytes`; a buffer holds nranks - 1 slots
 // (one per peer; two-shot: a reduce-scatter slot and an all-gather slot per peer) of `slotVectors`
-// 16-byte vectors, a multiple of kSlotDataVector. A slot's first vector carries the sender's call
-// tag and its data starts at vector kSlotDataVector, so that data and slots begin on 128-byte
-// lines and a warp's stores into a peer fill whole 32-byte sectors. Data one vector off the line
-// cost push two-shot 7% of its bandwidth on 2 H200s (64 MB: 330 GB/s aligned, 308 one off).
-constexpr uint32_t kSlotDataVector = 8;
+// 16-byte vectors, a multiple of kSlotDataVector.
 struct PushParams : CallParams {
   char* receive[kMaxRanks];  // every rank's receive region for this protocol, mapped into this rank
   size_t bufferBytes;
