@@ -37,6 +37,9 @@ TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   for (int n : {3, 4}) {
     EXPECT_EQ(Route::kPushOneShot, route(p, n, 512 * KiB)) << n;
     EXPECT_EQ(Route::kPushTwoShot, route(p, n, 512 * KiB + 1)) << n;
+    EXPECT_EQ(Route::kPushTwoShot, route(p, n, 32 * MiB)) << n;
+    EXPECT_EQ(Route::kNccl, route(p, n, 32 * MiB + 1)) << n << ": measured faster than tpcomm";
+    EXPECT_EQ(Route::kPushTwoShot, route(withNccl(false), n, 256 * MiB)) << n;
   }
   for (int n : {5, 6, 7, 8}) {
     EXPECT_EQ(Route::kPushOneShot, route(p, n, 256 * KiB)) << n;
