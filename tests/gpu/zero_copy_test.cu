@@ -422,7 +422,7 @@ TEST(ZeroCopyEager, MemoryInfoCountsWhatTheRankHolds) {
   TPC_OK(tpcCommGetMemoryInfo(ranks.comms[0], &info));
   EXPECT_GE(info.stagingBytes, size_t{3} << 19) << "staging and scratch at least";
   EXPECT_LT(info.stagingBytes, size_t{2} << 20);
-  // Two ranks: push one-shot 3 x 2 MiB, push two-shot 3 x (2 x 1 MiB), plus tag vectors.
+  // Two ranks: push one-shot 3 x 2 MiB, push two-shot 3 x (2 x 1 MiB), plus a tag line a slot.
   EXPECT_GE(info.receiveBytes, size_t{12} << 20);
   EXPECT_LT(info.receiveBytes, size_t{13} << 20);
   EXPECT_GE(info.deviceBytes, info.stagingBytes + info.receiveBytes);
