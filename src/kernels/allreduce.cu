@@ -39,29 +39,23 @@ cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
 
 cudaError_t allReduceBlocksPerSm(int* pull, int* push) {
   *pull = *push = device::kMaxBlocks;
-  for (tpcDataType_t type : {tpcFloat32, tpcFloat16, tpcBfloat16}) {
+  return forEveryType([&](auto zero) {
     int pullBlocks = 0, pushBlocks = 0;
-    const cudaError_t err = byType(type, [&](auto zero) {
-      return device::residentBlocksPerSm<decltype(zero)>(&pullBlocks, &pushBlocks);
-    });
-    if (err != cudaSuccess) return err;
+    const cudaError_t err = device::residentBlocksPerSm<decltype(zero)>(&pullBlocks, &pushBlocks);
     *pull = std::min(*pull, pullBlocks);
     *push = std::min(*push, pushBlocks);
-  }
-  return cudaSuccess;
+    return err;
+  });
 }
 
 cudaError_t pushTwoShotBlocksPerSm(int nranks, int* blocks) {
   *blocks = device::kMaxBlocks;
-  for (tpcDataType_t type : {tpcFloat32, tpcFloat16, tpcBfloat16}) {
+  return forEveryType([&](auto zero) {
     int n = 0;
-    const cudaError_t err = byType(type, [&](auto zero) {
-      return device::pushTwoShotBlocksPerSm<decltype(zero)>(nranks, &n);
-    });
-    if (err != cudaSuccess) return err;
+    const cudaError_t err = device::pushTwoShotBlocksPerSm<decltype(zero)>(nranks, &n);
     *blocks = std::min(*blocks, n);
-  }
-  return cudaSuccess;
+    return err;
+  });
 }
 
 cudaError_t fillEmpty(void* base, size_t bytes) {

@@ -36,4 +36,20 @@ cudaError_t byRowType(tpcDataType_t type, Fn fn) {
   });
 }
 
+// Calls fn with a value of every type tpcomm sums (with kRowTypes, of the 16-bit ones alone) and
+// stops at the first error: for what must hold whatever type a later call has.
+template <bool kRowTypes = false, typename Fn>
+cudaError_t forEveryType(Fn fn) {
+  for (tpcDataType_t type : {tpcFloat32, tpcFloat16, tpcBfloat16}) {
+    cudaError_t err = cudaSuccess;
+    if constexpr (kRowTypes) {
+      if (type != tpcFloat32) err = byRowType(type, fn);
+    } else {
+      err = byType(type, fn);
+    }
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 }  // namespace tpcomm

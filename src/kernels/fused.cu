@@ -24,30 +24,29 @@ cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& pa
 
 cudaError_t fusedBlocksPerSm(int* blocks) {
   *blocks = device::kMaxBlocks;
-  for (tpcDataType_t type : {tpcFloat16, tpcBfloat16}) {
+  return forEveryType<true>([&](auto zero) {
     int n = 0;
-    const cudaError_t err =
-        byRowType(type, [&](auto zero) { return device::fusedBlocksPerSm<decltype(zero)>(&n); });
-    if (err != cudaSuccess) return err;
+    const cudaError_t err = device::fusedBlocksPerSm<decltype(zero)>(&n);
     *blocks = std::min(*blocks, n);
-  }
-  return cudaSuccess;
+    return err;
+  });
 }
 
 cudaError_t fusedRowClusters(int* clusters) {
   int device = 0, launches = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&launches, cudaDevAttrClusterLaunch, device);
-  *clusters = 0;
-  if (err != cudaSuccess || launches == 0) return err;
-  *clusters = device::kMaxBlocks;
-  for (tpcDataType_t type : {tpcFloat16, tpcBfloat16}) {
-    int n = 0;
-    err = byRowType(type, [&](auto zero) { return device::fusedRowClusters<decltype(zero)>(&n); });
-    if (err != cudaSuccess) return err;
-    *clusters = std::min(*clusters, n);
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess) {
+    status = cudaDeviceGetAttribute(&launches, cudaDevAttrClusterLaunch, device);
   }
-  return cudaSuccess;
+  *clusters = 0;
+  if (status != cudaSuccess || launches == 0) return status;
+  *clusters = device::kMaxBlocks;
+  return forEveryType<true>([&](auto zero) {
+    int n = 0;
+    const cudaError_t err = device::fusedRowClusters<decltype(zero)>(&n);
+    *clusters = std::min(*clusters, n);
+    return err;
+  });
 }
 
 }  // namespace tpcomm

@@ -42,9 +42,10 @@ template <typename T, int kRanks>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAllReduce(const __grid_constant__ PushParams p) {
   constexpr int kBatch = pushBatch<kRanks>();
-  waitForPreviousKernel();
   const Stride s;
   const size_t nvec = vecCount<T>(p.count);
+  prefetchLaunch(p);
+  waitForPreviousKernel();
   const size_t batchStep = s.step * kBatch;
   // The failure word, the rotation and the first inputs are read together.
   const bool failed = rankFailed(p);

@@ -42,6 +42,7 @@ template <typename T, int kRanks>
 __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRanks>())
     pushTwoShotAllReduce(const __grid_constant__ PushParams p) {
   constexpr int kBatch = pushTwoShotBatch<kRanks>();
+  prefetchLaunch(p);
   waitForPreviousKernel();
   const Stride s;
   const Slices slices(vecCount<T>(p.count), p.nranks);

@@ -45,6 +45,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     pushTwoShotAddRmsNorm(const __grid_constant__ FusedParams p) {
   __shared__ RowSums sums;
   __shared__ WeightRow weights;
+  prefetchLaunch(p);
   waitForPreviousKernel();
   const NormParams& n = p.norm;
   const size_t hv = n.hiddenVectors;
