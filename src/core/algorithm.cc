@@ -17,18 +17,18 @@ AlgorithmTable AlgorithmTable::defaults() {
   // every size (8 KB: 7.5 us against 4.9 on 2 x H100). Push one-shot moves (n-1) times the message
   // per rank and push two-shot 2(n-1)/n of it, so one-shot wins while latency dominates. Four
   // ranks, measured on 4 x H200 (NVLink between every pair, graph, bf16, NCCL 2.28 in the same
-  // run): push one-shot to 512 KB (8.2 us against push two-shot's 9.0), push two-shot to 32 MB
-  // (166 us against NCCL's 171), NCCL from 64 MB (319 against 331; 256 MB: 1179 against 1324).
-  // Three ranks: not measured, given four's rows. Eight: not measured; one-shot to 256 KB as
-  // published peer-to-peer crossovers on H100/H200 put it, and two-shot beyond.
+  // run): push one-shot to 512 KB (8.2 us against push two-shot's 9.0), push two-shot beyond.
+  // NCCL is faster from 64 MB there (319 against 331 us; 256 MB: 1179 against 1324) but keeps no
+  // route: its ring rounds 16-bit partial sums at every step, which at three or more ranks breaks
+  // the float32 accumulation tpcomm promises (float16, 64 Mi elements at three ranks: 10.5 M
+  // elements beyond one rounding). tpcConfig_t's maxBytes (TPCOMM_MAX_BYTES) hands large
+  // calls to NCCL for whoever prefers its speed. Three ranks: not measured, given four's rows.
+  // Eight: not measured; one-shot to 256 KB as published peer-to-peer crossovers on H100/H200 put
+  // it, and two-shot beyond.
   const std::vector<RouteRule> rules = {
-      {2, 2 * MiB, Route::kPushOneShot},
-      {2, kAny, Route::kPushTwoShot},
-      {4, 512 * KiB, Route::kPushOneShot},
-      {4, 32 * MiB, Route::kPushTwoShot},
-      {4, kAny, Route::kNccl},
-      {8, 256 * KiB, Route::kPushOneShot},
-      {8, kAny, Route::kPushTwoShot},
+      {2, 2 * MiB, Route::kPushOneShot},   {2, kAny, Route::kPushTwoShot},
+      {4, 512 * KiB, Route::kPushOneShot}, {4, kAny, Route::kPushTwoShot},
+      {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
   };
   // The fused call switches where the all-reduce does. Measured with tpcomm-perf --fused and
   // forced kernels on 2 x H200 (NVLink), graph, bf16: 128 rows of 8192 (2 MB) take 11.8 us

@@ -37,9 +37,8 @@ TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   for (int n : {3, 4}) {
     EXPECT_EQ(Route::kPushOneShot, route(p, n, 512 * KiB)) << n;
     EXPECT_EQ(Route::kPushTwoShot, route(p, n, 512 * KiB + 1)) << n;
-    EXPECT_EQ(Route::kPushTwoShot, route(p, n, 32 * MiB)) << n;
-    EXPECT_EQ(Route::kNccl, route(p, n, 32 * MiB + 1)) << n << ": measured faster than tpcomm";
-    EXPECT_EQ(Route::kPushTwoShot, route(withNccl(false), n, 256 * MiB)) << n;
+    EXPECT_EQ(Route::kPushTwoShot, route(p, n, 256 * MiB))
+        << n << ": NCCL is faster there, but its 16-bit sums are not accumulated in float32";
   }
   for (int n : {5, 6, 7, 8}) {
     EXPECT_EQ(Route::kPushOneShot, route(p, n, 256 * KiB)) << n;
