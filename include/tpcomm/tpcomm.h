@@ -213,9 +213,12 @@ tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hi
  * tpcomm's kernels sum tpcFloat32, tpcFloat16 and tpcBfloat16 of any count (0 does nothing) and
  * any alignment, in chunks when a message is larger than a kernel's buffers; other types and
  * operations, and whatever the topology or the algorithm table give to NCCL, go to NCCL when the
- * communicator has one (tpcNotSupported otherwise). The push kernels turn -0.0 into +0.0 before
- * they send it (their receive buffers use -0.0 to mean "not arrived"): an element that is -0.0 on
- * every rank sums to +0.0 there, and to -0.0 with the pull kernels; every other sum is the same. */
+ * communicator has one (tpcNotSupported otherwise). NCCL sums in its own order and, at three or
+ * more ranks, rounds 16-bit partial sums, so the default table gives it no call the kernels can
+ * take; tpcConfig_t's maxBytes hands it larger messages. The push kernels turn -0.0 into +0.0
+ * before they send it (their receive buffers use -0.0 to mean "not arrived"): an element that is
+ * -0.0 on every rank sums to +0.0 there, and to -0.0 with the pull kernels; every other sum is the
+ * same. */
 tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t datatype,
                          tpcRedOp_t op, tpcComm_t comm, cudaStream_t stream);
 
