@@ -64,6 +64,20 @@ TEST(AlgorithmTable, TheFusedCallSwitchesWhereTheAllReduceDoes) {
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(forced, 2, 16 * KiB));
 }
 
+// NCCL rounds 16-bit partial sums at three or more ranks, so a default row for NCCL would make a
+// call's accuracy depend on its size: tpcAllReduce promises float32 accumulation.
+TEST(AlgorithmTable, DefaultsGiveNcclNoCallTheKernelsTake) {
+  const RoutePolicy p = withNccl(true);
+  for (int n = 2; n <= 8; ++n) {
+    for (size_t bytes = 1; bytes <= (size_t{1} << 40); bytes *= 4) {
+      for (CallKind kind : {CallKind::kEager, CallKind::kGraph, CallKind::kAddRmsNorm}) {
+        EXPECT_NE(Route::kNccl, chooseRoute(AlgorithmTable::defaults(), p, n, bytes, kind))
+            << n << " ranks, " << bytes << " bytes, kind " << static_cast<int>(kind);
+      }
+    }
+  }
+}
+
 TEST(AlgorithmTable, WithoutNcclTheKernelsTakeEverySize) {
   const RoutePolicy p = withNccl(false);
   AlgorithmTable t;
