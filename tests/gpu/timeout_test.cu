@@ -251,6 +251,36 @@ TEST_P(Failure, RanksMakingDifferentCallsFailClearly) {
   }
 }
 
+// At four ranks, where one rank alone calls with another size: each of the others names it, and
+// it fails as well, whichever of its peers' tags or counters it meets first.
+TEST_P(Failure, TheRankMakingAnotherCallIsNamedByEveryOther) {
+  config_.timeoutMs = 60000;
+  constexpr int kRanks = 4;
+  constexpr int kOdd = 2;
+  Ranks ranks(kRanks, config_);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  std::vector<DeviceBuffer> buf = buffers(ranks, 2000);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<void*> out;
+  for (int r = 0; r < kRanks; ++r) out.push_back(buf[r].get());
+  const std::vector<const void*> in(out.begin(), out.end());
+  ASSERT_EQ(tpcSuccess, allReduceAll(ranks, in, out, 1000, tpcFloat32));
+  for (int r = 0; r < kRanks; ++r) {
+    ASSERT_EQ(tpcSuccess, tpcAllReduce(buf[r].get(), buf[r].get(), r == kOdd ? 1008 : 1000,
+                                       tpcFloat32, tpcSum, ranks.comms[r], ranks.streams[r]));
+  }
+  CUDA_OK(ranks.syncAll());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kSlack) << "not the 60 s timeout";
+  for (int r = 0; r < kRanks; ++r) {
+    std::string message;
+    EXPECT_EQ(tpcInvalidUsage, asyncError(ranks, r, &message)) << message;
+    const std::string expected = r == kOdd
+                                     ? "made a different call"
+                                     : "rank " + std::to_string(kOdd) + " made a different call";
+    EXPECT_TRUE(contains(message, expected)) << "rank " << r << ": " << message;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Algorithms, Failure, ::testing::ValuesIn(kKernelAlgorithms),
                          [](const ::testing::TestParamInfo<tpcAlgorithm_t>& info) {
                            return algorithmTestName(info.param);
