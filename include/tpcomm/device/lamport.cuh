@@ -116,7 +116,8 @@ struct PushRound {
 // wait as well. Push one-shot, bf16, graph, 2 H200s: 8 B 2.98 -> 2.86 us, 8 KB 3.04 -> 2.97, 1 MB
 // 6.62 -> 6.54; push two-shot 32 MB 101.3 -> 100.8. Lane 0 of every warp prefetching instead made
 // 2 MB 10.1 -> 11.8 us, presumably as thousands of requests for the same three lines. The fused
-// one-shot kernel does without: with it, up to 16 rows took 0.04-0.1 us longer.
+// one-shot kernel, 1 to 64 rows of 8192 and of 5120: 0.06-0.1 us faster with it, three runs each
+// (an earlier A/B had up to 16 rows 0.04-0.1 us slower, 32 and 64 faster).
 __device__ __forceinline__ void prefetchLaunch(const PushParams& p) {
   if (threadIdx.x != 0) return;
   prefetchL2(p.state + blockIdx.x);

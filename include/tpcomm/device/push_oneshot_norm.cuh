@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   __shared__ WeightRow weights;
   const unsigned blocks = RowBlocks::count();
   if (blocks > 1) RowBlocks::initArrivals(sums.arrivals, 2);
+  prefetchLaunch(p);
   waitForPreviousKernel();
   const NormParams& n = p.norm;
   const size_t hv = n.hiddenVectors;
