@@ -131,6 +131,13 @@ FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, int clusterRow
                     false};
 }
 
+size_t launchShare(size_t total, size_t most, size_t granule) {
+  if (total == 0 || most == 0) return most;
+  const size_t launches = (total + most - 1) / most;
+  const size_t share = (total + launches - 1) / launches;
+  return (share + granule - 1) / granule * granule;
+}
+
 int residentBlockShare(int blocksPerSm, int smCount, int ranksOnDevice) {
   const int share = blocksPerSm * smCount / std::max(ranksOnDevice, 1);
   return std::clamp(share, 1, device::kMaxBlocks);

@@ -536,8 +536,8 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
   const size_t hiddenVectors = call.rowBytes() / 16;
   // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank.
   const size_t rowsPerSlot = (region.slotVectors - device::kSlotDataVector) / hiddenVectors;
-  const size_t chunkRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
-  if (chunkRows == 0) {
+  const size_t mostRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
+  if (mostRows == 0) {
     return fail(tpcInvalidUsage,
                 "rank %d: a row of %zu elements does not fit the push kernels' receive buffers "
                 "(pushBytes %zu); raise pushBytes",
@@ -547,6 +547,7 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
   static_cast<device::PushParams&>(p) = push_[protocol - device::kPushOneShot];
   p.inputAligned = 1;
   p.outputAligned = 1;
+  const size_t chunkRows = launchShare(call.rows, mostRows, 1);
   for (size_t first = 0; first < call.rows; first += chunkRows) {
     const size_t rows = std::min(chunkRows, call.rows - first);
     p.input = static_cast<const char*>(call.input) + first * call.rowBytes();
@@ -636,7 +637,8 @@ tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, v
   const device::Algorithm algorithm =
       route == Route::kPushTwoShot ? device::kPushTwoShot : device::kPushOneShot;
   device::PushParams p = push_[algorithm - device::kPushOneShot];
-  const size_t chunkElems = layout_.receive(algorithm).chunkBytes / elemBytes;
+  const size_t chunkElems =
+      launchShare(count, layout_.receive(algorithm).chunkBytes / elemBytes, 16 / elemBytes);
   for (size_t offset = 0; offset < count; offset += chunkElems) {
     p.input = static_cast<const char*>(sendbuff) + offset * elemBytes;
     p.output = static_cast<char*>(recvbuff) + offset * elemBytes;

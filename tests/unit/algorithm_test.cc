@@ -216,6 +216,31 @@ TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
   EXPECT_EQ(16, residentBlockShare(1, 132, 8));
 }
 
+// A message split over launches: as few as fit, of equal size but for the rounding, so that no
+// short launch follows a full one (it would empty the full one's buffers with its small grid).
+TEST(Algorithm, LaunchesShareAMessageEvenly) {
+  // 32 MiB of bf16 at three ranks, whose push two-shot launch carries 32 MiB - 32 B.
+  const size_t most = (32 * MiB - 32) / 2;
+  EXPECT_EQ(8 * MiB, launchShare(16 * MiB, most, 8));
+  EXPECT_EQ(most, launchShare(most, most, 8));
+  EXPECT_EQ(100u, launchShare(100, 100, 4));
+  EXPECT_EQ(52u, launchShare(101, 100, 4));
+  EXPECT_EQ(1u, launchShare(1, 100, 1));
+  for (size_t granule : {1, 2, 8}) {
+    for (size_t most : {granule, 8 * granule, 1000 * granule}) {
+      for (size_t total = 1; total < 5 * most; total += most / 7 + 1) {
+        const size_t share = launchShare(total, most, granule);
+        EXPECT_LE(share, most);
+        EXPECT_EQ(0u, share % granule);
+        const size_t launches = (total + share - 1) / share;
+        EXPECT_EQ((total + most - 1) / most, launches) << total << " of " << most;
+        const size_t last = total - (launches - 1) * share;
+        EXPECT_GE(last + launches * granule, share) << total << " of " << most;
+      }
+    }
+  }
+}
+
 TEST(BufferLayout, RegionsAreAlignedAndLargeEnough) {
   for (size_t staging : {size_t{64} << 10, (size_t{64} << 10) + 16, size_t{16} << 20}) {
     const BufferLayout l = BufferLayout::make(staging, 8 * MiB, 4);
