@@ -96,8 +96,8 @@ FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, int clusterRow
 // How much of a message of `total` units one launch takes when at most `most` fit a launch: the
 // fewest launches, of equal size rounded up to a multiple of `granule` (which must divide `most`),
 // the last one what is left. A push launch empties the receive buffer of the launch before it
-// with its own grid: a short last launch after full ones (32 MB at three ranks: 32 MB - 32 B and
-// then 32 B) emptied a full launch's buffer with one block, 855 us instead of 110 (4 H200s).
+// with its own grid: a short last launch after full ones (32 MB at three ranks: 32 MB - 32 B, then
+// 32 B) emptied a full launch's buffer with one block, 855 us; 146 in even launches (4 H200s).
 size_t launchShare(size_t total, size_t most, size_t granule);
 
 // Per-rank block cap from residency: blocksPerSm * smCount shared by the ranks on that device,
