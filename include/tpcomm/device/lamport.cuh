@@ -61,18 +61,6 @@ __device__ __forceinline__ uint4 loadPolled(const uint4* at) {
   return v;
 }
 
-// Polls *at until it holds data; false once the thread must stop waiting.
-__device__ __forceinline__ bool awaitFull(const uint4* at, int peer, Patience* patience,
-                                          uint4* out) {
-  uint4 v = loadPolled(at);
-  while (isEmpty(v)) {
-    if (!patience->ok(peer)) return false;
-    v = loadPolled(at);
-  }
-  *out = v;
-  return true;
-}
-
 // Polls vectors v[k] at address(k) (k < kN; a null address is not wanted) until none is empty.
 // Each round loads again every vector that still is, all at once: a thread waits one round trip
 // after the last vector arrives, not one round trip per vector it waits for.
@@ -170,20 +158,62 @@ __device__ __forceinline__ bool sameTag(const uint4& a, const uint4& b) {
   return a.x == b.x && a.y == b.y && a.z == b.z && a.w == b.w;
 }
 
-// Waits for every peer's tag in this rank's buffer and compares it with this rank's; a peer
-// that made another call at this point fails the rank instead of mixing data.
-__device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& round,
-                                          Patience* patience, int algorithm) {
-  for (int r = 0; r < p.nranks; ++r) {
-    if (r == p.rank) continue;
-    uint4 theirs;
-    if (!awaitFull(tagFrom(p, round, r), r, patience, &theirs)) return false;
-    if (!sameTag(theirs, round.tag)) {
-      recordFailure(p.failure, kFailureMismatch, WaitSite{p.rank, r, kPhasePushData, algorithm}, 0);
-      return false;
+// The peers' tags of a launch, polled all at once: one peer's at a time would cost a round trip to
+// memory per peer after the first (4 H200s, push one-shot, 8 B: 4.16 us at four ranks, 3.32 with
+// every tag at once; 3.40 and 3.15 at three).
+template <int kRanks>
+struct PeerTags {
+  uint4 seen[kRanks - 1];  // seen[j]: the tag of peer(j), the j-th rank after this one
+  bool waiting = false;
+
+  __device__ __forceinline__ static int peer(const PushParams& p, int j) {
+    return p.rank + 1 + j < p.nranks ? p.rank + 1 + j : p.rank + 1 + j - p.nranks;
+  }
+  // Issues the first load of every peer's tag.
+  __device__ __forceinline__ void start(const PushParams& p, const PushRound& round) {
+    waiting = true;
+#pragma unroll
+    for (int j = 0; j < kRanks - 1; ++j) {
+      if (j < p.nranks - 1) seen[j] = loadPolled(tagFrom(p, round, peer(p, j)));
     }
   }
-  return true;
+  // One round of polling: loads again every tag still empty (*waitingFor: one of their peers) and
+  // compares those that arrived with this rank's. False, with the mismatch recorded, once a peer
+  // made another call at this point: it never mixes its data into this one.
+  __device__ __forceinline__ bool poll(const PushParams& p, const PushRound& round, int algorithm,
+                                       int* waitingFor) {
+    if (!waiting) return true;
+    waiting = false;
+#pragma unroll
+    for (int j = 0; j < kRanks - 1; ++j) {
+      if (j >= p.nranks - 1) continue;
+      if (isEmpty(seen[j])) {
+        seen[j] = loadPolled(tagFrom(p, round, peer(p, j)));
+        *waitingFor = peer(p, j);
+        waiting = true;
+      } else if (!sameTag(seen[j], round.tag)) {
+        recordFailure(p.failure, kFailureMismatch,
+                      WaitSite{p.rank, peer(p, j), kPhasePushData, algorithm}, 0);
+        return false;
+      }
+    }
+    return true;
+  }
+};
+
+// Waits for every peer's tag in this rank's buffer and compares it with this rank's. False once a
+// wait or the comparison fails.
+template <int kRanks>
+__device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& round,
+                                          Patience* patience, int algorithm) {
+  PeerTags<kRanks> tags;
+  tags.start(p, round);
+  for (;;) {
+    int waitingFor = -1;
+    if (!tags.poll(p, round, algorithm, &waitingFor)) return false;
+    if (waitingFor < 0) return true;
+    if (!patience->ok(waitingFor)) return false;
+  }
 }
 
 // Empties the first `round.staleVectors` vectors of each of `slots` slots of the last launch's
@@ -213,11 +243,8 @@ __device__ __forceinline__ void endRound(const PushParams& p, const PushRound& r
 // contribution: the peers' vectors from this rank's buffer of this launch, waiting for those that
 // have not arrived, and this rank's own scrubbed input at element vector `input` + position.
 //
-// The first batch a thread gathers also checks every peer's tag, and fails the rank as soon as one
-// differs from this rank's: a peer that made another call at this point never mixes its data into
-// this one. Every peer's tag is polled with the vectors, as awaitAllFull polls: one peer's at a
-// time cost a round trip to memory per peer after the first (4 H200s, 8 B: 4.16 us at four ranks,
-// 3.32 with every tag at once; 3.40 and 3.15 at three). False once a wait or the tag check fails.
+// The first batch a thread gathers also checks every peer's tag (PeerTags), polled with the
+// vectors. False once a wait or the tag check fails.
 template <typename T, int kRanks, int kBatch>
 __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound& round,
                                             size_t from, size_t step, size_t length, size_t input,
@@ -229,18 +256,10 @@ __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound
   auto slot = [&](int u, int r) {
     return slotData(p, round, p.rank, peerSlot(r, p.rank), from + u * step);
   };
-  auto tagged = [&](int j) {
-    return p.rank + 1 + j < p.nranks ? p.rank + 1 + j : p.rank + 1 + j - p.nranks;
-  };
-  uint4 tags[kRanks - 1];  // tags[j]: peer tagged(j)'s, polled while `checking`
-  bool checking = false;
+  PeerTags<kRanks> tags;
   if (!*tagsChecked && from < length) {
     *tagsChecked = true;
-    checking = true;
-#pragma unroll
-    for (int j = 0; j < kRanks - 1; ++j) {
-      if (j < p.nranks - 1) tags[j] = loadPolled(tagFrom(p, round, tagged(j)));
-    }
+    tags.start(p, round);
   }
 #pragma unroll
   for (int u = 0; u < kBatch; ++u) {
@@ -255,22 +274,7 @@ __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound
   }
   for (;;) {
     int waitingFor = -1;
-    if (checking) {
-      checking = false;
-#pragma unroll
-      for (int j = 0; j < kRanks - 1; ++j) {
-        if (j >= p.nranks - 1) continue;
-        if (isEmpty(tags[j])) {
-          tags[j] = loadPolled(tagFrom(p, round, tagged(j)));
-          waitingFor = tagged(j);
-          checking = true;
-        } else if (!sameTag(tags[j], round.tag)) {
-          recordFailure(p.failure, kFailureMismatch,
-                        WaitSite{p.rank, tagged(j), kPhasePushData, algorithm}, 0);
-          return false;
-        }
-      }
-    }
+    if (!tags.poll(p, round, algorithm, &waitingFor)) return false;
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
 #pragma unroll

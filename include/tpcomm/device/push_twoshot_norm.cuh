@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // checks its peers' tags here instead.
   Patience gatherPatience(p, kPhasePushReduced, kPushTwoShotNorm);
   if (ok && !tagsChecked && slices.others() > blockIdx.x) {
-    ok = checkTags(p, round, &gatherPatience, kPushTwoShotNorm);
+    ok = checkTags<kRanks>(p, round, &gatherPatience, kPushTwoShotNorm);
   }
   for (size_t j = blockIdx.x; j < slices.others(); j += gridDim.x) {
     const size_t row = slices.otherRow(j);
