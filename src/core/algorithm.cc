@@ -119,17 +119,18 @@ LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBy
   return LaunchShape{static_cast<int>(blocks), static_cast<int>(threads)};
 }
 
-FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, int clusterRows, int cap) {
+FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
+                             int cap) {
   const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
-  const size_t cluster = static_cast<size_t>(device::rowBlocks(hiddenVectors));
-  if (cluster > 1 && rows <= static_cast<size_t>(std::max(clusterRows, 0)) &&
-      rows * cluster <= blockCap) {
-    return FusedShape{static_cast<int>(rows * cluster), true};
+  for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
+    const size_t cluster = static_cast<size_t>(c);
+    if (rows <= static_cast<size_t>(std::max(clusters[c], 0)) && rows * cluster <= blockCap) {
+      return FusedShape{static_cast<int>(rows * cluster), c};
+    }
   }
   const size_t threads = static_cast<size_t>(device::rowThreads(hiddenVectors));
   const size_t senders = (rows * hiddenVectors + threads - 1) / threads;
-  return FusedShape{static_cast<int>(std::clamp<size_t>(std::max(rows, senders), 1, blockCap)),
-                    false};
+  return FusedShape{static_cast<int>(std::clamp<size_t>(std::max(rows, senders), 1, blockCap)), 1};
 }
 
 size_t launchShare(size_t total, size_t most, size_t granule) {

@@ -1,6 +1,7 @@
 // Which path an all-reduce takes, and with how many blocks.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <vector>
 
@@ -77,21 +78,25 @@ struct LaunchShape {
 // 32), so that a small message leaves from many multiprocessors.
 LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
-// Rows up to which clusters hold the fused one-shot kernel's rows. On 2 H200s (NVLink), bf16: 1 row
-// of 8192 took 4.5 us in a cluster of 8 blocks and 5.5 us in one block, 16 rows 5.1 and 6.4 us,
-// 32 rows 6.6 us either way; more rows than 16 of 8192 need more blocks than a GPU has SMs.
-constexpr int kFusedClusterRows = 16;
+// clusters[c]: thread block clusters of c blocks of the fused one-shot kernel that each rank may
+// keep resident at once (0 where the device launches none).
+using RowClusters = std::array<int, device::kMaxRowBlocks + 1>;
 
 struct FusedShape {
   int blocks;
-  bool rowClusters;
+  int clusterBlocks;  // blocks of the cluster that holds a row; 1: a block holds a row
 };
 
-// The fused one-shot kernel's grid for `rows` rows of `hiddenVectors` vectors. For up to
-// `clusterRows` rows (where that fits `cap`), a thread block cluster of device::rowBlocks blocks
-// holds each row; otherwise a block holds a row at a time and the grid sends with a vector per
-// thread where that takes more blocks than rows. At most `cap` blocks.
-FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, int clusterRows, int cap);
+// The fused one-shot kernel's grid for `rows` rows of `hiddenVectors` vectors. A row is spread over
+// the largest cluster of at most device::rowBlocks blocks that lets every row have one within `cap`
+// blocks and `clusters`; where none does (or a row fits one block), a block holds a row at a time
+// and the grid sends with a vector per thread where that takes more blocks than rows. At most `cap`
+// blocks. On 2 H200s (NVLink, graph, bf16), against clusters of device::rowBlocks blocks up to 16
+// rows and a block a row beyond: 32 rows of 8192 took 5.70 us in clusters of 4 against 6.56, 64
+// rows 7.37 in clusters of 2 against 8.16; of 5120, 5.01 against 5.82 and 6.05 against 6.62. One
+// to 16 rows and 128 rows took the same time.
+FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
+                             int cap);
 
 // How much of a message of `total` units one launch takes when at most `most` fit a launch: the
 // fewest launches, of equal size rounded up to a multiple of `granule` (which must divide `most`),

@@ -29,7 +29,8 @@ struct Communicator::RankInfo {
   int32_t pullBlocksPerSm;
   int32_t pushBlocksPerSm;
   int32_t pushTwoShotBlocksPerSm;
-  int32_t rowClusters;  // fused one-shot clusters the device holds at once
+  int32_t rowClusters[device::kMaxRowBlocks + 1];  // [c]: fused one-shot clusters of c blocks the
+                                                   // device holds at once
 };
 
 tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
@@ -115,12 +116,13 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
   }
   TPC_INFO(
       "rank %d/%d on device %d ready: staging %zu bytes, push chunks %zu / %zu bytes, at most %d "
-      "(pull), %d (push) and %d (push two-shot) blocks per kernel, fused rows over clusters up to "
-      "%d rows, %s",
+      "(pull), %d (push) and %d (push two-shot) blocks per kernel, fused rows over clusters of %d "
+      "blocks up to %d rows, %s",
       rank_, nranks_, device_, layout_.stagingBytes,
       layout_.receive(device::kPushOneShot).chunkBytes,
       layout_.receive(device::kPushTwoShot).chunkBytes, pullBlockCap_, pushBlockCap_,
-      pushTwoShotBlockCap_, fusedClusterRows_, config_.digest().c_str());
+      pushTwoShotBlockCap_, device::kMaxRowBlocks, fusedClusters_[device::kMaxRowBlocks],
+      config_.digest().c_str());
   TPC_INFO("rank %d: custom path %s: %s; NCCL: %s", rank_, topology_.decision.custom ? "on" : "off",
            topology_.decision.reason.c_str(), nccl_.description().c_str());
   return tpcSuccess;
@@ -147,11 +149,15 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   TPC_CUDA_CHECK(pushTwoShotBlocksPerSm(nranks_, &mine->pushTwoShotBlocksPerSm));
   // Clusters only speed up few fused rows: a device that cannot say how many it holds runs
   // without them.
-  if (const cudaError_t err = fusedRowClusters(&mine->rowClusters); err != cudaSuccess) {
-    cudaGetLastError();
-    mine->rowClusters = 0;
-    TPC_INFO("rank %d: the fused kernel's rows stay in single blocks: %s", rank_,
-             cudaGetErrorString(err));
+  for (int c = 0; c <= device::kMaxRowBlocks; ++c) {
+    mine->rowClusters[c] = 0;
+    if (c < 2) continue;
+    if (const cudaError_t err = fusedRowClusters(c, &mine->rowClusters[c]); err != cudaSuccess) {
+      cudaGetLastError();
+      mine->rowClusters[c] = 0;
+      TPC_INFO("rank %d: the fused kernel's rows stay out of clusters of %d blocks: %s", rank_, c,
+               cudaGetErrorString(err));
+    }
   }
   local_ = std::make_shared<LocalBuffer>();
   TPC_CHECK(local_->allocate(layout_));
@@ -216,14 +222,17 @@ tpcResult_t Communicator::decidePaths(const std::vector<RankInfo>& all) {
 void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
   // Every rank computes the same caps from the same gathered facts, so all launch equal grids.
   int pullCap = device::kMaxBlocks, pushCap = device::kMaxBlocks, twoShotCap = device::kMaxBlocks;
-  int clusterRows = kFusedClusterRows;
+  RowClusters clusters;
+  clusters.fill(device::kMaxBlocks);
   for (int r = 0; r < nranks_; ++r) {
     int onDevice = 0;
     for (int q = 0; q < nranks_; ++q) {
       onDevice += std::memcmp(all[q].uuid, all[r].uuid, sizeof(all[r].uuid)) == 0;
     }
     // A cluster a row, and every rank's clusters resident at once.
-    clusterRows = std::min(clusterRows, all[r].rowClusters / onDevice);
+    for (int c = 0; c <= device::kMaxRowBlocks; ++c) {
+      clusters[c] = std::min(clusters[c], all[r].rowClusters[c] / onDevice);
+    }
     // Ranks sharing a device spin on each other: all their blocks must be resident at once.
     pullCap =
         std::min(pullCap, residentBlockShare(all[r].pullBlocksPerSm, all[r].smCount, onDevice));
@@ -251,7 +260,7 @@ void Communicator::chooseBlockCaps(const std::vector<RankInfo>& all) {
   pullBlockCap_ = pullCap;
   pushBlockCap_ = pushCap;
   pushTwoShotBlockCap_ = twoShotCap;
-  fusedClusterRows_ = clusterRows;
+  fusedClusters_ = clusters;
 }
 
 char* Communicator::bufferOf(int rank) const {
@@ -557,9 +566,9 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
     p.tag = callTag(algorithm, call.type, p.count, call.hidden, p.norm.outType);
     // Two-shot: a block per row of this rank's slice.
     const FusedShape shape =
-        twoShot ? FusedShape{static_cast<int>(std::min<size_t>(rows, pushBlockCap_)), false}
-                : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusterRows_, pushBlockCap_);
-    TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.rowClusters,
+        twoShot ? FusedShape{static_cast<int>(std::min<size_t>(rows, pushBlockCap_)), 1}
+                : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_);
+    TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.clusterBlocks,
                                dependentLaunch_, stream));
   }
   return tpcSuccess;

@@ -128,9 +128,9 @@ class Communicator {
   int pullBlockCap_ = 1;
   int pushBlockCap_ = 1;
   int pushTwoShotBlockCap_ = 1;
-  int fusedClusterRows_ = 0;  // up to this many rows, a cluster holds each row (fusedOneShotShape)
-  bool dependentLaunch_ = false;          // programmatic dependent launch of the kernels
-  bool sharesDevice_ = false;             // some ranks of the communicator share a device
+  RowClusters fusedClusters_{};   // rows a cluster each (fusedOneShotShape), by blocks a cluster
+  bool dependentLaunch_ = false;  // programmatic dependent launch of the kernels
+  bool sharesDevice_ = false;     // some ranks of the communicator share a device
   bool sharesDeviceInProcess_ = false;    // this rank shares its device within this process
   int ranksInProcess_ = 1;                // ranks of this communicator in this process
   cudaStream_t controlStream_ = nullptr;  // the copy engine's way to this rank's failure word

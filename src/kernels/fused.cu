@@ -7,10 +7,10 @@
 namespace tpcomm {
 
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
-                        const device::FusedParams& params, int blocks, bool rowClusters,
+                        const device::FusedParams& params, int blocks, int clusterBlocks,
                         bool dependent, cudaStream_t stream) {
   return byRowType(type, [&](auto zero) {
-    return device::launchFused<decltype(zero)>(algorithm, params, blocks, rowClusters, dependent,
+    return device::launchFused<decltype(zero)>(algorithm, params, blocks, clusterBlocks, dependent,
                                                stream);
   });
 }
@@ -32,7 +32,7 @@ cudaError_t fusedBlocksPerSm(int* blocks) {
   });
 }
 
-cudaError_t fusedRowClusters(int* clusters) {
+cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
   int device = 0, launches = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess) {
@@ -43,7 +43,7 @@ cudaError_t fusedRowClusters(int* clusters) {
   *clusters = device::kMaxBlocks;
   return forEveryType<true>([&](auto zero) {
     int n = 0;
-    const cudaError_t err = device::fusedRowClusters<decltype(zero)>(&n);
+    const cudaError_t err = device::fusedRowClusters<decltype(zero)>(clusterBlocks, &n);
     *clusters = std::min(*clusters, n);
     return err;
   });

@@ -10,9 +10,9 @@
 namespace tpcomm {
 
 // Both take float16 and bfloat16 rows (cudaErrorInvalidValue for other types). `algorithm` is
-// device::kPushOneShotNorm or kPushTwoShotNorm; `rowClusters` as device::launchFused takes it.
+// device::kPushOneShotNorm or kPushTwoShotNorm; `clusterBlocks` as device::launchFused takes it.
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
-                        const device::FusedParams& params, int blocks, bool rowClusters,
+                        const device::FusedParams& params, int blocks, int clusterBlocks,
                         bool dependent, cudaStream_t stream);
 cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
                              bool dependent, cudaStream_t stream);
@@ -20,8 +20,8 @@ cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& pa
 // Blocks per multiprocessor that every fused kernel can keep resident on the current device.
 cudaError_t fusedBlocksPerSm(int* blocks);
 
-// Clusters of the fused one-shot kernel, of any row size, that the current device holds at once;
-// 0 where it launches no clusters.
-cudaError_t fusedRowClusters(int* clusters);
+// Clusters of `clusterBlocks` blocks of the fused one-shot kernel, of any row size, that the
+// current device holds at once; 0 where it launches no clusters.
+cudaError_t fusedRowClusters(int clusterBlocks, int* clusters);
 
 }  // namespace tpcomm

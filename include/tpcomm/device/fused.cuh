@@ -1,7 +1,7 @@
 // The all-reduce fused with the residual add and RMSNorm, and the norm alone, with their
 // launchers: raw parameters and a stream in, cudaError_t out. A block normalises a row at a time
-// with rowThreads(hiddenVectors) threads, or a cluster of rowBlocks(hiddenVectors) blocks of
-// rowBlockThreads(hiddenVectors) does (the fused one-shot kernel, for few rows); the fused kernels
+// with rowThreads(hiddenVectors) threads, or a cluster of up to rowBlocks(hiddenVectors) blocks of
+// rowClusterThreads threads does (the fused one-shot kernel, for few rows); the fused kernels
 // expect what the push kernels expect (allreduce.cuh), their clusters too.
 #pragma once
 
@@ -16,11 +16,11 @@
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
-// `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type. With `rowClusters` the
-// one-shot kernel spreads each row over a cluster of rowBlocks(hiddenVectors) blocks (which must
-// divide `blocks`); otherwise a block holds a row.
+// `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type. With `clusterBlocks` of
+// 2 or more (at most rowBlocks(hiddenVectors), dividing `blocks`), the one-shot kernel spreads each
+// row over a cluster of that many blocks; otherwise a block holds a row.
 template <typename T>
-inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, bool rowClusters,
+inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, int clusterBlocks,
                                bool dependent, cudaStream_t stream) {
   const uint32_t hv = p.norm.hiddenVectors;
   return byRankCount(p.nranks, [&](auto ranks) {
@@ -30,8 +30,8 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
                           rowThreads(hv));
     }
     return launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
-                        rowClusters ? rowBlockThreads(hv) : rowThreads(hv),
-                        rowClusters ? rowBlocks(hv) : 1);
+                        clusterBlocks > 1 ? rowClusterThreads(hv, clusterBlocks) : rowThreads(hv),
+                        clusterBlocks > 1 ? clusterBlocks : 1);
   });
 }
 
@@ -57,12 +57,12 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
   return fewestBlocksPerSm(kernels, 6, blocks);
 }
 
-// The fewest clusters of the fused one-shot kernel for T that the device holds at once, at the
-// largest row (kMaxRowBlocks blocks of the most threads rowBlockThreads gives): a bound for every
-// smaller cluster or block. 0 where the kernel was compiled for a device without clusters (it
+// The fewest clusters of `clusterBlocks` blocks of the fused one-shot kernel for T that the
+// device holds at once, at the largest row (and so the most threads rowClusterThreads gives): a
+// bound for every smaller row. 0 where the kernel was compiled for a device without clusters (it
 // would then take each block of a cluster for a whole group).
 template <typename T>
-inline cudaError_t fusedRowClusters(int* clusters) {
+inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
@@ -79,10 +79,10 @@ inline cudaError_t fusedRowClusters(int* clusters) {
     }
     cudaLaunchAttribute attribute;
     attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim = {kMaxRowBlocks, 1, 1};
+    attribute.val.clusterDim = {static_cast<unsigned>(clusterBlocks), 1, 1};
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(kMaxRowBlocks);
-    config.blockDim = dim3(rowBlockThreads(kMaxRowVectors * kBlockThreads));
+    config.gridDim = dim3(static_cast<unsigned>(clusterBlocks));
+    config.blockDim = dim3(rowClusterThreads(kMaxRowVectors * kBlockThreads, clusterBlocks));
     config.attrs = &attribute;
     config.numAttrs = 1;
     int n = 0;

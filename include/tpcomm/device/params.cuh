@@ -206,9 +206,10 @@ static_assert(kMaxRowWarps <= 64, "two warp sums to a lane");
 // The largest thread block cluster every Hopper GPU launches.
 constexpr int kMaxRowBlocks = 8;
 
-// Blocks of the cluster over which the fused one-shot kernel spreads a row of `hiddenVectors`
-// vectors for few rows: about kPushVectorsPerBlock vectors each (as push one-shot spreads a message
-// of that size), one to a thread.
+// The most blocks of a cluster over which the fused one-shot kernel spreads a row of
+// `hiddenVectors` vectors for few rows: about kPushVectorsPerBlock vectors each (as push one-shot
+// spreads a message of that size), one to a thread. More rows take smaller clusters, so that every
+// row still has one.
 TPCOMM_PARAMS_HOST_DEVICE constexpr int rowBlocks(uint32_t hiddenVectors) {
   return hiddenVectors <= kPushVectorsPerBlock
              ? 1
@@ -218,17 +219,21 @@ TPCOMM_PARAMS_HOST_DEVICE constexpr int rowBlocks(uint32_t hiddenVectors) {
                        : kMaxRowBlocks);
 }
 
-// Threads of each of those blocks: whole warps, together at least one per vector.
-TPCOMM_PARAMS_HOST_DEVICE constexpr int rowBlockThreads(uint32_t hiddenVectors) {
-  return static_cast<int>(
-      ((hiddenVectors + rowBlocks(hiddenVectors) - 1) / rowBlocks(hiddenVectors) + 31) / 32 * 32);
+// Threads of each block of a cluster of `blocks` blocks that holds a row: rowThreads of the
+// block's share of it.
+TPCOMM_PARAMS_HOST_DEVICE constexpr int rowClusterThreads(uint32_t hiddenVectors, int blocks) {
+  return rowThreads((hiddenVectors + static_cast<uint32_t>(blocks) - 1) /
+                    static_cast<uint32_t>(blocks));
 }
-static_assert(rowBlocks(1024) == 8 && rowBlockThreads(1024) == 128 && rowBlocks(640) == 5 &&
-                  rowBlockThreads(640) == 128 && rowBlocks(896) == 7 && rowBlocks(2048) == 8 &&
-                  rowBlockThreads(2048) == 256 && rowBlocks(1000) == 8 &&
-                  rowBlockThreads(1000) == 128 && rowBlocks(100) == 1 &&
-                  rowBlockThreads(100) == 128 && rowBlocks(1) == 1 && rowBlockThreads(1) == 32,
-              "rows over clusters of about kPushVectorsPerBlock vectors a block");
+static_assert(rowBlocks(1024) == 8 && rowClusterThreads(1024, 8) == 128 && rowBlocks(640) == 5 &&
+                  rowClusterThreads(640, 5) == 128 && rowBlocks(896) == 7 && rowBlocks(2048) == 8 &&
+                  rowClusterThreads(2048, 8) == 256 && rowBlocks(1000) == 8 &&
+                  rowClusterThreads(1000, 8) == 128 && rowBlocks(100) == 1 &&
+                  rowClusterThreads(100, 1) == 128 && rowBlocks(1) == 1 &&
+                  rowClusterThreads(1, 1) == 32 && rowClusterThreads(1024, 4) == 256 &&
+                  rowClusterThreads(1024, 2) == 512 && rowClusterThreads(2048, 2) == 512 &&
+                  rowClusterThreads(640, 3) == 224,
+              "rows over clusters of about kPushVectorsPerBlock vectors a block at most");
 
 struct NormParams {
   const void* residualIn;
