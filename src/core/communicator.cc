@@ -452,12 +452,16 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
 tpcResult_t Communicator::orderAfterPreviousCall(cudaStream_t stream) {
   if (haveLastCall_ && stream != lastStream_) {
     TPC_CUDA_CHECK(cudaStreamWaitEvent(stream, lastCall_, 0));
+    // A programmatic completion lets a kernel start before the previous call ends; this one waits
+    // for the end, so that NCCL and whatever else follows on `stream` comes after that call.
+    if (dependentLaunch_) TPC_CUDA_CHECK(awaitProgrammaticCompletion(stream));
   }
   return tpcSuccess;
 }
 
 tpcResult_t Communicator::noteEagerCall(cudaStream_t stream) {
-  TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
+  // Programmatic dependents recorded their completion in lastCall_ as they launched.
+  if (!dependentLaunch_) TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
   lastStream_ = stream;
   haveLastCall_ = true;
   return tpcSuccess;
@@ -478,23 +482,24 @@ tpcResult_t Communicator::allReduceAddRmsNorm(const NormCall& call, cudaStream_t
             static_cast<void*>(stream));
   if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
   if (nranks_ == 1) {
-    TPC_CHECK(launchNorm(call, call.input, 0, call.rows, stream));
+    TPC_CHECK(launchNorm(call, call.input, 0, call.rows, stream, capturing));
   } else if (route == Route::kNccl && nccl_.available()) {
     TPC_CHECK(ncclAddRmsNorm(call, stream, capturing));
   } else {
-    TPC_CHECK(launchFusedKernels(route, call, stream));
+    TPC_CHECK(launchFusedKernels(route, call, stream, capturing));
   }
   return capturing ? tpcSuccess : noteEagerCall(stream);
 }
 
 tpcResult_t Communicator::launchNorm(const NormCall& call, const void* sum, size_t first,
-                                     size_t rows, cudaStream_t stream) {
+                                     size_t rows, cudaStream_t stream, bool capturing) {
   device::AddNormParams p{};
   p.sum = sum;
   p.norm = normParams(call, first, rows);
   // The norm kernel never waits for a peer: any grid may run.
   const int blocks = static_cast<int>(std::min<size_t>(rows, 1 << 16));
-  TPC_CUDA_CHECK(launchAddRmsNorm(call.type, p, blocks, dependentLaunch_, stream));
+  TPC_CUDA_CHECK(
+      launchAddRmsNorm(call.type, p, blocks, dependentLaunch_, stream, completionEvent(capturing)));
   return tpcSuccess;
 }
 
@@ -504,9 +509,9 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
   const bool deferred = ranksInProcess_ > 1;
   auto normAfterNccl = [this, call, stream, capturing, deferred](const void* sum, size_t first,
                                                                  size_t rows) -> tpcResult_t {
-    if (!deferred) return launchNorm(call, sum, first, rows, stream);
+    if (!deferred) return launchNorm(call, sum, first, rows, stream, capturing);
     return deferUntilGroupEnd([this, call, sum, first, rows, stream, capturing] {
-      TPC_CHECK(launchNorm(call, sum, first, rows, stream));
+      TPC_CHECK(launchNorm(call, sum, first, rows, stream, capturing));
       return capturing ? tpcSuccess : noteEagerCall(stream);
     });
   };
@@ -536,8 +541,8 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
   return tpcSuccess;
 }
 
-tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
-                                             cudaStream_t stream) {
+tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,
+                                             bool capturing) {
   const bool twoShot = route == Route::kTwoShot || route == Route::kPushTwoShot;
   const device::Algorithm protocol = twoShot ? device::kPushTwoShot : device::kPushOneShot;
   const device::Algorithm algorithm = twoShot ? device::kPushTwoShotNorm : device::kPushOneShotNorm;
@@ -569,7 +574,7 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call,
         twoShot ? FusedShape{static_cast<int>(std::min<size_t>(rows, pushBlockCap_)), 1}
                 : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_);
     TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.clusterBlocks,
-                               dependentLaunch_, stream));
+                               dependentLaunch_, stream, completionEvent(capturing)));
   }
   return tpcSuccess;
 }
@@ -593,7 +598,9 @@ tpcResult_t Communicator::ncclAllReduce(const void* sendbuff, void* recvbuff, si
 tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void* recvbuff,
                                         size_t count, tpcDataType_t type, cudaStream_t stream,
                                         bool capturing) {
-  if (isPush(route)) return launchPushKernels(route, sendbuff, recvbuff, count, type, stream);
+  if (isPush(route)) {
+    return launchPushKernels(route, sendbuff, recvbuff, count, type, stream, capturing);
+  }
   const size_t elemBytes = typeSize(type);
   const size_t bytes = count * elemBytes;
   // Zero-copy: out of place only, since peers read this rank's input while it writes its output;
@@ -635,13 +642,15 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
     p.sourceOffset = sourceOffset + offset * elemBytes;
     p.tag = callTag(algorithm, type, p.count);
     const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, pullBlockCap_);
-    TPC_CUDA_CHECK(launchPull(type, algorithm, p, blocks, dependentLaunch_, stream));
+    TPC_CUDA_CHECK(launchPull(type, algorithm, p, blocks, dependentLaunch_, stream,
+                              completionEvent(capturing)));
   }
   return tpcSuccess;
 }
 
 tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, void* recvbuff,
-                                            size_t count, tpcDataType_t type, cudaStream_t stream) {
+                                            size_t count, tpcDataType_t type, cudaStream_t stream,
+                                            bool capturing) {
   const size_t elemBytes = typeSize(type);
   const device::Algorithm algorithm =
       route == Route::kPushTwoShot ? device::kPushTwoShot : device::kPushOneShot;
@@ -658,8 +667,8 @@ tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, v
     const LaunchShape shape =
         pushLaunchShape(route, nranks_, p.count, elemBytes,
                         route == Route::kPushTwoShot ? pushTwoShotBlockCap_ : pushBlockCap_);
-    TPC_CUDA_CHECK(
-        launchPush(type, algorithm, p, shape.blocks, shape.threads, dependentLaunch_, stream));
+    TPC_CUDA_CHECK(launchPush(type, algorithm, p, shape.blocks, shape.threads, dependentLaunch_,
+                              stream, completionEvent(capturing)));
   }
   return tpcSuccess;
 }

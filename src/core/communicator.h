@@ -86,6 +86,14 @@ class Communicator {
   tpcResult_t orderAfterPreviousCall(cudaStream_t stream);
   // Marks the end of an eager call on `stream`, for the next call to order itself after.
   tpcResult_t noteEagerCall(cudaStream_t stream);
+  // The event in which an eager call's kernels record their programmatic completion where they
+  // launch as programmatic dependents (null in a capture): the next call on another stream waits
+  // for it. An event recorded after every call sat between the stream's kernels and ended their
+  // overlap: eager push one-shot at 8 B to 32 KB took 3.6-3.8 us without it, 4.5-4.9 with it (2
+  // H200s).
+  cudaEvent_t completionEvent(bool capturing) const {
+    return dependentLaunch_ && !capturing ? lastCall_ : nullptr;
+  }
   tpcResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                             tpcRedOp_t op, cudaStream_t stream);
   void chooseBlockCaps(const std::vector<RankInfo>& all);
@@ -98,13 +106,14 @@ class Communicator {
   tpcResult_t launchKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
                             tpcDataType_t type, cudaStream_t stream, bool capturing);
   tpcResult_t launchPushKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
-                                tpcDataType_t type, cudaStream_t stream);
-  tpcResult_t launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream);
+                                tpcDataType_t type, cudaStream_t stream, bool capturing);
+  tpcResult_t launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,
+                                 bool capturing);
   tpcResult_t ncclAddRmsNorm(const NormCall& call, cudaStream_t stream, bool capturing);
   // The norm kernel over rows [first, first + rows) of the call, whose all-reduced rows are at
   // `sum`.
   tpcResult_t launchNorm(const NormCall& call, const void* sum, size_t first, size_t rows,
-                         cudaStream_t stream);
+                         cudaStream_t stream, bool capturing);
   tpcResult_t releaseResources();
 
   int rank_;

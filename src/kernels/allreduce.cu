@@ -7,6 +7,9 @@
 namespace tpcomm {
 namespace {
 
+// Ends once the kernels it depends on programmatically have completed.
+__global__ void awaitPrerequisites() { device::waitForPreviousKernel(); }
+
 __global__ void fillEmptyWords(uint32_t* words, size_t count) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
        i += size_t{gridDim.x} * blockDim.x) {
@@ -22,19 +25,33 @@ bool kernelSupports(tpcDataType_t type) {
 
 cudaError_t launchPull(tpcDataType_t type, device::Algorithm algorithm,
                        const device::PullParams& params, int blocks, bool dependent,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, cudaEvent_t completion) {
   return byType(type, [&](auto zero) {
-    return device::launchPull<decltype(zero)>(algorithm, params, blocks, dependent, stream);
+    return device::launchPull<decltype(zero)>(algorithm, params, blocks, dependent, stream,
+                                              completion);
   });
 }
 
 cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
                        const device::PushParams& params, int blocks, int threads, bool dependent,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, cudaEvent_t completion) {
   return byType(type, [&](auto zero) {
-    return device::launchPush<decltype(zero)>(algorithm, params, blocks, threads, dependent,
-                                              stream);
+    return device::launchPush<decltype(zero)>(algorithm, params, blocks, threads, dependent, stream,
+                                              completion);
   });
+}
+
+cudaError_t awaitProgrammaticCompletion(cudaStream_t stream) {
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(32);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, awaitPrerequisites);
 }
 
 cudaError_t allReduceBlocksPerSm(int* pull, int* push) {

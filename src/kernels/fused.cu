@@ -8,17 +8,17 @@ namespace tpcomm {
 
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, int clusterBlocks,
-                        bool dependent, cudaStream_t stream) {
+                        bool dependent, cudaStream_t stream, cudaEvent_t completion) {
   return byRowType(type, [&](auto zero) {
     return device::launchFused<decltype(zero)>(algorithm, params, blocks, clusterBlocks, dependent,
-                                               stream);
+                                               stream, completion);
   });
 }
 
 cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
-                             bool dependent, cudaStream_t stream) {
+                             bool dependent, cudaStream_t stream, cudaEvent_t completion) {
   return byRowType(type, [&](auto zero) {
-    return device::launchAddRmsNorm<decltype(zero)>(params, blocks, dependent, stream);
+    return device::launchAddRmsNorm<decltype(zero)>(params, blocks, dependent, stream, completion);
   });
 }
 

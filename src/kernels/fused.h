@@ -10,12 +10,13 @@
 namespace tpcomm {
 
 // Both take float16 and bfloat16 rows (cudaErrorInvalidValue for other types). `algorithm` is
-// device::kPushOneShotNorm or kPushTwoShotNorm; `clusterBlocks` as device::launchFused takes it.
+// device::kPushOneShotNorm or kPushTwoShotNorm; `clusterBlocks` as device::launchFused takes it,
+// `dependent` and `completion` as device::launchKernel.
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, int clusterBlocks,
-                        bool dependent, cudaStream_t stream);
+                        bool dependent, cudaStream_t stream, cudaEvent_t completion);
 cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
-                             bool dependent, cudaStream_t stream);
+                             bool dependent, cudaStream_t stream, cudaEvent_t completion);
 
 // Blocks per multiprocessor that every fused kernel can keep resident on the current device.
 cudaError_t fusedBlocksPerSm(int* blocks);

@@ -6,7 +6,11 @@
 // kernels (their blocks pair up with the same block of every peer), and that all ranks' blocks
 // sharing a device can be resident at once (the waits spin). With `dependent` set the kernel is
 // launched as a programmatic dependent of the kernel before it in the stream: it starts while
-// that kernel finishes and waits for it before touching memory.
+// that kernel finishes and waits for it before touching memory. A `completion` event records the
+// launch's programmatic completion (cudaLaunchAttributeProgrammaticEvent): a kernel on another
+// stream that waits for the event and for the kernels before it (griddepcontrol.wait), as every
+// tpcomm kernel does, runs after this one, and no event record between this stream's kernels ends
+// their overlap.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,9 +29,16 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 // `cluster` > 1: in thread block clusters of that many blocks (a divisor of `blocks`).
 template <typename Params>
 inline cudaError_t launchKernel(void (*kernel)(Params), const Params& p, int blocks, bool dependent,
-                                cudaStream_t stream, int threads = kBlockThreads, int cluster = 1) {
-  cudaLaunchAttribute attributes[2];
+                                cudaStream_t stream, int threads = kBlockThreads, int cluster = 1,
+                                cudaEvent_t completion = nullptr) {
+  cudaLaunchAttribute attributes[3];
   unsigned count = 0;
+  if (completion != nullptr) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticEvent;
+    attributes[count].val.programmaticEvent.event = completion;
+    attributes[count].val.programmaticEvent.flags = 0;
+    attributes[count++].val.programmaticEvent.triggerAtBlockStart = 0;
+  }
   if (dependent) {
     attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[count++].val.programmaticStreamSerializationAllowed = 1;
@@ -48,14 +59,14 @@ inline cudaError_t launchKernel(void (*kernel)(Params), const Params& p, int blo
 // A pull kernel; the slotted variant (zero-copy sources) when p.slot is set.
 template <typename T>
 inline cudaError_t launchPull(int algorithm, const PullParams& p, int blocks, bool dependent,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, cudaEvent_t completion = nullptr) {
   const bool slotted = p.slot != nullptr;
   if (algorithm == kTwoShot) {
     return launchKernel(slotted ? twoShotAllReduce<T, true> : twoShotAllReduce<T, false>, p, blocks,
-                        dependent, stream);
+                        dependent, stream, kBlockThreads, 1, completion);
   }
   return launchKernel(slotted ? oneShotAllReduce<T, true> : oneShotAllReduce<T, false>, p, blocks,
-                      dependent, stream);
+                      dependent, stream, kBlockThreads, 1, completion);
 }
 
 // Calls fn(std::integral_constant<int, kRanks>) for the fewest ranks (2, 4 or 8) that cover
@@ -70,12 +81,13 @@ inline cudaError_t byRankCount(int nranks, Fn fn) {
 
 template <typename T>
 inline cudaError_t launchPush(int algorithm, const PushParams& p, int blocks, int threads,
-                              bool dependent, cudaStream_t stream) {
+                              bool dependent, cudaStream_t stream,
+                              cudaEvent_t completion = nullptr) {
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
     return launchKernel(algorithm == kPushTwoShot ? pushTwoShotAllReduce<T, kRanks>
                                                   : pushOneShotAllReduce<T, kRanks>,
-                        p, blocks, dependent, stream, threads);
+                        p, blocks, dependent, stream, threads, 1, completion);
   });
 }
 

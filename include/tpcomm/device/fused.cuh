@@ -2,7 +2,7 @@
 // launchers: raw parameters and a stream in, cudaError_t out. A block normalises a row at a time
 // with rowThreads(hiddenVectors) threads, or a cluster of up to rowBlocks(hiddenVectors) blocks of
 // rowClusterThreads threads does (the fused one-shot kernel, for few rows); the fused kernels
-// expect what the push kernels expect (allreduce.cuh), their clusters too.
+// expect what the push kernels expect (allreduce.cuh), their clusters and completion events too.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,25 +21,26 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 // row over a cluster of that many blocks; otherwise a block holds a row.
 template <typename T>
 inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, int clusterBlocks,
-                               bool dependent, cudaStream_t stream) {
+                               bool dependent, cudaStream_t stream,
+                               cudaEvent_t completion = nullptr) {
   const uint32_t hv = p.norm.hiddenVectors;
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
     if (algorithm == kPushTwoShotNorm) {
       return launchKernel(pushTwoShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
-                          rowThreads(hv));
+                          rowThreads(hv), 1, completion);
     }
     return launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
                         clusterBlocks > 1 ? rowClusterThreads(hv, clusterBlocks) : rowThreads(hv),
-                        clusterBlocks > 1 ? clusterBlocks : 1);
+                        clusterBlocks > 1 ? clusterBlocks : 1, completion);
   });
 }
 
 template <typename T>
 inline cudaError_t launchAddRmsNorm(const AddNormParams& p, int blocks, bool dependent,
-                                    cudaStream_t stream) {
-  return launchKernel(addRmsNorm<T>, p, blocks, dependent, stream,
-                      rowThreads(p.norm.hiddenVectors));
+                                    cudaStream_t stream, cudaEvent_t completion = nullptr) {
+  return launchKernel(addRmsNorm<T>, p, blocks, dependent, stream, rowThreads(p.norm.hiddenVectors),
+                      1, completion);
 }
 
 // The fewest blocks of any fused kernel for T that fit on one multiprocessor at once, at the
