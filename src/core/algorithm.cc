@@ -115,7 +115,8 @@ LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBy
   const size_t perBlock = ((vectors + blockCap - 1) / blockCap + 31) / 32 * 32;
   const size_t threads =
       std::clamp<size_t>(perBlock, device::kPushVectorsPerBlock, device::kBlockThreads);
-  const size_t blocks = std::clamp<size_t>((vectors + threads - 1) / threads, 1, blockCap);
+  const size_t blocks = std::clamp<size_t>(
+      std::max<size_t>((vectors + threads - 1) / threads, kPushMinBlocks), 1, blockCap);
   return LaunchShape{static_cast<int>(blocks), static_cast<int>(threads)};
 }
 

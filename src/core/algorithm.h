@@ -73,9 +73,16 @@ struct LaunchShape {
   int threads;
 };
 
+// The fewest blocks of a push launch where the cap allows. A launch empties the receive buffer of
+// the launch before it with its whole grid, and a small one after a large one did that from one
+// block: on 2 H200s the first 16-byte call after one of 2 MB took 32 us longer than the next, 1 us
+// longer in 32 blocks. Small calls took as long or less (graph, 8 B 2.85 us either way, 2 KB 3.00
+// -> 2.91, 8 KB 2.99 -> 2.94): the rotation's and the reset's stores spread over more blocks.
+constexpr size_t kPushMinBlocks = 32;
+
 // The push kernels' grid: one 16-byte vector per thread of the largest phase while `cap` blocks
 // allow, in blocks of device::kPushVectorsPerBlock to device::kBlockThreads threads (a multiple of
-// 32), so that a small message leaves from many multiprocessors.
+// 32), so that a small message leaves from many multiprocessors; at least kPushMinBlocks blocks.
 LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
 // clusters[c]: thread block clusters of c blocks of the fused one-shot kernel that each rank may

@@ -167,10 +167,14 @@ TEST(Algorithm, PushGridSpreadsSmallMessagesOverBlocks) {
     return std::make_pair(s.blocks, s.threads);
   };
   const int least = device::kPushVectorsPerBlock;
-  EXPECT_EQ(std::make_pair(1, least), shape(Route::kPushOneShot, 2, 8, 132));
-  EXPECT_EQ(std::make_pair(1, least), shape(Route::kPushOneShot, 2, 0, 132));
-  // 8 KB: 512 vectors, a vector per thread over 4 blocks.
-  EXPECT_EQ(std::make_pair(512 / least, least), shape(Route::kPushOneShot, 2, 8 << 10, 132));
+  const int fewest = static_cast<int>(kPushMinBlocks);
+  // A small message still launches kPushMinBlocks blocks, to empty the last launch's buffers.
+  EXPECT_EQ(std::make_pair(fewest, least), shape(Route::kPushOneShot, 2, 8, 132));
+  EXPECT_EQ(std::make_pair(fewest, least), shape(Route::kPushOneShot, 2, 0, 132));
+  EXPECT_EQ(std::make_pair(fewest, least), shape(Route::kPushOneShot, 2, 8 << 10, 132));
+  // 64 KB: 4096 vectors, a vector per thread over 32 blocks; 128 KB over 64.
+  EXPECT_EQ(std::make_pair(4096 / least, least), shape(Route::kPushOneShot, 2, 64 << 10, 132));
+  EXPECT_EQ(std::make_pair(8192 / least, least), shape(Route::kPushOneShot, 2, 128 << 10, 132));
   // 256 KB: 16384 vectors over 132 blocks round up to 128 threads each.
   EXPECT_EQ(std::make_pair(128, 128), shape(Route::kPushOneShot, 2, 256 << 10, 132));
   // 1 MB: 65536 vectors need the widest blocks.
@@ -180,8 +184,10 @@ TEST(Algorithm, PushGridSpreadsSmallMessagesOverBlocks) {
   EXPECT_EQ(std::make_pair(132, device::kBlockThreads),
             shape(Route::kPushOneShot, 2, size_t{1} << 30, 132));
   EXPECT_EQ(std::make_pair(1, device::kBlockThreads), shape(Route::kPushOneShot, 2, 8 << 10, 1));
-  // Two-shot spreads one slice: 8 KB over 4 ranks is 128 vectors.
-  EXPECT_EQ(std::make_pair(1, least), shape(Route::kPushTwoShot, 4, 8 << 10, 132));
+  // Two-shot spreads one slice: 1 MB over 4 ranks is 16384 vectors.
+  EXPECT_EQ(std::make_pair(128, least), shape(Route::kPushTwoShot, 4, 1 << 20, 132));
+  // The cap bounds the fewest blocks too.
+  EXPECT_EQ(std::make_pair(16, least), shape(Route::kPushOneShot, 2, 8, 16));
   EXPECT_EQ(std::make_pair(2, 256), shape(Route::kPushOneShot, 2, 8 << 10, 2));
 }
 
