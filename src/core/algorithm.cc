@@ -125,13 +125,18 @@ FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClust
   const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
   for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
     const size_t cluster = static_cast<size_t>(c);
-    if (rows <= static_cast<size_t>(std::max(clusters[c], 0)) && rows * cluster <= blockCap) {
-      return FusedShape{static_cast<int>(rows * cluster), c};
+    const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
+    if (rows <= held && rows * cluster <= blockCap) {
+      // Clusters beyond the last row only send, and empty the last launch's buffers.
+      const size_t groups = std::min(std::max(rows, (kPushMinBlocks + cluster - 1) / cluster),
+                                     std::min(held, blockCap / cluster));
+      return FusedShape{static_cast<int>(groups * cluster), c};
     }
   }
   const size_t threads = static_cast<size_t>(device::rowThreads(hiddenVectors));
   const size_t senders = (rows * hiddenVectors + threads - 1) / threads;
-  return FusedShape{static_cast<int>(std::clamp<size_t>(std::max(rows, senders), 1, blockCap)), 1};
+  const size_t blocks = std::max({rows, senders, kPushMinBlocks});
+  return FusedShape{static_cast<int>(std::clamp<size_t>(blocks, 1, blockCap)), 1};
 }
 
 size_t launchShare(size_t total, size_t most, size_t granule) {

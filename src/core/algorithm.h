@@ -97,11 +97,14 @@ struct FusedShape {
 // The fused one-shot kernel's grid for `rows` rows of `hiddenVectors` vectors. A row is spread over
 // the largest cluster of at most device::rowBlocks blocks that lets every row have one within `cap`
 // blocks and `clusters`; where none does (or a row fits one block), a block holds a row at a time
-// and the grid sends with a vector per thread where that takes more blocks than rows. At most `cap`
-// blocks. On 2 H200s (NVLink, graph, bf16), against clusters of device::rowBlocks blocks up to 16
-// rows and a block a row beyond: 32 rows of 8192 took 5.70 us in clusters of 4 against 6.56, 64
-// rows 7.37 in clusters of 2 against 8.16; of 5120, 5.01 against 5.82 and 6.05 against 6.62. One
-// to 16 rows and 128 rows took the same time.
+// and the grid sends with a vector per thread where that takes more blocks than rows. At least
+// kPushMinBlocks blocks (in whole clusters, those beyond the rows only sending), at most `cap`: the
+// first one-row call after 128 rows of 8192 took 4.1 us longer than the next in one cluster of 8,
+// 0.8 us longer in four, and fused calls of 1 to 128 rows as long as before (2 H200s). On 2 H200s
+// (NVLink, graph, bf16), against clusters of device::rowBlocks blocks up to 16 rows and a block a
+// row beyond: 32 rows of 8192 took 5.70 us in clusters of 4 against 6.56, 64 rows 7.37 in clusters
+// of 2 against 8.16; of 5120, 5.01 against 5.82 and 6.05 against 6.62. One to 16 rows and 128 rows
+// took the same time.
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
                              int cap);
 

@@ -201,8 +201,9 @@ TEST(Algorithm, FusedOneShotSpreadsFewRowsOverClusters) {
     const FusedShape s = fusedOneShotShape(rows, hiddenVectors, clusters, cap);
     return std::make_pair(s.blocks, s.clusterBlocks);
   };
-  // Hidden 8192 (bf16, 1024 vectors): a cluster of 8 blocks a row while the rows are few.
-  EXPECT_EQ(std::make_pair(8, 8), shape(1, 1024, held(32), 132));
+  // Hidden 8192 (bf16, 1024 vectors): a cluster of 8 blocks a row while the rows are few, and at
+  // least kPushMinBlocks blocks (clusters beyond the rows only send).
+  EXPECT_EQ(std::make_pair(32, 8), shape(1, 1024, held(32), 132));
   EXPECT_EQ(std::make_pair(128, 8), shape(16, 1024, held(32), 132));
   // More rows take smaller clusters, as long as every row has one within the cap.
   EXPECT_EQ(std::make_pair(119, 7), shape(17, 1024, held(32), 132));
@@ -215,19 +216,21 @@ TEST(Algorithm, FusedOneShotSpreadsFewRowsOverClusters) {
   // Only clusters the device holds for every row: here those of 2 blocks.
   RowClusters fewLarge = held(64);
   for (int c = 3; c <= device::kMaxRowBlocks; ++c) fewLarge[c] = 4;
-  EXPECT_EQ(std::make_pair(8, 8), shape(1, 1024, fewLarge, 132));
-  EXPECT_EQ(std::make_pair(10, 2), shape(5, 1024, fewLarge, 132));
-  // Without clusters, one row still sends from two blocks: a vector per thread.
-  EXPECT_EQ(std::make_pair(2, 1), shape(1, 1024, held(0), 132));
+  EXPECT_EQ(std::make_pair(32, 8), shape(1, 1024, fewLarge, 132));
+  EXPECT_EQ(std::make_pair(32, 2), shape(5, 1024, fewLarge, 132));
+  // Fewer clusters held than kPushMinBlocks asks for: no more than that.
+  EXPECT_EQ(std::make_pair(16, 8), shape(1, 1024, held(2), 132));
+  // Without clusters, a block a row, and at least kPushMinBlocks.
+  EXPECT_EQ(std::make_pair(32, 1), shape(1, 1024, held(0), 132));
   // Hidden 5120: clusters of up to 5 blocks.
-  EXPECT_EQ(std::make_pair(10, 5), shape(2, 640, held(32), 132));
+  EXPECT_EQ(std::make_pair(35, 5), shape(2, 640, held(32), 132));
   EXPECT_EQ(std::make_pair(128, 4), shape(32, 640, held(32), 132));
   EXPECT_EQ(std::make_pair(102, 3), shape(34, 640, held(34), 132));
   // The block cap bounds the clusters too.
   EXPECT_EQ(std::make_pair(36, 6), shape(6, 1024, held(32), 40));
   EXPECT_EQ(std::make_pair(3, 1), shape(3, 1024, held(32), 3));
   // A row of one block's worth stays in one block.
-  EXPECT_EQ(std::make_pair(1, 1), shape(1, 100, held(32), 132));
+  EXPECT_EQ(std::make_pair(32, 1), shape(1, 100, held(32), 132));
 }
 
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
