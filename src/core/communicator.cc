@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "common/cuda_util.h"
@@ -149,9 +150,8 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
   TPC_CUDA_CHECK(pushTwoShotBlocksPerSm(nranks_, &mine->pushTwoShotBlocksPerSm));
   // Clusters only speed up few fused rows: a device that cannot say how many it holds runs
   // without them.
-  for (int c = 0; c <= device::kMaxRowBlocks; ++c) {
-    mine->rowClusters[c] = 0;
-    if (c < 2) continue;
+  std::fill(std::begin(mine->rowClusters), std::end(mine->rowClusters), 0);
+  for (int c = 2; c <= device::kMaxRowBlocks; ++c) {
     if (const cudaError_t err = fusedRowClusters(c, &mine->rowClusters[c]); err != cudaSuccess) {
       cudaGetLastError();
       mine->rowClusters[c] = 0;

@@ -138,7 +138,7 @@ class Communicator {
   int pullBlockCap_ = 1;
   int pushBlockCap_ = 1;
   int pushTwoShotBlockCap_ = 1;
-  RowClusters fusedClusters_{};   // rows a cluster each (fusedOneShotShape), by blocks a cluster
+  RowClusters fusedClusters_{};   // [c]: clusters of c blocks each rank keeps resident at once
   bool dependentLaunch_ = false;  // programmatic dependent launch of the kernels
   bool sharesDevice_ = false;     // some ranks of the communicator share a device
   bool sharesDeviceInProcess_ = false;    // this rank shares its device within this process
