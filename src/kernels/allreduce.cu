@@ -7,8 +7,9 @@
 namespace tpcomm {
 namespace {
 
-// Ends once the kernels it depends on programmatically have completed.
-__global__ void awaitPrerequisites() { device::waitForPreviousKernel(); }
+// Ends once the kernels it depends on programmatically have completed (its parameter is unused:
+// device::launchKernel launches kernels of one parameter).
+__global__ void awaitPrerequisites(int) { device::waitForPreviousKernel(); }
 
 __global__ void fillEmptyWords(uint32_t* words, size_t count) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
@@ -42,16 +43,7 @@ cudaError_t launchPush(tpcDataType_t type, device::Algorithm algorithm,
 }
 
 cudaError_t awaitProgrammaticCompletion(cudaStream_t stream) {
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(1);
-  config.blockDim = dim3(32);
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, awaitPrerequisites);
+  return device::launchKernel(awaitPrerequisites, 0, 1, true, stream, 32);
 }
 
 cudaError_t allReduceBlocksPerSm(int* pull, int* push) {
