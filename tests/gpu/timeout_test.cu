@@ -228,26 +228,30 @@ TEST_P(Failure, AbortStopsThePeersNamingTheRank) {
 }
 
 // Ranks that call with different sizes at the same point both fail, saying so, instead of
-// reducing mismatched data or waiting for vectors that never come.
+// reducing mismatched data or waiting for vectors that never come: a small message, whose tags one
+// thread checks in push one-shot, and a larger one, whose tags every thread checks.
 TEST_P(Failure, RanksMakingDifferentCallsFailClearly) {
   config_.timeoutMs = 60000;
-  Ranks ranks(2, config_);
-  ASSERT_TRUE(ranks.ok()) << ranks.message;
-  std::vector<DeviceBuffer> buf = buffers(ranks, 2000);
-  const auto start = std::chrono::steady_clock::now();
-  ASSERT_EQ(tpcSuccess, allReduceAll(ranks, {buf[0].get(), buf[1].get()},
-                                     {buf[0].get(), buf[1].get()}, 1000, tpcFloat32));
-  // Rank 1 calls again with another count: the two calls meet.
-  for (int r = 0; r < 2; ++r) {
-    ASSERT_EQ(tpcSuccess, tpcAllReduce(buf[r].get(), buf[r].get(), r == 0 ? 1000 : 1008, tpcFloat32,
-                                       tpcSum, ranks.comms[r], ranks.streams[r]));
-  }
-  CUDA_OK(ranks.syncAll());
-  EXPECT_LT(std::chrono::steady_clock::now() - start, kSlack) << "not the 60 s timeout";
-  for (int r = 0; r < 2; ++r) {
-    std::string message;
-    EXPECT_EQ(tpcInvalidUsage, asyncError(ranks, r, &message)) << message;
-    EXPECT_TRUE(contains(message, "made a different call")) << message;
+  for (const size_t count : {size_t{1000}, size_t{20000}}) {
+    SCOPED_TRACE("count " + std::to_string(count));
+    Ranks ranks(2, config_);
+    ASSERT_TRUE(ranks.ok()) << ranks.message;
+    std::vector<DeviceBuffer> buf = buffers(ranks, count + 8);
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_EQ(tpcSuccess, allReduceAll(ranks, {buf[0].get(), buf[1].get()},
+                                       {buf[0].get(), buf[1].get()}, count, tpcFloat32));
+    // Rank 1 calls again with another count: the two calls meet.
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(tpcSuccess, tpcAllReduce(buf[r].get(), buf[r].get(), r == 0 ? count : count + 8,
+                                         tpcFloat32, tpcSum, ranks.comms[r], ranks.streams[r]));
+    }
+    CUDA_OK(ranks.syncAll());
+    EXPECT_LT(std::chrono::steady_clock::now() - start, kSlack) << "not the 60 s timeout";
+    for (int r = 0; r < 2; ++r) {
+      std::string message;
+      EXPECT_EQ(tpcInvalidUsage, asyncError(ranks, r, &message)) << message;
+      EXPECT_TRUE(contains(message, "made a different call")) << message;
+    }
   }
 }
 

@@ -85,8 +85,10 @@ inline cudaError_t launchPush(int algorithm, const PushParams& p, int blocks, in
                               cudaEvent_t completion = nullptr) {
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
+    const bool tagsApart = vecCount<T>(p.count) <= kTagsApartVectors;
     return launchKernel(algorithm == kPushTwoShot ? pushTwoShotAllReduce<T, kRanks>
-                                                  : pushOneShotAllReduce<T, kRanks>,
+                        : tagsApart               ? pushOneShotAllReduce<T, kRanks, true>
+                                                  : pushOneShotAllReduce<T, kRanks, false>,
                         p, blocks, dependent, stream, threads, 1, completion);
   });
 }
@@ -115,15 +117,18 @@ inline cudaError_t residentBlocksPerSm(int* pull, int* push) {
       reinterpret_cast<const void*>(twoShotAllReduce<T, true>),
   };
   const void* pushKernels[] = {
-      reinterpret_cast<const void*>(pushOneShotAllReduce<T, 2>),
+      reinterpret_cast<const void*>(pushOneShotAllReduce<T, 2, false>),
+      reinterpret_cast<const void*>(pushOneShotAllReduce<T, 2, true>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, 2>),
-      reinterpret_cast<const void*>(pushOneShotAllReduce<T, 4>),
+      reinterpret_cast<const void*>(pushOneShotAllReduce<T, 4, false>),
+      reinterpret_cast<const void*>(pushOneShotAllReduce<T, 4, true>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, 4>),
-      reinterpret_cast<const void*>(pushOneShotAllReduce<T, kMaxRanks>),
+      reinterpret_cast<const void*>(pushOneShotAllReduce<T, kMaxRanks, false>),
+      reinterpret_cast<const void*>(pushOneShotAllReduce<T, kMaxRanks, true>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, kMaxRanks>),
   };
   const cudaError_t err = fewestBlocksPerSm(pullKernels, 4, pull);
-  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 6, push);
+  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 9, push);
 }
 
 // Blocks of push two-shot for T and `nranks` ranks that fit on one multiprocessor at once.

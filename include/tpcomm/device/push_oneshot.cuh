@@ -38,7 +38,9 @@ __device__ __forceinline__ void pushBatchToPeers(const PushParams& p, const Push
   }
 }
 
-template <typename T, int kRanks>
+// kTagsApart: one thread checks the peers' tags (checksTags), for launches of at most
+// kTagsApartVectors vectors.
+template <typename T, int kRanks, bool kTagsApart>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAllReduce(const __grid_constant__ PushParams p) {
   constexpr int kBatch = pushBatch<kRanks>();
@@ -62,7 +64,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 
   Patience patience(p, kPhasePushData, kPushOneShot);
   bool ok = true;
-  bool tagsChecked = false;
+  bool tagsChecked = kTagsApart && !checksTags();
   for (size_t at = s.first;; at += batchStep) {
     const bool sending = at < nvec;
     if (sending) {
@@ -96,6 +98,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       }
     }
   }
+  if (kTagsApart && ok && !tagsChecked) ok = checkTags<kRanks>(p, round, &patience, kPushOneShot);
   endRound(p, round, static_cast<uint32_t>(kSlotDataVector + nvec), ok);
 }
 
