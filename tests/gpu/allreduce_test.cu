@@ -13,7 +13,9 @@ namespace tpcomm {
 namespace testing {
 namespace {
 
-constexpr size_t kCounts[] = {1, 7, 8, 4095, (size_t{1} << 20) + 3, size_t{64} << 20};
+// 4095 and 4097 float32 elements lie on either side of the largest push one-shot launch whose tags
+// one thread checks (1024 vectors).
+constexpr size_t kCounts[] = {1, 7, 8, 4095, 4097, (size_t{1} << 20) + 3, size_t{64} << 20};
 constexpr size_t kMaxCount = size_t{64} << 20;
 
 struct RankBuffers {
