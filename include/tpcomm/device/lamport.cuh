@@ -230,8 +230,8 @@ __device__ __forceinline__ bool checksTags() {
 
 // Push one-shot, graph, bf16, us, every gathering thread checking the tags / one thread apart:
 // 2 H200s 8 B 2.87 / 2.74, 1 KB 2.86 / 2.68, 4 KB 2.92 / 2.77, 8 KB 2.93 / 2.81, 16 KB 2.97 /
-// 2.93; 4 H200s 8 B 3.33 / 2.99, 1 KB 3.29 / 2.84, 16 KB 3.52 / 3.18. With one thread apart at every
-// size, two ranks took 32 KB from 3.02 to 3.08 us and 64 KB from 3.19 to 3.23, and the fused
+// 2.93; 4 H200s 8 B 3.33 / 2.99, 1 KB 3.29 / 2.84, 16 KB 3.52 / 3.18. With one thread apart at
+// every size, two ranks took 32 KB from 3.02 to 3.08 us and 64 KB from 3.19 to 3.23, and the fused
 // one-shot kernel 0.15 us longer at 1 to 32 rows of 8192; why more threads gathering without a tag
 // poll take longer is not known, so larger launches keep the check in every thread.
 constexpr size_t kTagsApartVectors = 1024;
