@@ -119,7 +119,7 @@ typedef struct {
                            min(pushBytes, 4 MiB) / (nranks - 1)); larger ones go in chunks. Each
                            rank's receive buffers take about 3 x min(pushBytes, 4 MiB) for push
                            one-shot plus 6 x pushBytes x (nranks - 1) / nranks for push two-shot;
-                           0: 32 MiB */
+                           0: 64 MiB at two ranks, 32 MiB at more */
   int pdl;              /* 1: launch the kernels as programmatic dependents of the kernel before
                            them in the stream (they start while it finishes); -1: never; 0: the
                            environment's choice, else the default (see README) */

@@ -12,7 +12,7 @@ AlgorithmTable AlgorithmTable::defaults() {
   // NCCL 2.28 in the same runs, graph and eager alike. Push one-shot wins to 2 MB (graph: 10.6 us,
   // push two-shot 10.8, NCCL 27.7; with slots on 128-byte lines, tools/tune.py: 10.11 against
   // 10.16, and 1 MB a tie, 6.54 against 6.48), push two-shot from there to 256 MB (4 MB: 15.6
-  // against 17.6; 256 MB: 809 against NCCL's 885). On 2 x H100, before push two-shot ran two blocks
+  // against 17.6; 256 MB: 787 against NCCL's 883). On 2 x H100, before push two-shot ran two blocks
   // a multiprocessor, the switch was at 1 MB and NCCL won above 128 MB. The pull kernels lose at
   // every size (8 KB: 7.5 us against 4.9 on 2 x H100). Push one-shot moves (n-1) times the message
   // per rank and push two-shot 2(n-1)/n of it, so one-shot wins while latency dominates. Four

@@ -69,7 +69,9 @@ class Communicator {
 
  private:
   Communicator(int rank, int nranks, const ResolvedConfig& config)
-      : rank_(rank), nranks_(nranks), config_(config) {}
+      : rank_(rank), nranks_(nranks), config_(config) {
+    if (config_.pushBytes == 0) config_.pushBytes = defaultPushBytes(nranks);
+  }
 
   struct RankInfo;
 

@@ -26,10 +26,16 @@ constexpr int kDefaultGraphSlots = 65536;
 constexpr int kRegistrationSlots = 256;
 // Push two-shot takes messages up to this size in one launch: every launch boundary idles the link
 // for a few microseconds (64 MB on 2 H100s: 254 us in 8 MB chunks, 226 in 16 MB ones), and on
-// 2 H200s (graph, bf16, 64 / 256 MB) 32 MB launches carried 332 GB/s against 327 in 16 MB ones;
-// 64 MB ones only 325. Its receive buffers take 6 x (nranks - 1) / nranks of it (3 x at two
-// ranks), push one-shot's 3 x min(it, kPushOneShotBytes) (memory/shared_buffer.h).
-constexpr size_t kDefaultPushBytes = size_t{32} << 20;
+// 2 H200s (graph, bf16, 64 / 256 MB) 32 MB launches carried 332 GB/s against 327 in 16 MB ones.
+// Two ranks split the warps of launches of more than 32 MiB by role (device::kByRoleBytes), whose
+// bandwidth grows with the launch, so they take 64 MiB a launch (64 / 256 MB: 341 GB/s, 334 in
+// 32 MiB launches). More ranks keep 32 MiB: the kernel they run lost in 64 MB launches at two
+// ranks (325 GB/s against 332), and their buffers grow with the ranks. Receive buffers take
+// 6 x (nranks - 1) / nranks of it (3 x at two ranks: 192 MiB), push one-shot's
+// 3 x min(it, kPushOneShotBytes) (memory/shared_buffer.h).
+constexpr size_t defaultPushBytes(int nranks) {
+  return nranks == 2 ? size_t{64} << 20 : size_t{32} << 20;
+}
 constexpr size_t kMinPushBytes = size_t{64} << 10;
 constexpr size_t kMaxPushBytes = size_t{1} << 30;
 
@@ -45,7 +51,7 @@ struct ResolvedConfig {
   bool p2pCheck = true;
   bool zeroCopyGraphs = false;
   int graphSlots = kDefaultGraphSlots;
-  size_t pushBytes = kDefaultPushBytes;
+  size_t pushBytes = 0;  // 0: defaultPushBytes(nranks), chosen when the communicator starts
   // Programmatic dependent launch: on 2 H100s it took 0.1-0.4 us off every size in graph mode
   // (8 B: 3.70 -> 3.43 us), and 64 MB push two-shot from 236 to 226 us.
   bool pdl = true;

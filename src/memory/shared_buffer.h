@@ -40,7 +40,7 @@ struct ReceiveRegion {
 
 // The most push one-shot's buffers hold per launch, all peers together. The algorithm table sends
 // it messages up to 2 MB (two ranks; less with more), so larger buffers would only take memory
-// from push two-shot, whose bandwidth grows with its launches (see kDefaultPushBytes). Larger calls
+// from push two-shot, whose bandwidth grows with its launches (see defaultPushBytes). Larger calls
 // forced onto push one-shot go in chunks.
 constexpr size_t kPushOneShotBytes = size_t{4} << 20;
 

@@ -179,6 +179,34 @@ TEST(AllReduceChunks, MessagesLargerThanTheBuffers) {
   }
 }
 
+// Two ranks split the warps of push two-shot launches of more than 32 MiB by role
+// (device::kByRoleBytes): odd counts and offsets on either side of that size, in and out of place,
+// a message of two such launches, and small calls between them that run the other kernels on the
+// same buffers' rotation.
+TEST(AllReduceByRole, LaunchesOfMoreThan32MiBAtTwoRanks) {
+  SKIP_WITHOUT_GPU();
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.algorithm = tpcAlgoPushTwoShot;
+  config.timeoutMs = 20000;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  constexpr size_t kMiB = size_t{1} << 20;
+  const size_t twoLaunches = 25 * kMiB + 3;  // float32: 100 MiB, two launches of 50
+  RankBuffers b;
+  allocate(ranks, (twoLaunches + 4) * sizeof(float), &b);
+  uint32_t seed = 4242;
+  for (size_t offset : {size_t{0}, size_t{1}, size_t{3}}) {
+    const size_t other = (offset + 2) % 4;
+    runCase<float>(ranks, b, 8 * kMiB + 1 + offset, false, false, ++seed, offset, other);
+    runCase<__half>(ranks, b, 16 * kMiB - offset, true, true, ++seed, 0, other);
+    runCase<__nv_bfloat16>(ranks, b, 24 * kMiB + 5 + offset, false, true, ++seed, offset, offset);
+    runCase<__nv_bfloat16>(ranks, b, 1000 + offset, false, true, ++seed);
+    runCase<float>(ranks, b, twoLaunches, true, false, ++seed, 0, offset);
+    runCase<__half>(ranks, b, 3 + offset, true, true, ++seed);
+    if (HasFailure()) return;
+  }
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace tpcomm

@@ -95,14 +95,14 @@ T reference(int nranks, size_t i, tpcAlgorithm_t algorithm) {
 
 class SpecialValues : public ::testing::TestWithParam<std::tuple<int, tpcAlgorithm_t>> {};
 
+// `count` odd by default: a partial last vector.
 template <typename T>
-void checkSpecialValues(int nranks, tpcAlgorithm_t algorithm, bool inPlace) {
+void checkSpecialValues(int nranks, tpcAlgorithm_t algorithm, bool inPlace, size_t count = 100003) {
   tpcConfig_t config = TPC_CONFIG_INITIALIZER;
   config.algorithm = algorithm;
   config.timeoutMs = 20000;
   Ranks ranks(nranks, config);
   ASSERT_TRUE(ranks.ok()) << ranks.message;
-  const size_t count = 100003;  // odd: a partial last vector
   std::vector<DeviceBuffer> in, out;
   std::vector<T> host(count);
   for (int r = 0; r < nranks; ++r) {
@@ -156,6 +156,14 @@ TEST_P(SpecialValues, SumLikeFloat32InRankOrder) {
     checkSpecialValues<__nv_bfloat16>(nranks, algorithm, inPlace);
     if (HasFailure()) return;
   }
+}
+
+// Push two-shot's launches of more than 32 MiB at two ranks run a kernel of their own
+// (device::kByRoleBytes).
+TEST(SpecialValuesByRole, PushTwoShotLaunchesOfMoreThan32MiB) {
+  SKIP_WITHOUT_GPU();
+  checkSpecialValues<float>(2, tpcAlgoPushTwoShot, false, (size_t{8} << 20) + 3);
+  checkSpecialValues<__nv_bfloat16>(2, tpcAlgoPushTwoShot, true, (size_t{16} << 20) + 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(WorldSizesAndKernels, SpecialValues,

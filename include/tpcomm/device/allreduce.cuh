@@ -85,10 +85,15 @@ inline cudaError_t launchPush(int algorithm, const PushParams& p, int blocks, in
                               cudaEvent_t completion = nullptr) {
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
-    const bool tagsApart = vecCount<T>(p.count) <= kTagsApartVectors;
-    return launchKernel(algorithm == kPushTwoShot ? pushTwoShotAllReduce<T, kRanks>
-                        : tagsApart               ? pushOneShotAllReduce<T, kRanks, true>
-                                                  : pushOneShotAllReduce<T, kRanks, false>,
+    const size_t vectors = vecCount<T>(p.count);
+    if (algorithm == kPushTwoShot) {
+      // The split by role needs both halves of a full block.
+      const bool byRole = kRanks == 2 && threads == kBlockThreads && vectors * 16 > kByRoleBytes;
+      return launchKernel(byRole ? pushTwoShotByRole<T> : pushTwoShotAllReduce<T, kRanks>, p,
+                          blocks, dependent, stream, threads, 1, completion);
+    }
+    return launchKernel(vectors <= kTagsApartVectors ? pushOneShotAllReduce<T, kRanks, true>
+                                                     : pushOneShotAllReduce<T, kRanks, false>,
                         p, blocks, dependent, stream, threads, 1, completion);
   });
 }
@@ -120,6 +125,7 @@ inline cudaError_t residentBlocksPerSm(int* pull, int* push) {
       reinterpret_cast<const void*>(pushOneShotAllReduce<T, 2, false>),
       reinterpret_cast<const void*>(pushOneShotAllReduce<T, 2, true>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, 2>),
+      reinterpret_cast<const void*>(pushTwoShotByRole<T>),
       reinterpret_cast<const void*>(pushOneShotAllReduce<T, 4, false>),
       reinterpret_cast<const void*>(pushOneShotAllReduce<T, 4, true>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, 4>),
@@ -128,16 +134,18 @@ inline cudaError_t residentBlocksPerSm(int* pull, int* push) {
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, kMaxRanks>),
   };
   const cudaError_t err = fewestBlocksPerSm(pullKernels, 4, pull);
-  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 9, push);
+  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 10, push);
 }
 
-// Blocks of push two-shot for T and `nranks` ranks that fit on one multiprocessor at once.
+// Blocks of push two-shot (either kernel) for T and `nranks` ranks that fit on one multiprocessor
+// at once.
 template <typename T>
 inline cudaError_t pushTwoShotBlocksPerSm(int nranks, int* blocks) {
   return byRankCount(nranks, [&](auto ranks) {
-    const void* kernel =
-        reinterpret_cast<const void*>(pushTwoShotAllReduce<T, decltype(ranks)::value>);
-    return fewestBlocksPerSm(&kernel, 1, blocks);
+    constexpr int kRanks = decltype(ranks)::value;
+    const void* kernels[] = {reinterpret_cast<const void*>(pushTwoShotAllReduce<T, kRanks>),
+                             reinterpret_cast<const void*>(pushTwoShotByRole<T>)};
+    return fewestBlocksPerSm(kernels, kRanks == 2 ? 2 : 1, blocks);
   });
 }
 

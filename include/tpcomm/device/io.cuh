@@ -118,6 +118,7 @@ struct Stride {
   __device__ Stride()
       : first(static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x),
         step(static_cast<size_t>(gridDim.x) * blockDim.x) {}
+  __device__ Stride(size_t first_, size_t step_) : first(first_), step(step_) {}
 };
 
 // The message split into nranks slices of whole vectors; the last ones may be short or empty.

@@ -237,9 +237,9 @@ __device__ __forceinline__ bool checksTags() {
 constexpr size_t kTagsApartVectors = 1024;
 
 // Empties the first `round.staleVectors` vectors of each of `slots` slots of the last launch's
-// buffer.
-__device__ __forceinline__ void resetStale(const PushParams& p, const PushRound& round, int slots) {
-  const Stride s;
+// buffer, walking them as `s` says (by default the whole grid).
+__device__ __forceinline__ void resetStale(const PushParams& p, const PushRound& round, int slots,
+                                           const Stride& s = Stride()) {
   for (int slot = 0; slot < slots; ++slot) {
     uint4* base = round.stale + static_cast<size_t>(slot) * p.slotVectors;
     for (size_t v = s.first; v < round.staleVectors; v += s.step) base[v] = emptyVector();

@@ -5,8 +5,10 @@
 // buffer as it arrives. Moves 2(n-1)/n of the message per rank and never waits at a barrier. A
 // buffer holds nranks - 1 reduce-scatter slots, then nranks - 1 all-gather slots.
 //
-// A thread scatters a batch, then reduces the batch before it (as push one-shot pipelines its
-// sends and receives), and gathers once it has reduced all of its own.
+// In pushTwoShotAllReduce a thread scatters a batch, then reduces the batch before it (as push
+// one-shot pipelines its sends and receives), and gathers once it has reduced all of its own. In
+// pushTwoShotByRole, for large launches at two ranks, half the warps scatter and gather and half
+// reset and reduce.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,10 +26,8 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 // while it waits for its peer's batch, so the more warps a multiprocessor holds, the more of them
 // store while others wait: on 2 H200s (graph, bf16, slot data then one vector off its line) 64 MB
 // took 218 us against 227 with one block of four vectors a batch, 4 MB 16.6 against 17.6, 1 MB 6.9
-// against 7.3. Warps split by role instead (half scatter then gather, half reset then reduce) beat
-// this from 48 MB a launch (343 against 332 GB/s, a diagnostic program) but lose below 32 MB
-// (16 MB: 306 against 320), and launches that large take three times as much receive memory.
-// More ranks: one block, push one-shot's batch (not measured).
+// against 7.3. Launches of more than kByRoleBytes split the warps by role instead
+// (pushTwoShotByRole). More ranks: one block, push one-shot's batch (not measured).
 template <int kRanks>
 __host__ __device__ constexpr int pushTwoShotMinBlocksPerSm() {
   return kRanks <= 2 ? 2 : 1;
@@ -36,6 +36,91 @@ __host__ __device__ constexpr int pushTwoShotMinBlocksPerSm() {
 template <int kRanks>
 __host__ __device__ constexpr int pushTwoShotBatch() {
   return kRanks <= 2 ? 2 : pushBatch<kRanks>();
+}
+
+// The rank k places after this one.
+__device__ __forceinline__ int rankAfter(const PushParams& p, int k) {
+  return p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks;
+}
+
+// Reduce-scatter, sending half, one batch: vectors at + u * step (u < kBatch) of `owner`'s slice of
+// the (scrubbed) input into this rank's reduce-scatter slot of `owner`.
+template <typename T, int kBatch>
+__device__ __forceinline__ void scatterBatch(const PushParams& p, const PushRound& round,
+                                             const Slices& slices, int owner, size_t at,
+                                             size_t step) {
+  const size_t begin = slices.begin(owner);
+  const size_t length = slices.length(owner);
+  uint4 x[kBatch];
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const size_t i = at + u * step;
+    if (i < length) {
+      x[u] = scrub<T>(asRaw(loadInput<T>(p.input, begin + i, p.count, p.inputAligned)));
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const size_t i = at + u * step;
+    if (i < length) *slotData(p, round, owner, peerSlot(p.rank, owner), i) = x[u];
+  }
+}
+
+// A batch of this rank's slice, gathered from every rank (gatherRanks): summed in rank order, kept
+// and stored into this rank's all-gather slot of every peer.
+template <typename T, int kRanks, int kBatch>
+__device__ __forceinline__ void sendReducedBatch(const PushParams& p, const PushRound& round,
+                                                 const Slices& slices,
+                                                 const uint4 (&in)[kBatch][kRanks], size_t from,
+                                                 size_t step) {
+  const size_t mine = slices.begin(p.rank);
+  const size_t mineLength = slices.length(p.rank);
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const size_t i = from + u * step;
+    if (i >= mineLength) continue;
+    // Scrubbed once more (a sum can round to -0): this rank keeps exactly what it sends.
+    const uint4 sum = scrub<T>(asRaw(sumInRankOrder<T, kRanks>(in[u], p.nranks)));
+    for (int k = 1; k < p.nranks; ++k) {
+      const int peer = rankAfter(p, k);
+      *slotData(p, round, peer, p.nranks - 1 + peerSlot(p.rank, peer), i) = sum;
+    }
+    storeOutput(p.output, mine + i, p.count, p.outputAligned, asVec<T>(sum));
+  }
+}
+
+// All-gather, receiving half: every other rank's reduced slice, positions s.first, s.first +
+// s.step, ... of each, copied to the output as they arrive. False once a wait fails.
+template <typename T, int kBatch>
+__device__ __forceinline__ bool receiveReducedSlices(const PushParams& p, const PushRound& round,
+                                                     const Slices& slices, const Stride& s) {
+  Patience patience(p, kPhasePushReduced, kPushTwoShot);
+  for (int k = 1; k < p.nranks; ++k) {
+    const int owner = rankAfter(p, k);
+    const size_t begin = slices.begin(owner);
+    const size_t length = slices.length(owner);
+    const uint4* reduced = slotData(p, round, p.rank, p.nranks - 1 + peerSlot(owner, p.rank), 0);
+    for (size_t at = s.first; at < length; at += s.step * kBatch) {
+      auto address = [&](int u) -> const uint4* {
+        const size_t i = at + u * s.step;
+        return i < length ? reduced + i : nullptr;
+      };
+      uint4 sum[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (address(u) != nullptr) sum[u] = loadPolled(address(u));
+      }
+      if (!awaitAllFull(sum, address, owner, &patience)) return false;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (address(u) != nullptr) {
+          storeOutput(p.output, begin + at + u * s.step, p.count, p.outputAligned,
+                      asVec<T>(sum[u]));
+        }
+      }
+    }
+  }
+  return true;
 }
 
 template <typename T, int kRanks>
@@ -51,35 +136,17 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
   const PushRound round = beginRound(p);
   if (failed) return;
   allowNextKernel();
-  const int gatherBase = p.nranks - 1;
-  const size_t mine = slices.begin(p.rank);
-  const size_t mineLength = slices.length(p.rank);
-  auto nextRank = [&](int k) { return p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks; };
 
   sendTags(p, round);
   Patience patience(p, kPhasePushData, kPushTwoShot);
   bool ok = true;
   bool tagsChecked = false;
   for (size_t at = s.first;; at += batchStep) {
-    // Reduce-scatter, sending half: this batch of every slice to its owner. The thread that reads
-    // vector i of slice q here is the one that writes it in the all-gather below (in place).
-    const bool sending = at < slices.perRank;
-    for (int k = 1; sending && k < p.nranks; ++k) {
-      const int owner = nextRank(k);
-      const size_t begin = slices.begin(owner);
-      const size_t length = slices.length(owner);
-      uint4 x[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const size_t i = at + u * s.step;
-        if (i < length) {
-          x[u] = scrub<T>(asRaw(loadInput<T>(p.input, begin + i, p.count, p.inputAligned)));
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const size_t i = at + u * s.step;
-        if (i < length) *slotData(p, round, owner, peerSlot(p.rank, owner), i) = x[u];
+    // This batch of every slice to its owner. The thread that reads vector i of slice q here is
+    // the one that writes it in the all-gather below (in place).
+    if (at < slices.perRank) {
+      for (int k = 1; k < p.nranks; ++k) {
+        scatterBatch<T, kBatch>(p, round, slices, rankAfter(p, k), at, s.step);
       }
     }
     if (at == s.first) {
@@ -87,53 +154,79 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
       if (s.first >= slices.perRank) break;  // a thread beyond every slice
       continue;
     }
-    // This rank's slice, the batch before this one: summed in rank order, kept and sent to every
-    // peer.
+    // This rank's slice, the batch before this one.
     const size_t from = at - batchStep;
     if (from >= slices.perRank) break;
     uint4 in[kBatch][kRanks];
-    ok = gatherRanks<T, kRanks, kBatch>(p, round, from, s.step, mineLength, mine, kPushTwoShot,
-                                        &patience, &tagsChecked, in);
+    ok = gatherRanks<T, kRanks, kBatch>(p, round, from, s.step, slices.length(p.rank),
+                                        slices.begin(p.rank), kPushTwoShot, &patience, &tagsChecked,
+                                        in);
     if (!ok) break;
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const size_t i = from + u * s.step;
-      if (i >= mineLength) continue;
-      // Scrubbed once more (a sum can round to -0): this rank keeps exactly what it sends.
-      const uint4 sum = scrub<T>(asRaw(sumInRankOrder<T, kRanks>(in[u], p.nranks)));
-      for (int k = 1; k < p.nranks; ++k) {
-        const int peer = nextRank(k);
-        *slotData(p, round, peer, gatherBase + peerSlot(p.rank, peer), i) = sum;
-      }
-      storeOutput(p.output, mine + i, p.count, p.outputAligned, asVec<T>(sum));
-    }
+    sendReducedBatch<T, kRanks, kBatch>(p, round, slices, in, from, s.step);
   }
+  ok = ok && receiveReducedSlices<T, kBatch>(p, round, slices, s);
+  endRound(p, round, static_cast<uint32_t>(kSlotDataVector + slices.perRank), ok);
+}
 
-  // All-gather, receiving half: every other rank's reduced slice.
-  Patience gatherPatience(p, kPhasePushReduced, kPushTwoShot);
-  for (int k = 1; ok && k < p.nranks; ++k) {
-    const int owner = nextRank(k);
-    const size_t begin = slices.begin(owner);
-    const size_t length = slices.length(owner);
-    const uint4* reduced = slotData(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), 0);
-    for (size_t at = s.first; ok && at < length; at += batchStep) {
-      auto address = [&](int u) -> const uint4* {
-        const size_t i = at + u * s.step;
-        return i < length ? reduced + i : nullptr;
-      };
-      uint4 sum[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (address(u) != nullptr) sum[u] = loadPolled(address(u));
-      }
-      ok = awaitAllFull(sum, address, owner, &gatherPatience);
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (ok && address(u) != nullptr) {
-          storeOutput(p.output, begin + at + u * s.step, p.count, p.outputAligned,
-                      asVec<T>(sum[u]));
-        }
-      }
+// Two ranks' launches of more than this many bytes run pushTwoShotByRole.
+constexpr size_t kByRoleBytes = size_t{32} << 20;
+
+// Push two-shot at two ranks with a block's warps split by role: the first half scatter the peer's
+// slice and then receive its reduced slice; the second half empty the last launch's buffer and
+// then reduce this rank's slice as the peer's half of it arrives. The senders never wait while
+// they scatter, so the link carries the scatter from the first microsecond, and the reduction
+// starts once the reset is done, when most of what it needs has arrived.
+//
+// A diagnostic program on 2 H200s (bf16, one launch per call, GB/s at 16 / 32 / 48 / 64 / 128 MB
+// a launch) measured this structure at 304 / 332 / 341 / 346 / 354 and pushTwoShotAllReduce's at
+// 320 / 335 / 330 / 329 / 323, a plain copy both ways at 337 / 352 / 355 / 358 / 362. With the
+// reducers starting at once (the senders resetting after their scatter) the split lost at every
+// size (64 MB: 313); with them waiting for half the block's scatter it matched this one from 48 MB
+// (64 MB: 345) and was 337 at 32 MB; 10 senders and 6 reducers of 16 warps took 64 MB to 341, 6
+// and 10 to 320; a sender batch of 4 vectors to 338. In tpcomm, in 64 MiB launches (graph, bf16,
+// 2 H200s, medians of three runs): 64 MB 201.3 -> 197.0 us (333 -> 341 GB/s), 256 MB 804.5 ->
+// 787.8. More ranks: not measured.
+//
+// The reducers check the peer's tag with their first batch; a sender copies what arrives, so a
+// call the peer made differently fails, with this call's output undefined, as after a timeout.
+template <typename T>
+__global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<2>())
+    pushTwoShotByRole(const __grid_constant__ PushParams p) {
+  constexpr int kBatch = pushTwoShotBatch<2>();
+  prefetchLaunch(p);
+  waitForPreviousKernel();
+  const Slices slices(vecCount<T>(p.count), 2);
+  const bool failed = rankFailed(p);
+  const PushRound round = beginRound(p);
+  if (failed) return;
+  allowNextKernel();
+
+  // Each role walks its vectors with a stride of its own threads in the grid. A sender reads the
+  // input vectors of the peer's slice whose output it writes, a reducer those of this rank's: in
+  // place stays safe.
+  const unsigned roleThreads = blockDim.x / 2;
+  const bool sender = threadIdx.x < roleThreads;
+  const Stride s(blockIdx.x * size_t{roleThreads} + threadIdx.x % roleThreads,
+                 size_t{gridDim.x} * roleThreads);
+  const int peer = 1 - p.rank;
+  sendTags(p, round);
+  bool ok = true;
+  if (sender) {
+    for (size_t at = s.first; at < slices.length(peer); at += s.step * kBatch) {
+      scatterBatch<T, kBatch>(p, round, slices, peer, at, s.step);
+    }
+    ok = receiveReducedSlices<T, kBatch>(p, round, slices, s);
+  } else {
+    resetStale(p, round, 2, s);
+    Patience patience(p, kPhasePushData, kPushTwoShot);
+    bool tagsChecked = false;
+    for (size_t from = s.first; from < slices.length(p.rank); from += s.step * kBatch) {
+      uint4 in[kBatch][2];
+      ok = gatherRanks<T, 2, kBatch>(p, round, from, s.step, slices.length(p.rank),
+                                     slices.begin(p.rank), kPushTwoShot, &patience, &tagsChecked,
+                                     in);
+      if (!ok) break;
+      sendReducedBatch<T, 2, kBatch>(p, round, slices, in, from, s.step);
     }
   }
   endRound(p, round, static_cast<uint32_t>(kSlotDataVector + slices.perRank), ok);
