@@ -43,7 +43,10 @@ __device__ __forceinline__ void pushBatchToPeers(const PushParams& p, const Push
 template <typename T, int kRanks, bool kTagsApart>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAllReduce(const __grid_constant__ PushParams p) {
-  constexpr int kBatch = pushBatch<kRanks>();
+  // At two ranks a small launch gives a thread a vector at a time (one in all, on kPushMinBlocks
+  // blocks or more), polled staggered (gatherTwoRanksStaggered).
+  constexpr bool kStaggered = kTagsApart && kRanks == 2;
+  constexpr int kBatch = kStaggered ? 1 : pushBatch<kRanks>();
   const Stride s;
   const size_t nvec = vecCount<T>(p.count);
   prefetchLaunch(p);
@@ -86,8 +89,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     const size_t from = at - batchStep;
     if (from >= nvec) break;
     uint4 in[kBatch][kRanks];
-    ok = gatherRanks<T, kRanks, kBatch>(p, round, from, s.step, nvec, 0, kPushOneShot, &patience,
-                                        &tagsChecked, in);
+    if constexpr (kStaggered) {
+      ok = gatherTwoRanksStaggered<T>(p, round, from, &patience, in[0]);
+    } else {
+      ok = gatherRanks<T, kRanks, kBatch>(p, round, from, s.step, nvec, 0, kPushOneShot, &patience,
+                                          &tagsChecked, in);
+    }
     if (!ok) break;
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
