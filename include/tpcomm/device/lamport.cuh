@@ -82,6 +82,11 @@ __device__ __forceinline__ bool awaitAllFull(uint4 (&v)[kN], Address address, in
   }
 }
 
+// The rank k places after this one in the ring of ranks (0 < k < nranks).
+__device__ __forceinline__ int rankAfter(const PushParams& p, int k) {
+  return p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks;
+}
+
 // The slot sender `sender` owns in receiver `receiver`'s buffer: a receiver has no slot of its own.
 __device__ __forceinline__ int peerSlot(int sender, int receiver) {
   return sender < receiver ? sender : sender - 1;

@@ -29,7 +29,7 @@ __device__ __forceinline__ void pushBatchToPeers(const PushParams& p, const Push
 #pragma unroll
   for (int k = 1; k < kRanks; ++k) {
     if (k >= p.nranks) break;
-    const int peer = p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks;
+    const int peer = rankAfter(p, k);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const size_t v = at + u * step;

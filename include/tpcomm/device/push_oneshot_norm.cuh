@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     for (size_t at = s.first; at < nvec; at += s.step * kMaxRowVectors) {
       if (at != s.first) loadToSend<T>(p, at, s.step, nvec, x);
       for (int j = 1; j < p.nranks; ++j) {
-        const int peer = p.rank + j < p.nranks ? p.rank + j : p.rank + j - p.nranks;
+        const int peer = rankAfter(p, j);
 #pragma unroll
         for (int k = 0; k < kMaxRowVectors; ++k) {
           const size_t i = at + k * s.step;

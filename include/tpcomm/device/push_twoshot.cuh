@@ -38,11 +38,6 @@ __host__ __device__ constexpr int pushTwoShotBatch() {
   return kRanks <= 2 ? 2 : pushBatch<kRanks>();
 }
 
-// The rank k places after this one.
-__device__ __forceinline__ int rankAfter(const PushParams& p, int k) {
-  return p.rank + k < p.nranks ? p.rank + k : p.rank + k - p.nranks;
-}
-
 // Reduce-scatter, sending half, one batch: vectors at + u * step (u < kBatch) of `owner`'s slice of
 // the (scrubbed) input into this rank's reduce-scatter slot of `owner`.
 template <typename T, int kBatch>

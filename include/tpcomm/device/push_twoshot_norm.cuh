@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         // Scrubbed (a sum can round to -0): this rank keeps exactly what it sends.
         kept[k] = scrub<T>(kept[k]);
         for (int i = 1; i < p.nranks; ++i) {
-          const int peer = p.rank + i < p.nranks ? p.rank + i : p.rank + i - p.nranks;
+          const int peer = rankAfter(p, i);
           *slotData(p, round, peer, gatherBase + peerSlot(p.rank, peer), j * hv + v) = kept[k];
         }
       }
