@@ -30,9 +30,16 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
       return launchKernel(pushTwoShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
                           rowThreads(hv), 1, completion);
     }
-    return launchKernel(pushOneShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
-                        clusterBlocks > 1 ? rowClusterThreads(hv, clusterBlocks) : rowThreads(hv),
-                        clusterBlocks > 1 ? clusterBlocks : 1, completion);
+    const int cluster = clusterBlocks > 1 ? clusterBlocks : 1;
+    const int threads = cluster > 1 ? rowClusterThreads(hv, cluster) : rowThreads(hv);
+    auto kernel = pushOneShotAddRmsNorm<T, kRanks>;
+    // Only rows over clusters (few rows) are measured faster polled staggered.
+    if constexpr (kRanks == 2) {
+      if (cluster > 1 && oneVectorRows(hv, static_cast<uint32_t>(threads * cluster))) {
+        kernel = pushOneShotAddRmsNorm<T, 2, true>;
+      }
+    }
+    return launchKernel(kernel, p, blocks, dependent, stream, threads, cluster, completion);
   });
 }
 
@@ -49,13 +56,14 @@ template <typename T>
 inline cudaError_t fusedBlocksPerSm(int* blocks) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks>),
   };
-  return fewestBlocksPerSm(kernels, 6, blocks);
+  return fewestBlocksPerSm(kernels, 7, blocks);
 }
 
 // The fewest clusters of `clusterBlocks` blocks of the fused one-shot kernel for T that the
@@ -66,6 +74,7 @@ template <typename T>
 inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
   };

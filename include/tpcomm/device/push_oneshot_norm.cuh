@@ -59,6 +59,33 @@ __device__ __forceinline__ bool gatherRow(
   return true;
 }
 
+// Whether the `threads` threads that hold a row of `hiddenVectors` vectors hold one vector each at
+// most, as the blocks of a cluster do.
+__host__ __device__ constexpr bool oneVectorRows(uint32_t hiddenVectors, uint32_t threads) {
+  return threads >= hiddenVectors;
+}
+
+// gatherRow at two ranks for a thread that holds at most one vector of the row (oneVectorRows):
+// that vector is polled staggered, as small push one-shot launches poll theirs
+// (gatherTwoRanksStaggered), and one thread of the grid checks the peers' tags apart (checksTags).
+//
+// 2 H100s, graph, bf16, medians of three A/B runs against gatherRow (us, fused call / the
+// all-reduce alone of the same bytes): rows of 8192, 1 row 4.08 -> 3.23 (2.55), 2 rows 4.17 ->
+// 3.50 (3.13), 16 rows 5.07 -> 4.63 (3.97), 64 rows 7.48 -> 7.11 (6.6); rows of 5120, 1 row 4.13
+// -> 3.29 (2.49), 4 rows 4.28 -> 3.55 (3.15), 64 rows 6.12 -> 5.77 (5.24).
+template <typename T>
+__device__ __forceinline__ bool gatherRowVector(const PushParams& p, const PushRound& round,
+                                                const NormParams& n, RowLane lane, size_t first,
+                                                const uint4 (&residual)[kMaxRowVectors],
+                                                Patience* patience, uint4 (&kept)[kMaxRowVectors],
+                                                float (&squares)[kMaxRowVectors]) {
+  if (lane.thread >= n.hiddenVectors) return true;
+  uint4 in[2];
+  if (!gatherTwoRanksStaggered<T>(p, round, first + lane.thread, patience, in)) return false;
+  kept[0] = addResidual<T>(asRaw(sumInRankOrder<T, 2>(in, p.nranks)), residual[0], &squares[0]);
+  return true;
+}
+
 // This thread's vectors of the input from `at` on, `step` apart, scrubbed.
 template <typename T>
 __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size_t step,
@@ -70,9 +97,13 @@ __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size
   }
 }
 
-template <typename T, int kRanks>
+// kOneVector (two ranks only): no thread holds more than one vector of a row (oneVectorRows); a
+// kernel of its own, so that the code of launches with more vectors a thread stays as it was (with
+// both ways in one kernel, 128 rows of 5120 took 8.91 -> 9.05 us, 2 H100s).
+template <typename T, int kRanks, bool kOneVector = false>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAddRmsNorm(const __grid_constant__ FusedParams p) {
+  static_assert(!kOneVector || kRanks == 2, "one vector a thread, polled staggered: two ranks");
   __shared__ RowSums sums;
   __shared__ WeightRow weights;
   const unsigned blocks = RowBlocks::count();
@@ -120,15 +151,23 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 
   RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushOneShotNorm);
-  bool tagsChecked = false;
+  bool tagsChecked = kOneVector && !checksTags();
   for (size_t row = group; row < n.rows; row += groups) {
     uint4 kept[kMaxRowVectors] = {};
     float squares[kMaxRowVectors] = {};
     if (row != group) next.loadResidual(n, lane, row);
-    ok = ok && gatherRow<T, kRanks>(p, round, n, lane, row * hv, row * hv, next.residual,
-                                    kPushOneShotNorm, &patience, &tagsChecked, kept, squares);
+    if constexpr (kOneVector) {
+      ok = ok &&
+           gatherRowVector<T>(p, round, n, lane, row * hv, next.residual, &patience, kept, squares);
+    } else {
+      ok = ok && gatherRow<T, kRanks>(p, round, n, lane, row * hv, row * hv, next.residual,
+                                      kPushOneShotNorm, &patience, &tagsChecked, kept, squares);
+    }
     ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
+  }
+  if (kOneVector && ok && !tagsChecked) {
+    ok = checkTags<kRanks>(p, round, &patience, kPushOneShotNorm);
   }
   endRound(p, round, static_cast<uint32_t>(kSlotDataVector + nvec), ok);
 }
