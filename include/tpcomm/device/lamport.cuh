@@ -222,13 +222,15 @@ __device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& 
   }
 }
 
-// The thread that checks the peers' tags of a push one-shot launch of at most kTagsApartVectors
-// vectors: the grid's last, which holds none of them in a grid of at least kPushMinBlocks blocks
-// (else it checks them with its first batch, at two ranks after it). The threads that gather the
-// data poll no tag line beside their vectors and store their sums without waiting for the check. A
-// peer that made another call still fails the call and the communicator, as the tag check of every
-// other launch does; what the call wrote is then as unusable as after a timeout. Above that size
-// every gathering thread checks the tags with its first batch.
+// The thread that checks the peers' tags of a push one-shot launch whose tags are checked apart
+// (at two ranks, one that gives no thread more than one vector; beyond, one of at most
+// kTagsApartVectors vectors): the grid's last, which holds none of the vectors of a small launch
+// on kPushMinBlocks blocks or more (else it checks them with its first batch, at two ranks after
+// it). The threads that gather the data poll no tag line beside their vectors and store their
+// sums without waiting for the check. A peer that made another call still fails the call and the
+// communicator, as the tag check of every other launch does; what the call wrote is then as
+// unusable as after a timeout. In other launches every gathering thread checks the tags with its
+// first batch.
 __device__ __forceinline__ bool checksTags() {
   return blockIdx.x == gridDim.x - 1 && threadIdx.x == blockDim.x - 1;
 }
@@ -238,7 +240,8 @@ __device__ __forceinline__ bool checksTags() {
 // 2.93; 4 H200s 8 B 3.33 / 2.99, 1 KB 3.29 / 2.84, 16 KB 3.52 / 3.18. With one thread apart at
 // every size, two ranks took 32 KB from 3.02 to 3.08 us and 64 KB from 3.19 to 3.23, and the fused
 // one-shot kernel 0.15 us longer at 1 to 32 rows of 8192; why more threads gathering without a tag
-// poll take longer is not known, so larger launches keep the check in every thread.
+// poll take longer is not known, so larger launches keep the check in every thread. At two ranks
+// the staggered polls turned that around (gatherTwoRanksStaggered).
 constexpr size_t kTagsApartVectors = 1024;
 
 // Empties the first `round.staleVectors` vectors of each of `slots` slots of the last launch's
@@ -328,7 +331,9 @@ constexpr long long kMaxStaggerCycles = 2048;
 // 2 H200s, graph, bf16, medians of three A/B runs (us, one load in flight / two): 8 B 2.79 / 2.18,
 // 1 KB 2.72 / 2.23, 4 KB 2.85 / 2.29, 16 KB 2.96 / 2.45. That is more than a quarter of any round
 // trip to L2: a single load in flight presumably sees the arriving line late for a reason of the
-// memory system's own, not looked into. Not measured beyond two ranks, nor in the kernels that
+// memory system's own, not looked into. With the tags checked apart as well, launches of up to
+// 1 MB (one vector a thread) gain 0.3-0.5 us (launchPush) and the fused one-shot kernel's rows over
+// clusters 0.4-0.85 us (gatherRowVector). Not measured beyond two ranks, nor in the kernels that
 // gather several vectors a thread.
 template <typename T>
 __device__ __forceinline__ bool gatherTwoRanksStaggered(const PushParams& p, const PushRound& round,

@@ -38,13 +38,13 @@ __device__ __forceinline__ void pushBatchToPeers(const PushParams& p, const Push
   }
 }
 
-// kTagsApart: one thread checks the peers' tags (checksTags), for launches of at most
-// kTagsApartVectors vectors.
+// kTagsApart: one thread checks the peers' tags (checksTags), for launches that give no thread
+// more than one vector at two ranks, and of at most kTagsApartVectors vectors beyond.
 template <typename T, int kRanks, bool kTagsApart>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAllReduce(const __grid_constant__ PushParams p) {
-  // At two ranks a small launch gives a thread a vector at a time (one in all, on kPushMinBlocks
-  // blocks or more), polled staggered (gatherTwoRanksStaggered).
+  // At two ranks such a launch gives a thread one vector at most, polled staggered
+  // (gatherTwoRanksStaggered).
   constexpr bool kStaggered = kTagsApart && kRanks == 2;
   constexpr int kBatch = kStaggered ? 1 : pushBatch<kRanks>();
   const Stride s;
