@@ -333,7 +333,7 @@ constexpr long long kMaxStaggerCycles = 2048;
 // trip to L2: a single load in flight presumably sees the arriving line late for a reason of the
 // memory system's own, not looked into. With the tags checked apart as well, launches of up to
 // 1 MB (one vector a thread) gain 0.3-0.5 us (launchPush) and the fused one-shot kernel's rows over
-// clusters 0.4-0.85 us (gatherRowVector). Not measured beyond two ranks, nor in the kernels that
+// clusters 0.26-0.85 us (gatherRowVector). Not measured beyond two ranks, nor in the kernels that
 // gather several vectors a thread.
 template <typename T>
 __device__ __forceinline__ bool gatherTwoRanksStaggered(const PushParams& p, const PushRound& round,
