@@ -233,6 +233,24 @@ TEST(Algorithm, FusedOneShotSpreadsFewRowsOverClusters) {
   EXPECT_EQ(std::make_pair(32, 1), shape(1, 100, held(32), 132));
 }
 
+// The fused one-shot kernel at two ranks polls a row's vectors staggered where every thread of the
+// cluster holds one of them at most: so it does in every cluster whose blocks take a block's
+// worth of vectors or fewer each (every cluster of a row of up to 8192 16-bit elements).
+TEST(Algorithm, RowClustersHoldAVectorAThreadAtMost) {
+  const uint32_t largest = device::kMaxRowVectors * device::kBlockThreads;
+  for (uint32_t hv = 1; hv <= largest; ++hv) {
+    for (int c = 2; c <= device::rowBlocks(hv); ++c) {
+      const uint32_t share = (hv + c - 1) / c;
+      const uint32_t held = static_cast<uint32_t>(device::rowClusterThreads(hv, c) * c);
+      if (share <= static_cast<uint32_t>(device::kBlockThreads)) {
+        ASSERT_GE(held, hv) << hv << " vectors over " << c << " blocks";
+      } else {
+        ASSERT_LT(held, hv) << hv << " vectors over " << c << " blocks";
+      }
+    }
+  }
+}
+
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
   EXPECT_EQ(device::kMaxBlocks, residentBlockShare(2, 132, 1));
   EXPECT_EQ(132, residentBlockShare(2, 132, 2));

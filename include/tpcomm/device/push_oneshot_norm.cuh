@@ -60,7 +60,8 @@ __device__ __forceinline__ bool gatherRow(
 }
 
 // Whether the `threads` threads that hold a row of `hiddenVectors` vectors hold one vector each at
-// most, as the blocks of a cluster do.
+// most, as the blocks of a cluster do where each takes at most kBlockThreads vectors (every
+// cluster of a row of up to 8192 16-bit elements).
 __host__ __device__ constexpr bool oneVectorRows(uint32_t hiddenVectors, uint32_t threads) {
   return threads >= hiddenVectors;
 }
