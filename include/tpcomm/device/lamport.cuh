@@ -332,10 +332,10 @@ constexpr long long kMaxStaggerCycles = 2048;
 // 1 KB 2.72 / 2.23, 4 KB 2.85 / 2.29, 16 KB 2.96 / 2.45. That is more than a quarter of any round
 // trip to L2: a single load in flight presumably sees the arriving line late for a reason of the
 // memory system's own, not looked into. With the tags checked apart as well, launches of up to
-// 1 MB (one vector a thread) gain 0.3-0.5 us (launchPush) and the fused one-shot kernel's rows over
-// clusters 0.26-0.85 us (gatherRowVector). Not measured in the kernels that gather several vectors
-// a thread. The same wait for every peer at three and four ranks was 0.3-1.0 us slower (4 H200s),
-// and as general code for any number of ranks 0.05-0.27 us slower at two.
+// 1 MB (one vector a thread) gain 0.26-0.51 us (launchPush) and the fused one-shot kernel's rows
+// over clusters 0.26-0.85 us (gatherRowVector). Not measured in the kernels that gather several
+// vectors a thread. The same wait for every peer at three and four ranks was 0.3-1.0 us slower
+// (4 H200s), and as general code for any number of ranks 0.05-0.27 us slower at two.
 template <typename T>
 __device__ __forceinline__ bool gatherTwoRanksStaggered(const PushParams& p, const PushRound& round,
                                                         size_t i, Patience* patience,
