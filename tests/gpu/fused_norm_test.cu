@@ -535,30 +535,34 @@ TEST(FusedNorm, InterleavesWithAllReduces) {
 }
 
 // A rank that never makes its call: the other's fused kernel gives up after the timeout and names
-// it. Ranks that make different calls fail instead of mixing them.
+// it. Ranks that make different calls fail instead of mixing them: 4 rows, spread over clusters,
+// whose tags one thread checks at two ranks, and 128 rows, a block a row, whose tags every thread
+// checks.
 TEST(FusedNorm, WaitsAreBoundedAndCallsChecked) {
   SKIP_WITHOUT_GPU();
-  for (bool mismatch : {false, true}) {
+  for (const auto& [rows, mismatch] :
+       {std::pair{4, false}, std::pair{4, true}, std::pair{128, true}}) {
+    SCOPED_TRACE(std::to_string(rows) + (mismatch ? " rows, another call" : " rows, no call"));
     tpcConfig_t config = TPC_CONFIG_INITIALIZER;
     config.timeoutMs = 1000;
     config.algorithm = tpcAlgoPushOneShot;
     Ranks ranks(2, config);
     ASSERT_TRUE(ranks.ok()) << ranks.message;
     Call c;
-    c.shape = {4, 4096};
+    c.shape = {static_cast<size_t>(rows), 4096};
     fillHost(&c, 2, 3);
     allocate(&c, ranks);
     upload(c, ranks);
     ranks.use(0);
-    ASSERT_EQ(tpcSuccess, tpcAllReduceAddRmsNorm(c.dInput[0].get(), c.dResidualIn[0].get(),
-                                                 c.dResidualIn[0].get(), c.dWeight[0].get(),
-                                                 c.dOut[0].get(), 4, 4096, c.eps, c.type, c.outType,
-                                                 nullptr, ranks.comms[0], ranks.streams[0]));
+    ASSERT_EQ(tpcSuccess, tpcAllReduceAddRmsNorm(
+                              c.dInput[0].get(), c.dResidualIn[0].get(), c.dResidualIn[0].get(),
+                              c.dWeight[0].get(), c.dOut[0].get(), rows, 4096, c.eps, c.type,
+                              c.outType, nullptr, ranks.comms[0], ranks.streams[0]));
     if (mismatch) {
       // The same bytes as a plain all-reduce: only the tags tell them apart.
       ranks.use(1);
-      ASSERT_EQ(tpcSuccess, tpcAllReduce(c.dInput[1].get(), c.dOut[1].get(), 4 * 4096, tpcBfloat16,
-                                         tpcSum, ranks.comms[1], ranks.streams[1]));
+      ASSERT_EQ(tpcSuccess, tpcAllReduce(c.dInput[1].get(), c.dOut[1].get(), rows * 4096,
+                                         tpcBfloat16, tpcSum, ranks.comms[1], ranks.streams[1]));
     }
     ranks.syncAll();
     tpcResult_t async = tpcSuccess;

@@ -228,11 +228,12 @@ TEST_P(Failure, AbortStopsThePeersNamingTheRank) {
 }
 
 // Ranks that call with different sizes at the same point both fail, saying so, instead of
-// reducing mismatched data or waiting for vectors that never come: a small message, whose tags one
-// thread checks in push one-shot, and a larger one, whose tags every thread checks.
+// reducing mismatched data or waiting for vectors that never come: messages whose tags one thread
+// checks in push one-shot (at two ranks, every launch that gives a thread one vector at most), and
+// one of 2.4 MB, which gives a thread more and whose tags every thread checks.
 TEST_P(Failure, RanksMakingDifferentCallsFailClearly) {
   config_.timeoutMs = 60000;
-  for (const size_t count : {size_t{1000}, size_t{20000}}) {
+  for (const size_t count : {size_t{1000}, size_t{20000}, size_t{600000}}) {
     SCOPED_TRACE("count " + std::to_string(count));
     Ranks ranks(2, config_);
     ASSERT_TRUE(ranks.ok()) << ranks.message;
