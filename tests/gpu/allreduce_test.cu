@@ -14,7 +14,8 @@ namespace testing {
 namespace {
 
 // 4095 and 4097 float32 elements lie on either side of the largest push one-shot launch whose tags
-// one thread checks (1024 vectors).
+// one thread checks at three ranks and more (1024 vectors); at two ranks both do, and
+// (1 << 20) + 3 gives a thread more than one vector, whose tags every thread checks.
 constexpr size_t kCounts[] = {1, 7, 8, 4095, 4097, (size_t{1} << 20) + 3, size_t{64} << 20};
 constexpr size_t kMaxCount = size_t{64} << 20;
 

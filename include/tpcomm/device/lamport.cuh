@@ -171,6 +171,8 @@ struct PeerTags {
   uint4 seen[kRanks - 1];  // seen[j]: the tag of peer(j), the j-th rank after this one
   bool waiting = false;
 
+  // rankAfter(p, j + 1), written out: as that call it changed the code ptxas emitted (push
+  // one-shot at eight ranks, bf16: 104 -> 118 registers; push two-shot split by role spilled).
   __device__ __forceinline__ static int peer(const PushParams& p, int j) {
     return p.rank + 1 + j < p.nranks ? p.rank + 1 + j : p.rank + 1 + j - p.nranks;
   }
