@@ -4,19 +4,15 @@
 //
 // Every launcher expects 2 <= nranks <= kMaxRanks, the same grid on every rank for the pull
 // kernels (their blocks pair up with the same block of every peer), and that all ranks' blocks
-// sharing a device can be resident at once (the waits spin). With `dependent` set the kernel is
-// launched as a programmatic dependent of the kernel before it in the stream: it starts while
-// that kernel finishes and waits for it before touching memory. A `completion` event records the
-// launch's programmatic completion (cudaLaunchAttributeProgrammaticEvent): a kernel on another
-// stream that waits for the event and for the kernels before it (griddepcontrol.wait), as every
-// tpcomm kernel does, runs after this one, and no event record between this stream's kernels ends
-// their overlap.
+// sharing a device can be resident at once (the waits spin). `dependent` and `completion` are
+// launchKernel's (launch.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <type_traits>
 
+#include "tpcomm/device/launch.cuh"
 #include "tpcomm/device/namespace.cuh"
 #include "tpcomm/device/params.cuh"
 #include "tpcomm/device/pull_oneshot.cuh"
@@ -25,36 +21,6 @@
 #include "tpcomm/device/push_twoshot.cuh"
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
-
-// `cluster` > 1: in thread block clusters of that many blocks (a divisor of `blocks`).
-template <typename Params>
-inline cudaError_t launchKernel(void (*kernel)(Params), const Params& p, int blocks, bool dependent,
-                                cudaStream_t stream, int threads = kBlockThreads, int cluster = 1,
-                                cudaEvent_t completion = nullptr) {
-  cudaLaunchAttribute attributes[3];
-  unsigned count = 0;
-  if (completion != nullptr) {
-    attributes[count].id = cudaLaunchAttributeProgrammaticEvent;
-    attributes[count].val.programmaticEvent.event = completion;
-    attributes[count].val.programmaticEvent.flags = 0;
-    attributes[count++].val.programmaticEvent.triggerAtBlockStart = 0;
-  }
-  if (dependent) {
-    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster > 1) {
-    attributes[count].id = cudaLaunchAttributeClusterDimension;
-    attributes[count++].val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
-  }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.stream = stream;
-  config.attrs = count > 0 ? attributes : nullptr;
-  config.numAttrs = count;
-  return cudaLaunchKernelEx(&config, kernel, p);
-}
 
 // A pull kernel; the slotted variant (zero-copy sources) when p.slot is set.
 template <typename T>

@@ -1,0 +1,150 @@
+// device::launchKernel: its launches go through the driver with every attribute tpcomm sets, what
+// the driver path refuses goes to the runtime, and a launch that cannot run gets the runtime's
+// error.
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "gpu_test_util.cuh"
+#include "tpcomm/device/launch.cuh"
+
+namespace tpcomm {
+namespace testing {
+namespace {
+
+struct RecordParams {
+  unsigned* out;  // one word per block
+  unsigned base;
+};
+
+// Block b stores base + b + 1000 x (the blocks of its cluster).
+__global__ void recordBlocks(const __grid_constant__ RecordParams p) {
+  if (threadIdx.x != 0) return;
+  p.out[blockIdx.x] = p.base + blockIdx.x + 1000 * cooperative_groups::this_cluster().num_blocks();
+}
+
+constexpr int kBlocks = 8;
+
+std::vector<unsigned> blocksRecorded(const DeviceBuffer& out, cudaStream_t stream) {
+  std::vector<unsigned> host(kBlocks, 0);
+  if (cudaStreamSynchronize(stream) != cudaSuccess ||
+      cudaMemcpy(host.data(), out.get(), kBlocks * sizeof(unsigned), cudaMemcpyDeviceToHost) !=
+          cudaSuccess) {
+    host.clear();
+  }
+  return host;
+}
+
+std::vector<unsigned> expected(unsigned base, unsigned cluster) {
+  std::vector<unsigned> want;
+  for (unsigned b = 0; b < kBlocks; ++b) want.push_back(base + b + 1000 * cluster);
+  return want;
+}
+
+TEST(Launch, GoesThroughTheDriverWithEveryAttribute) {
+  SKIP_WITHOUT_GPU();
+  for (int device = 0; device < gpuCount(); ++device) {
+    SCOPED_TRACE("device " + std::to_string(device));
+    CUDA_OK(cudaSetDevice(device));
+    cudaStream_t stream = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaEvent_t completion = nullptr;
+    CUDA_OK(cudaEventCreateWithFlags(&completion, cudaEventDisableTiming));
+    DeviceBuffer out(kBlocks * sizeof(unsigned));
+    ASSERT_NE(nullptr, out.get());
+
+    // The attributes launchKernel sets, all at once, straight to the driver path.
+    cudaLaunchAttribute attributes[3];
+    attributes[0].id = cudaLaunchAttributeProgrammaticEvent;
+    attributes[0].val.programmaticEvent.event = completion;
+    attributes[0].val.programmaticEvent.flags = 0;
+    attributes[0].val.programmaticEvent.triggerAtBlockStart = 0;
+    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[1].val.programmaticStreamSerializationAllowed = 1;
+    attributes[2].id = cudaLaunchAttributeClusterDimension;
+    attributes[2].val.clusterDim = {4, 1, 1};
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(kBlocks);
+    config.blockDim = dim3(64);
+    config.stream = stream;
+    config.attrs = attributes;
+    config.numAttrs = 3;
+    RecordParams p{static_cast<unsigned*>(out.get()), 7};
+    EXPECT_TRUE(device::launch_detail::launchThroughDriver(
+        config, reinterpret_cast<const void*>(recordBlocks), &p));
+    EXPECT_EQ(expected(7, 4), blocksRecorded(out, stream));
+    // The completion event was recorded through the launch.
+    CUDA_OK(cudaStreamWaitEvent(stream, completion, 0));
+
+    // launchKernel itself, as tpcomm's calls use it, without a cluster and then in pairs.
+    p.base = 20;
+    CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, true, stream, 64, 1, completion));
+    EXPECT_EQ(expected(20, 1), blocksRecorded(out, stream));
+    p.base = 30;
+    CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, false, stream, 64, 2));
+    EXPECT_EQ(expected(30, 2), blocksRecorded(out, stream));
+
+    CUDA_OK(cudaEventDestroy(completion));
+    CUDA_OK(cudaStreamDestroy(stream));
+  }
+}
+
+TEST(Launch, WhatTheDriverPathRefusesGoesToTheRuntime) {
+  SKIP_WITHOUT_GPU();
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  DeviceBuffer out(kBlocks * sizeof(unsigned));
+  ASSERT_NE(nullptr, out.get());
+  CUDA_OK(cudaMemsetAsync(out.get(), 0, kBlocks * sizeof(unsigned), stream));
+  // An attribute tpcomm never sets: the driver path does not launch.
+  cudaLaunchAttribute priority;
+  priority.id = cudaLaunchAttributePriority;
+  priority.val.priority = 0;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(kBlocks);
+  config.blockDim = dim3(64);
+  config.stream = stream;
+  config.attrs = &priority;
+  config.numAttrs = 1;
+  RecordParams p{static_cast<unsigned*>(out.get()), 5};
+  EXPECT_FALSE(device::launch_detail::launchThroughDriver(
+      config, reinterpret_cast<const void*>(recordBlocks), &p));
+  EXPECT_EQ(std::vector<unsigned>(kBlocks, 0), blocksRecorded(out, stream));
+  // The runtime launches it.
+  CUDA_OK(cudaLaunchKernelEx(&config, recordBlocks, p));
+  EXPECT_EQ(expected(5, 1), blocksRecorded(out, stream));
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+TEST(Launch, ALaunchThatCannotRunGetsTheRuntimesError) {
+  SKIP_WITHOUT_GPU();
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  DeviceBuffer out(kBlocks * sizeof(unsigned));
+  ASSERT_NE(nullptr, out.get());
+  RecordParams p{static_cast<unsigned*>(out.get()), 0};
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(kBlocks);
+  config.blockDim = dim3(4096);
+  config.stream = stream;
+  const cudaError_t runtime = cudaLaunchKernelEx(&config, recordBlocks, p);
+  cudaGetLastError();
+  ASSERT_NE(cudaSuccess, runtime);
+  // More threads than a block may have: neither path launches, and the error is the runtime's.
+  EXPECT_EQ(runtime, device::launchKernel(recordBlocks, p, kBlocks, false, stream, 4096));
+  EXPECT_EQ(runtime, cudaGetLastError());
+  // Blocks that do not divide into clusters.
+  EXPECT_NE(cudaSuccess, device::launchKernel(recordBlocks, p, 6, false, stream, 64, 4));
+  cudaGetLastError();
+  // The stream still works.
+  p.base = 9;
+  CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, false, stream, 64));
+  EXPECT_EQ(expected(9, 1), blocksRecorded(out, stream));
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+}  // namespace testing
+}  // namespace tpcomm
