@@ -91,13 +91,24 @@ TEST(Launch, GoesThroughTheDriverWithEveryAttribute) {
   }
 }
 
-TEST(Launch, WhatTheDriverPathRefusesGoesToTheRuntime) {
-  SKIP_WITHOUT_GPU();
+// A stream, and a word for each block, on the current device.
+class LaunchOnStream : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_GPU();
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    ASSERT_NE(nullptr, out.get());
+    CUDA_OK(cudaMemsetAsync(out.get(), 0, kBlocks * sizeof(unsigned), stream));
+  }
+  void TearDown() override {
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
   cudaStream_t stream = nullptr;
-  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  DeviceBuffer out(kBlocks * sizeof(unsigned));
-  ASSERT_NE(nullptr, out.get());
-  CUDA_OK(cudaMemsetAsync(out.get(), 0, kBlocks * sizeof(unsigned), stream));
+  DeviceBuffer out{gpuCount() > 0 ? kBlocks * sizeof(unsigned) : 0};
+};
+
+TEST_F(LaunchOnStream, WhatTheDriverPathRefusesGoesToTheRuntime) {
   // An attribute tpcomm never sets: the driver path does not launch.
   cudaLaunchAttribute priority;
   priority.id = cudaLaunchAttributePriority;
@@ -115,15 +126,9 @@ TEST(Launch, WhatTheDriverPathRefusesGoesToTheRuntime) {
   // The runtime launches it.
   CUDA_OK(cudaLaunchKernelEx(&config, recordBlocks, p));
   EXPECT_EQ(expected(5, 1), blocksRecorded(out, stream));
-  CUDA_OK(cudaStreamDestroy(stream));
 }
 
-TEST(Launch, ALaunchThatCannotRunGetsTheRuntimesError) {
-  SKIP_WITHOUT_GPU();
-  cudaStream_t stream = nullptr;
-  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  DeviceBuffer out(kBlocks * sizeof(unsigned));
-  ASSERT_NE(nullptr, out.get());
+TEST_F(LaunchOnStream, ALaunchThatCannotRunGetsTheRuntimesError) {
   RecordParams p{static_cast<unsigned*>(out.get()), 0};
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(kBlocks);
@@ -142,7 +147,6 @@ TEST(Launch, ALaunchThatCannotRunGetsTheRuntimesError) {
   p.base = 9;
   CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, false, stream, 64));
   EXPECT_EQ(expected(9, 1), blocksRecorded(out, stream));
-  CUDA_OK(cudaStreamDestroy(stream));
 }
 
 }  // namespace
