@@ -75,7 +75,9 @@ TEST(Launch, GoesThroughTheDriverWithEveryAttribute) {
     EXPECT_TRUE(device::launch_detail::launchThroughDriver(
         config, reinterpret_cast<const void*>(recordBlocks), &p));
     EXPECT_EQ(expected(7, 4), blocksRecorded(out, stream));
-    // The completion event was recorded through the launch.
+    // A stream can wait for the event the launch names (that it orders calls on two streams is
+    // ApiGpu.CallsOnSeveralStreamsAreOrdered's to show: an event never recorded is waited for
+    // at once too).
     CUDA_OK(cudaStreamWaitEvent(stream, completion, 0));
 
     // launchKernel itself, as tpcomm's calls use it, without a cluster and then in pairs.
