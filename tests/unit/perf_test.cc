@@ -67,6 +67,17 @@ TEST(PerfOptions, NcclTestsFlags) {
   EXPECT_EQ("push-oneshot", o.algo) << "as TPCOMM_ALGO reads it";
 }
 
+TEST(PerfOptions, EagerAndGraphSectionsTimeAsManyCalls) {
+  Options eager, graph, fewer;
+  ASSERT_TRUE(parse({"--eager", "-n", "7"}, &eager));
+  ASSERT_TRUE(parse({"--graph", "-n", "7"}, &graph));
+  ASSERT_TRUE(parse({"-n", "7", "-G", "3"}, &fewer));
+  EXPECT_EQ(70, sectionCalls(eager.iters, eager.graphLaunches));
+  EXPECT_EQ(70, sectionCalls(graph.iters, graph.graphLaunches));
+  EXPECT_EQ(21, sectionCalls(fewer.iters, fewer.graphLaunches));
+  EXPECT_EQ(2147483647LL * 10, sectionCalls(2147483647, 0)) << "no overflow";
+}
+
 TEST(PerfOptions, BadArgumentsAreOneLineErrors) {
   Options o;
   std::string error;
@@ -272,7 +283,7 @@ TEST(PerfReport, GoldenTable) {
       "# tpcomm-perf 0.1.0: all_reduce, bfloat16, algorithm auto, ranks as threads\n"
       "# nThread 1 nGpus 2 minBytes 8 maxBytes 1048576 step: 2(factor) warmup iters: 5 iters: 20 "
       "agg iters: 1 validation: 1 graph: 10\n"
-      "# time: the slowest rank's median of 3 timed sections\n"
+      "# time: the slowest rank's median of 3 timed sections of 200 calls\n"
       "#\n"
       "# Using devices\n"
       "#  Rank  0 Group  0 Pid   4242 on      node1 device  0 [0000:18:00.0] NVIDIA H100 80GB "
@@ -355,6 +366,7 @@ TEST(PerfReport, GoldenJson) {
       "  \"graph_launches\": 10,\n"
       "  \"warmup_iters\": 5,\n"
       "  \"iters\": 20,\n"
+      "  \"section_calls\": 200,\n"
       "  \"check\": true,\n"
       "  \"nccl\": \"off: NCCL cannot run several ranks on one GPU\",\n"
       "  \"nccl_symmetric\": \"\",\n"

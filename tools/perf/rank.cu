@@ -479,7 +479,7 @@ class Bench {
       // The first launch uploads the graph.
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
     }
-    const int calls = o_.iters * (graph ? o_.graphLaunches : 1);
+    const long long calls = sectionCalls(o_.iters, o_.graphLaunches);
     std::vector<std::vector<double>> timings(ranks_.size());  // [rank][timing]
     for (int t = 0; t < kTimedSections; ++t) {
       barrier();
@@ -489,7 +489,9 @@ class Bench {
           forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
         }
       } else {
-        for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, carrier);
+        for (int k = 0; k < kEagerSectionRepeats; ++k) {
+          for (int i = 0; i < o_.iters; ++i) callAll(i, count, inPlace, carrier);
+        }
       }
       forEach([&](Rank& r) { cudaTry(cudaEventRecord(r.stop, r.stream), "cudaEventRecord"); });
       size_t k = 0;
@@ -497,7 +499,7 @@ class Bench {
         cudaTry(cudaEventSynchronize(r.stop), "timed calls");
         float ms = 0;
         cudaTry(cudaEventElapsedTime(&ms, r.start, r.stop), "cudaEventElapsedTime");
-        timings[k++].push_back(ms * 1e3 / calls);
+        timings[k++].push_back(ms * 1e3 / static_cast<double>(calls));
       });
     }
     std::vector<double> times;

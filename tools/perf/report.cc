@@ -98,7 +98,8 @@ std::string formatPreamble(const Report& r) {
       r.stepBytes != 0 ? strprintf("%zu(bytes)", r.stepBytes).c_str()
                        : strprintf("%g(factor)", r.stepFactor).c_str(),
       r.warmup, r.iters, r.check ? 1 : 0, r.graphLaunches);
-  out += strprintf("# time: the slowest rank's median of %d timed sections\n", kTimedSections);
+  out += strprintf("# time: the slowest rank's median of %d timed sections of %lld calls\n",
+                   kTimedSections, sectionCalls(r.iters, r.graphLaunches));
   out += "#\n# Using devices\n";
   for (const RankInfo& k : r.ranks) {
     out += strprintf("#  Rank %2d Group  0 Pid %6d on %10s device %2d [%s] %s\n", k.rank, k.pid,
@@ -204,6 +205,7 @@ std::string formatJson(const Report& r) {
   out += "  \"graph_launches\": " + std::to_string(r.graphLaunches) + ",\n";
   out += "  \"warmup_iters\": " + std::to_string(r.warmup) + ",\n";
   out += "  \"iters\": " + std::to_string(r.iters) + ",\n";
+  out += "  \"section_calls\": " + std::to_string(sectionCalls(r.iters, r.graphLaunches)) + ",\n";
   out += std::string("  \"check\": ") + (r.check ? "true" : "false") + ",\n";
   out += "  \"nccl\": " + jsonString(r.ncclNote) + ",\n";
   out += "  \"nccl_symmetric\": " + jsonString(r.ncclSymNote) + ",\n";
