@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "perf/report.h"
 #include "tpcomm/tpcomm.h"
 
 namespace tpcomm {
@@ -19,7 +20,8 @@ struct Options {
   int warmup = 5;
   bool check = true;
   tpcDataType_t dtype = tpcBfloat16;
-  int graphLaunches = 10;     // -G: 0 times eager calls; N captures the iterations, replays N times
+  // -G: 0 times eager calls; N captures the iterations, replays N times
+  int graphLaunches = kDefaultGraphLaunches;
   std::string algo = "auto";  // auto, oneshot, twoshot or nccl
   int nranks = 0;             // 0: one per GPU, or four on a single GPU
   bool threads = false;       // all ranks as threads of this process

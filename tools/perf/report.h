@@ -54,11 +54,14 @@ struct RankInfo {
 // Timed sections per size; a rank's time is their median.
 constexpr int kTimedSections = 3;
 
-// Eager mode times as many calls a section as graph mode does by default (-G 10): a section's
-// first launch waits out the host's submission latency, which a graph section spreads over its
-// iters x 10 calls. Over 20 eager calls a section instead of 200, eager calls of 8 B to 128 KB
-// took 0.3-1.1 us longer each (2 H200s).
-constexpr int kEagerSectionRepeats = 10;
+// Graph launches per timed section unless -G says otherwise.
+constexpr int kDefaultGraphLaunches = 10;
+
+// Eager mode times as many calls a section as graph mode does by default: a section's first
+// launch waits out the host's submission latency, which a graph section spreads over its
+// iters x kDefaultGraphLaunches calls. Over 20 eager calls a section instead of 200, eager calls
+// of 8 B to 128 KB took 0.3-1.1 us longer each (2 H200s).
+constexpr int kEagerSectionRepeats = kDefaultGraphLaunches;
 
 // Calls in one timed section: the graph of `iters` calls replayed `graphLaunches` times, or
 // (graphLaunches 0) the iterations issued eagerly kEagerSectionRepeats times.
