@@ -227,14 +227,14 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  *     residualOut = T(allreduce(sendbuff) + residualIn)
  *     normOut     = O(residualOut * rsqrt(mean(residualOut^2) + eps) * weight [* (1 / *normScale)])
  * where allreduce(sendbuff) is tpcAllReduce's sum rounded to the input type T (tpcFloat16 or
- * tpcBfloat16), the residual add, squares, mean and products are float32, and O is T or, for a
- * quantised output, tpcFloat8e4m3 or tpcFloat8e5m2 (round to nearest, saturated to the largest
- * finite value; NaN stays NaN), in which case `normScale` points to one float32 in device memory
- * (read by the kernel, so a graph sees its current value). `weight` has `hidden` elements of T;
- * residualIn, residualOut and sendbuff have rows x hidden of T, normOut rows x hidden of O. In
- * place: residualOut may be residualIn, and normOut may be sendbuff when O is T; no other buffers
- * may overlap. Every pointer must be 16-byte aligned and `hidden` a multiple of 8 up to 16384
- * (tpcNotSupported otherwise; every model's hidden size is).
+ * tpcBfloat16), the residual add, squares, mean (their sum times 1 / hidden) and products are
+ * float32, and O is T or, for a quantised output, tpcFloat8e4m3 or tpcFloat8e5m2 (round to
+ * nearest, saturated to the largest finite value; NaN stays NaN), in which case `normScale` points
+ * to one float32 in device memory (read by the kernel, so a graph sees its current value). `weight`
+ * has `hidden` elements of T; residualIn, residualOut and sendbuff have rows x hidden of T, normOut
+ * rows x hidden of O. In place: residualOut may be residualIn, and normOut may be sendbuff when O
+ * is T; no other buffers may overlap. Every pointer must be 16-byte aligned and `hidden` a multiple
+ * of 8 up to 16384 (tpcNotSupported otherwise; every model's hidden size is).
  *
  * Where tpcomm's kernels take the message, one kernel does it all (push one-shot for few rows,
  * push two-shot for many); elsewhere NCCL all-reduces and a norm kernel follows. Every rank gets
