@@ -34,6 +34,20 @@ TEST(PerfOptions, DefaultsAreTheMainJob) {
   EXPECT_EQ("auto", o.algo);
 }
 
+TEST(PerfOptions, UsageStatesTheDefaultsTheToolUses) {
+  const Options o;
+  const std::string text = usage();
+  const std::string graph = std::to_string(o.graphLaunches);
+  for (const std::string& stated :
+       {"timed iterations per size (default " + std::to_string(o.iters) + ")",
+        "warm-up iterations per size (default " + std::to_string(o.warmup) + ")",
+        "iterations " + std::to_string(kEagerSectionRepeats) + " times a section (default " +
+            graph + ")",
+        "graph mode (-G " + graph + ")"}) {
+    EXPECT_NE(std::string::npos, text.find(stated)) << stated;
+  }
+}
+
 TEST(PerfOptions, NcclTestsFlags) {
   Options o;
   ASSERT_TRUE(parse({"-b", "1K",      "-e", "64M", "-f",   "4",      "-n", "7",  "-w",
