@@ -343,7 +343,7 @@ struct RowPrefetch {
 using WeightRow = uint4[kMaxRowVectors * kBlockThreads];
 
 // Starts loading this thread's weight vectors; storeWeights puts them in shared memory later, once
-// the thread has sent its data.
+// the thread has sent its data (the two-shot kernel; the one-shot kernel uses copyWeights).
 __device__ __forceinline__ void loadWeights(const NormParams& n, RowLane lane,
                                             uint4 (&w)[kMaxRowVectors]) {
 #pragma unroll
@@ -360,6 +360,36 @@ __device__ __forceinline__ void storeWeights(const NormParams& n, RowLane lane,
     const uint32_t v = lane.vector(k);
     if (v < n.hiddenVectors) shared[v] = w[k];
   }
+}
+
+// Starts copying this thread's weight vectors into `shared` asynchronously (cp.async): no register
+// holds them and nothing waits for them until awaitWeights, which the thread must call before it
+// reads them or exits.
+__device__ __forceinline__ void copyWeights(const NormParams& n, RowLane lane, WeightRow& shared) {
+#pragma unroll
+  for (int k = 0; k < kMaxRowVectors; ++k) {
+    const uint32_t v = lane.vector(k);
+    if (v >= n.hiddenVectors) continue;
+    const uint4* from = static_cast<const uint4*>(n.weight) + v;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
+                     static_cast<uint32_t>(__cvta_generic_to_shared(&shared[v]))),
+                 "l"(from)
+                 : "memory");
+#else
+    shared[v] = __ldg(from);
+#endif
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Until this thread's copyWeights has landed (at once where it copied nothing).
+__device__ __forceinline__ void awaitWeights() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+#endif
 }
 
 // The norm alone, after an all-reduce made elsewhere: `sum` holds the all-reduced rows (it may be
