@@ -323,8 +323,8 @@ __device__ __forceinline__ uint4 loadRowVector(const void* base, size_t at) {
   return static_cast<const uint4*>(base)[at];
 }
 
-// The weight row and one row of the residual, loaded while a fused kernel's data is on the link:
-// each is a load whose latency would otherwise follow the wait for the peers'.
+// One row of the residual, loaded while a fused kernel's data is on the link: a load whose latency
+// would otherwise follow the wait for the peers'.
 struct RowPrefetch {
   uint4 residual[kMaxRowVectors];
 
@@ -342,29 +342,14 @@ struct RowPrefetch {
 // reads the vectors it wrote, so no barrier is needed.
 using WeightRow = uint4[kMaxRowVectors * kBlockThreads];
 
-// Starts loading this thread's weight vectors; storeWeights puts them in shared memory later, once
-// the thread has sent its data (the two-shot kernel; the one-shot kernel uses copyWeights).
-__device__ __forceinline__ void loadWeights(const NormParams& n, RowLane lane,
-                                            uint4 (&w)[kMaxRowVectors]) {
-#pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t v = lane.vector(k);
-    if (v < n.hiddenVectors) w[k] = __ldg(static_cast<const uint4*>(n.weight) + v);
-  }
-}
-
-__device__ __forceinline__ void storeWeights(const NormParams& n, RowLane lane,
-                                             const uint4 (&w)[kMaxRowVectors], WeightRow& shared) {
-#pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t v = lane.vector(k);
-    if (v < n.hiddenVectors) shared[v] = w[k];
-  }
-}
-
 // Starts copying this thread's weight vectors into `shared` asynchronously (cp.async): no register
 // holds them and nothing waits for them until awaitWeights, which the thread must call before it
-// reads them or exits.
+// reads them or exits. Loads issued before a thread's stores to its peers delay those stores, so
+// the fused kernels copy the weight only once their data has left.
+//
+// The copy is PTX rather than cuda_pipeline.h's __pipeline_memcpy_async: the same cp.async.cg,
+// but its commit and wait carry no memory clobber, so nothing would stop the compiler from moving
+// this thread's reads of `shared` ahead of the wait (no barrier follows it here).
 __device__ __forceinline__ void copyWeights(const NormParams& n, RowLane lane, WeightRow& shared) {
 #pragma unroll
   for (int k = 0; k < kMaxRowVectors; ++k) {

@@ -57,8 +57,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   const int gatherBase = p.nranks - 1;
   sendTags(p, round);
   const RowLane lane = blockLane();
-  uint4 w[kMaxRowVectors];
-  loadWeights(n, lane, w);
 
   // Reduce-scatter, sending half: every row of another slice to the rank that owns it.
   for (size_t j = blockIdx.x; j < slices.others(); j += gridDim.x) {
@@ -77,7 +75,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       if (v < hv) *slotData(p, round, owner, peerSlot(p.rank, owner), local * hv + v) = x[k];
     }
   }
-  storeWeights(n, lane, w, weights);
+  // The weight is copied once the data has left, as in the one-shot kernel, and only by blocks
+  // that normalise a row (a block must wait for its copies before it exits). Loaded into registers
+  // before the sends, it delayed them (2 H200s, graph, bf16, the two-shot kernel at every row
+  // count, medians of three A/B runs, us: rows of 8192, 8 rows 8.62 -> 8.59, 16 rows 8.94 ->
+  // 9.03, 256 rows 17.50 -> 17.31, 2048 rows 119.99 -> 119.83; rows of 5120, 32 rows 8.37 ->
+  // 8.14, 512 rows 21.49 -> 21.27, 2048 rows 85.88 -> 84.64).
+  const bool normalises = blockIdx.x < slices.mineCount || blockIdx.x < slices.others();
+  if (normalises) copyWeights(n, lane, weights);
   resetStale(p, round, 2 * (p.nranks - 1));
 
   // This rank's rows: summed, the residual added, sent to every peer and normalised here.
@@ -106,6 +111,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         }
       }
     }
+    awaitWeights();
     ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
   }
@@ -136,6 +142,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     for (int k = 0; k < kMaxRowVectors; ++k) {
       if (ok && address(k) != nullptr) squares[k] = vectorSquares(asVec<T>(kept[k]));
     }
+    awaitWeights();
     ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
   }
