@@ -93,6 +93,37 @@ TEST(Launch, GoesThroughTheDriverWithEveryAttribute) {
   }
 }
 
+// A stream of another device than the current one: the current context's function cannot launch
+// there, so the launch goes through the context-independent handle and runs on the stream's device.
+TEST(Launch, RunsOnAStreamOfAnotherDevice) {
+  SKIP_WITHOUT_GPU();
+  if (gpuCount() < 2) GTEST_SKIP() << "needs two GPUs";
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  DeviceBuffer out(kBlocks * sizeof(unsigned));
+  ASSERT_NE(nullptr, out.get());
+  RecordParams p{static_cast<unsigned*>(out.get()), 40};
+  CUDA_OK(cudaSetDevice(0));
+  // First on device 0's own stream, so that device 0's function is looked up and kept.
+  cudaStream_t local = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&local, cudaStreamNonBlocking));
+  DeviceBuffer localOut(kBlocks * sizeof(unsigned));
+  ASSERT_NE(nullptr, localOut.get());
+  RecordParams q{static_cast<unsigned*>(localOut.get()), 50};
+  CUDA_OK(device::launchKernel(recordBlocks, q, kBlocks, true, local, 64));
+  EXPECT_EQ(expected(50, 1), blocksRecorded(localOut, local));
+  const void* entry = reinterpret_cast<const void*>(recordBlocks);
+  EXPECT_NE(nullptr, device::launch_detail::contextFunction(entry, local));
+  EXPECT_EQ(nullptr, device::launch_detail::contextFunction(entry, stream));
+  CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, true, stream, 64));
+  CUDA_OK(cudaSetDevice(1));
+  EXPECT_EQ(expected(40, 1), blocksRecorded(out, stream));
+  CUDA_OK(cudaStreamDestroy(stream));
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamDestroy(local));
+}
+
 // A stream, and a word for each block, on the current device.
 class LaunchOnStream : public ::testing::Test {
  protected:

@@ -9,13 +9,15 @@
 // one, and no event record between this stream's kernels ends their overlap.
 //
 // An eager call of a few kilobytes is bound by the host's launch (its kernel takes less), so the
-// launch goes to the driver directly: cuLaunchKernelEx on the kernel's context-independent handle
-// (cudaGetKernel), looked up once per thread. On one host with slow launches (2 H200s), 300
+// launch goes to the driver directly: cuLaunchKernelEx on the kernel's function in the current
+// context where the stream belongs to it (contextFunction), else on its context-independent handle
+// (cudaGetKernel), each looked up once per thread. On one host with slow launches (2 H200s), 300
 // launches with these attributes took 3.77-4.08 us each that way and 4.34-4.63 through
 // cudaLaunchKernelEx; eager push one-shot calls of 8 B to 256 KB took 4.69-5.34 us against
 // 4.95-5.67 (medians of three alternating runs, in and out of place: 10 of 12 faster), graph
-// calls the same. Where the driver path is missing or refuses the launch, cudaLaunchKernelEx
-// launches it, and reports the error if any.
+// calls the same (through the context-independent handle, before contextFunction). Where the driver
+// path is missing or refuses the launch, cudaLaunchKernelEx launches it, and reports the error if
+// any.
 #pragma once
 
 #include <cuda.h>
@@ -31,22 +33,35 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 namespace launch_detail {
 
 using DriverLaunch = CUresult (*)(const CUlaunchConfig*, CUfunction, void**, void**);
+using CurrentContext = CUresult (*)(CUcontext*);
+using StreamContext = CUresult (*)(CUstream, CUcontext*);
+using ContextId = CUresult (*)(CUcontext, unsigned long long*);
 
-// The driver's cuLaunchKernelEx, through the runtime (tpcomm does not link the driver library);
-// null where the driver lacks it.
-inline DriverLaunch driverLaunch() {
-  static const DriverLaunch launch = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult status;
-    if (cudaGetDriverEntryPointByVersion("cuLaunchKernelEx", &fn, 12000, cudaEnableDefault,
-                                         &status) != cudaSuccess ||
-        status != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      return DriverLaunch{nullptr};
-    }
-    return reinterpret_cast<DriverLaunch>(fn);
-  }();
-  return launch;
+// The driver's entry point `name` (as of CUDA 12.0), through the runtime (tpcomm does not link the
+// driver library); null where the driver lacks it.
+template <typename Fn>
+inline Fn driverEntry(const char* name) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult status;
+  if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &status) !=
+          cudaSuccess ||
+      status != cudaDriverEntryPointSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return reinterpret_cast<Fn>(fn);
+}
+
+struct Driver {
+  DriverLaunch launch = driverEntry<DriverLaunch>("cuLaunchKernelEx");
+  CurrentContext currentContext = driverEntry<CurrentContext>("cuCtxGetCurrent");
+  StreamContext streamContext = driverEntry<StreamContext>("cuStreamGetCtx");
+  ContextId contextId = driverEntry<ContextId>("cuCtxGetId");
+};
+
+inline const Driver& driver() {
+  static const Driver entries;
+  return entries;
 }
 
 // The handle the driver launches `entry` by on any device (a CUkernel, passed as a CUfunction);
@@ -65,13 +80,56 @@ inline CUfunction driverKernel(const void* entry) {
   return handle;
 }
 
+// `entry` as loaded in the current context, where `stream` belongs to it; else null. The driver
+// launches such a function sooner than the context-independent handle, which it must first
+// resolve to the stream's context: 400 launches of the push one-shot kernel with tpcomm's
+// attributes, these three queries and the lookup included, took 3.01 / 2.97 / 3.36 us each
+// against 3.11 / 3.04 / 3.72 (medians of nine, three runs, one host of 2 H200s); eager calls gain
+// as much only where the host is steady (results README, 2026-11-27). Functions are kept by the
+// context's id, which no later context reuses (its address may be, after a device reset).
+inline CUfunction contextFunction(const void* entry, cudaStream_t stream) {
+  const Driver& d = driver();
+  if (d.currentContext == nullptr || d.streamContext == nullptr || d.contextId == nullptr) {
+    return nullptr;
+  }
+  CUcontext current = nullptr;
+  CUcontext owner = nullptr;
+  unsigned long long id = 0;
+  if (d.currentContext(&current) != CUDA_SUCCESS || current == nullptr ||
+      d.streamContext(stream, &owner) != CUDA_SUCCESS || owner != current ||
+      d.contextId(current, &id) != CUDA_SUCCESS) {
+    return nullptr;
+  }
+  struct Key {
+    const void* entry;
+    unsigned long long context;
+    bool operator==(const Key& o) const { return entry == o.entry && context == o.context; }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      return std::hash<const void*>()(k.entry) ^ std::hash<unsigned long long>()(k.context) * 31;
+    }
+  };
+  thread_local std::unordered_map<Key, CUfunction, KeyHash> functions;
+  const Key key{entry, id};
+  const auto found = functions.find(key);
+  if (found != functions.end()) return found->second;
+  cudaFunction_t function = nullptr;
+  if (cudaGetFuncBySymbol(&function, entry) != cudaSuccess) {
+    cudaGetLastError();
+    function = nullptr;
+  }
+  const CUfunction handle = reinterpret_cast<CUfunction>(function);
+  functions.emplace(key, handle);
+  return handle;
+}
+
 constexpr unsigned kMaxAttributes = 3;
 
 // Launches `entry` as `config` says through the driver; false where it did not launch.
 inline bool launchThroughDriver(const cudaLaunchConfig_t& config, const void* entry, void* params) {
-  const DriverLaunch launch = driverLaunch();
-  const CUfunction kernel = launch != nullptr ? driverKernel(entry) : nullptr;
-  if (kernel == nullptr || config.numAttrs > kMaxAttributes) return false;
+  const DriverLaunch launch = driver().launch;
+  if (launch == nullptr || config.numAttrs > kMaxAttributes) return false;
   CUlaunchAttribute attributes[kMaxAttributes] = {};
   for (unsigned i = 0; i < config.numAttrs; ++i) {
     const cudaLaunchAttribute& from = config.attrs[i];
@@ -111,7 +169,14 @@ inline bool launchThroughDriver(const cudaLaunchConfig_t& config, const void* en
   driverConfig.attrs = config.numAttrs > 0 ? attributes : nullptr;
   driverConfig.numAttrs = config.numAttrs;
   void* args[] = {params};
-  return launch(&driverConfig, kernel, args, nullptr) == CUDA_SUCCESS;
+  // What the context's function cannot launch, the context-independent handle may (and what
+  // neither can, the runtime reports).
+  const CUfunction function = contextFunction(entry, config.stream);
+  if (function != nullptr && launch(&driverConfig, function, args, nullptr) == CUDA_SUCCESS) {
+    return true;
+  }
+  const CUfunction kernel = driverKernel(entry);
+  return kernel != nullptr && launch(&driverConfig, kernel, args, nullptr) == CUDA_SUCCESS;
 }
 
 }  // namespace launch_detail
