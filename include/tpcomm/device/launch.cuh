@@ -85,8 +85,9 @@ inline CUfunction driverKernel(const void* entry) {
 // resolve to the stream's context: 400 launches of the push one-shot kernel with tpcomm's
 // attributes, these three queries and the lookup included, took 3.01 / 2.97 / 3.36 us each
 // against 3.11 / 3.04 / 3.72 (medians of nine, three runs, one host of 2 H200s); eager calls gain
-// as much only where the host is steady (results README, 2026-11-27). Functions are kept by the
-// context's id, which no later context reuses (its address may be, after a device reset).
+// as much only where the host is steady (bench/results/h200x2-nvlink, "Where an eager call's host
+// time goes"). Functions are kept by the context's id, which no later context reuses (its
+// address may be, after a device reset).
 inline CUfunction contextFunction(const void* entry, cudaStream_t stream) {
   const Driver& d = driver();
   if (d.currentContext == nullptr || d.streamContext == nullptr || d.contextId == nullptr) {
