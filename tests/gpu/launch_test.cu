@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <thread>
 #include <vector>
 
 #include "gpu_test_util.cuh"
@@ -91,6 +92,42 @@ TEST(Launch, GoesThroughTheDriverWithEveryAttribute) {
     CUDA_OK(cudaEventDestroy(completion));
     CUDA_OK(cudaStreamDestroy(stream));
   }
+}
+
+// Block b stores base + b; launched nowhere else, so that its first launch, and the lookup of its
+// function, happen inside the capture below.
+__global__ void recordBlocksCaptured(const __grid_constant__ RecordParams p) {
+  if (threadIdx.x == 0) p.out[blockIdx.x] = p.base + blockIdx.x;
+}
+
+// A thread's first launch of a kernel inside a global-mode capture, as torch.cuda.graph captures:
+// looking the kernel's function up must not break the capture.
+TEST(Launch, FirstLaunchOfAThreadInsideAGlobalCapture) {
+  SKIP_WITHOUT_GPU();
+  CUDA_OK(cudaSetDevice(0));
+  DeviceBuffer out(kBlocks * sizeof(unsigned));
+  ASSERT_NE(nullptr, out.get());
+  std::vector<unsigned> recorded;
+  // A thread of its own: no launch of this thread came before.
+  std::thread([&] {
+    CUDA_OK(cudaSetDevice(0));
+    cudaStream_t stream = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const RecordParams p{static_cast<unsigned*>(out.get()), 60};
+    EXPECT_EQ(cudaSuccess,
+              device::launchKernel(recordBlocksCaptured, p, kBlocks, true, stream, 64));
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaSuccess, cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    recorded = blocksRecorded(out, stream);
+    CUDA_OK(cudaGraphExecDestroy(exec));
+    CUDA_OK(cudaGraphDestroy(graph));
+    CUDA_OK(cudaStreamDestroy(stream));
+  }).join();
+  EXPECT_EQ(expected(60, 0), recorded);
 }
 
 // A stream of another device than the current one: the current context's function cannot launch
