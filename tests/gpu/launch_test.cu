@@ -119,6 +119,10 @@ TEST(Launch, FirstLaunchOfAThreadInsideAGlobalCapture) {
               device::launchKernel(recordBlocksCaptured, p, kBlocks, true, stream, 64));
     cudaGraph_t graph = nullptr;
     ASSERT_EQ(cudaSuccess, cudaStreamEndCapture(stream, &graph));
+    // The kernel's function in this thread's context: a lookup that failed inside the capture
+    // would have been kept as none.
+    EXPECT_NE(nullptr, device::launch_detail::contextFunction(
+                           reinterpret_cast<const void*>(recordBlocksCaptured), stream));
     cudaGraphExec_t exec = nullptr;
     CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
     CUDA_OK(cudaGraphLaunch(exec, stream));
