@@ -64,20 +64,35 @@ inline const Driver& driver() {
   return entries;
 }
 
+// `handle` as the driver takes it, where the runtime call that gave it succeeded; else null, with
+// the runtime's error cleared (the launch falls back, and the runtime reports what it refuses).
+template <typename Handle>
+inline CUfunction driverHandle(cudaError_t looked, Handle handle) {
+  if (looked == cudaSuccess) return reinterpret_cast<CUfunction>(handle);
+  cudaGetLastError();
+  return nullptr;
+}
+
+// The handle `handles` keeps for `key`, looked up by `lookUp` the first time: a null one too, so
+// that the runtime is asked only once.
+template <typename Map, typename Key, typename LookUp>
+inline CUfunction kept(Map& handles, const Key& key, LookUp lookUp) {
+  const auto found = handles.find(key);
+  if (found != handles.end()) return found->second;
+  const CUfunction handle = lookUp();
+  handles.emplace(key, handle);
+  return handle;
+}
+
 // The handle the driver launches `entry` by on any device (a CUkernel, passed as a CUfunction);
 // null where the runtime has none.
 inline CUfunction driverKernel(const void* entry) {
   thread_local std::unordered_map<const void*, CUfunction> handles;
-  const auto found = handles.find(entry);
-  if (found != handles.end()) return found->second;
-  cudaKernel_t kernel = nullptr;
-  if (cudaGetKernel(&kernel, entry) != cudaSuccess) {
-    cudaGetLastError();
-    kernel = nullptr;
-  }
-  const CUfunction handle = reinterpret_cast<CUfunction>(kernel);
-  handles.emplace(entry, handle);
-  return handle;
+  return kept(handles, entry, [entry] {
+    cudaKernel_t kernel = nullptr;
+    const cudaError_t looked = cudaGetKernel(&kernel, entry);
+    return driverHandle(looked, kernel);
+  });
 }
 
 // `entry` as loaded in the current context, where `stream` belongs to it; else null. The driver
@@ -112,17 +127,11 @@ inline CUfunction contextFunction(const void* entry, cudaStream_t stream) {
     }
   };
   thread_local std::unordered_map<Key, CUfunction, KeyHash> functions;
-  const Key key{entry, id};
-  const auto found = functions.find(key);
-  if (found != functions.end()) return found->second;
-  cudaFunction_t function = nullptr;
-  if (cudaGetFuncBySymbol(&function, entry) != cudaSuccess) {
-    cudaGetLastError();
-    function = nullptr;
-  }
-  const CUfunction handle = reinterpret_cast<CUfunction>(function);
-  functions.emplace(key, handle);
-  return handle;
+  return kept(functions, Key{entry, id}, [entry] {
+    cudaFunction_t function = nullptr;
+    const cudaError_t looked = cudaGetFuncBySymbol(&function, entry);
+    return driverHandle(looked, function);
+  });
 }
 
 constexpr unsigned kMaxAttributes = 3;
