@@ -32,14 +32,12 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
     }
     const int cluster = clusterBlocks > 1 ? clusterBlocks : 1;
     const int threads = cluster > 1 ? rowClusterThreads(hv, cluster) : rowThreads(hv);
-    auto kernel = pushOneShotAddRmsNorm<T, kRanks>;
-    // Only rows over clusters (few rows) are measured faster polled staggered.
-    if constexpr (kRanks == 2) {
-      if (cluster > 1 && oneVectorRows(hv, static_cast<uint32_t>(threads * cluster))) {
-        kernel = pushOneShotAddRmsNorm<T, 2, true>;
-      }
-    }
-    return launchKernel(kernel, p, blocks, dependent, stream, threads, cluster, completion);
+    // At two ranks only rows over clusters (few rows) are measured faster polled staggered.
+    const bool oneVector =
+        oneVectorRows(hv, static_cast<uint32_t>(threads * cluster)) && (kRanks > 2 || cluster > 1);
+    return launchKernel(oneVector ? pushOneShotAddRmsNorm<T, kRanks, true>
+                                  : pushOneShotAddRmsNorm<T, kRanks, false>,
+                        p, blocks, dependent, stream, threads, cluster, completion);
   });
 }
 
@@ -59,11 +57,13 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks>),
   };
-  return fewestBlocksPerSm(kernels, 7, blocks);
+  return fewestBlocksPerSm(kernels, 9, blocks);
 }
 
 // The fewest clusters of `clusterBlocks` blocks of the fused one-shot kernel for T that the
@@ -76,7 +76,9 @@ inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, true>),
   };
   *clusters = kMaxBlocks;
   for (const void* kernel : kernels) {

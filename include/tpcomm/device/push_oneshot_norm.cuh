@@ -66,24 +66,37 @@ __host__ __device__ constexpr bool oneVectorRows(uint32_t hiddenVectors, uint32_
   return threads >= hiddenVectors;
 }
 
-// gatherRow at two ranks for a thread that holds at most one vector of the row (oneVectorRows):
-// that vector is polled staggered, as small push one-shot launches poll theirs
-// (gatherTwoRanksStaggered), and one thread of the grid checks the peers' tags apart (checksTags).
+// gatherRow for a thread that holds at most one vector of the row (oneVectorRows), in a kernel of
+// its own. At two ranks that vector is polled staggered, as small push one-shot launches poll
+// theirs (gatherTwoRanksStaggered), and one thread of the grid checks the peers' tags apart
+// (checksTags). Beyond, it is gathered as push one-shot gathers a batch of one vector.
 //
-// 2 H100s, graph, bf16, medians of three A/B runs against gatherRow (us, fused call / the
-// all-reduce alone of the same bytes): rows of 8192, 1 row 4.08 -> 3.23 (2.55), 2 rows 4.17 ->
-// 3.50 (3.13), 16 rows 5.07 -> 4.63 (3.97), 64 rows 7.48 -> 7.11 (6.6); rows of 5120, 1 row 4.13
-// -> 3.29 (2.49), 4 rows 4.28 -> 3.55 (3.15), 64 rows 6.12 -> 5.77 (5.24).
-template <typename T>
+// Graph, bf16, medians of three A/B runs against gatherRow (us: the fused call with gatherRow ->
+// with this, in brackets the all-reduce alone of the same bytes). 2 H100s: rows of 8192, 1 row 4.08
+// -> 3.23 (2.55), 2 rows 4.17 -> 3.50 (3.13), 16 rows 5.07 -> 4.63 (3.97), 64 rows 7.48 -> 7.11
+// (6.6); rows of 5120, 1 row 4.13 -> 3.29 (2.49), 4 rows 4.28 -> 3.55 (3.15), 64 rows 6.12 -> 5.77
+// (5.24). Four ranks, 4 H200s: rows of 8192, 1 row 5.58 -> 4.01 (3.27), 4 rows 6.11 -> 4.48 (4.05),
+// 32 rows 10.62 -> 8.60 (8.16); rows of 5120, 1 row 5.65 -> 4.03 (3.15), 32 rows 8.82 -> 6.78
+// (6.48). Why gatherRow, whose batch of two holds one vector here, took 1.5 us longer at four ranks
+// is not known.
+template <typename T, int kRanks>
 __device__ __forceinline__ bool gatherRowVector(const PushParams& p, const PushRound& round,
                                                 const NormParams& n, RowLane lane, size_t first,
                                                 const uint4 (&residual)[kMaxRowVectors],
-                                                Patience* patience, uint4 (&kept)[kMaxRowVectors],
+                                                Patience* patience, bool* tagsChecked,
+                                                uint4 (&kept)[kMaxRowVectors],
                                                 float (&squares)[kMaxRowVectors]) {
   if (lane.thread >= n.hiddenVectors) return true;
-  uint4 in[2];
-  if (!gatherTwoRanksStaggered<T>(p, round, first + lane.thread, patience, in)) return false;
-  kept[0] = addResidual<T>(asRaw(sumInRankOrder<T, 2>(in, p.nranks)), residual[0], &squares[0]);
+  uint4 in[1][kRanks];
+  if constexpr (kRanks == 2) {
+    if (!gatherTwoRanksStaggered<T>(p, round, first + lane.thread, patience, in[0])) return false;
+  } else if (!gatherRanks<T, kRanks, 1>(p, round, first + lane.thread, lane.threads,
+                                        first + n.hiddenVectors, 0, kPushOneShotNorm, patience,
+                                        tagsChecked, in)) {
+    return false;
+  }
+  kept[0] =
+      addResidual<T>(asRaw(sumInRankOrder<T, kRanks>(in[0], p.nranks)), residual[0], &squares[0]);
   return true;
 }
 
@@ -98,13 +111,13 @@ __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size
   }
 }
 
-// kOneVector (two ranks only): no thread holds more than one vector of a row (oneVectorRows); a
-// kernel of its own, so that the code of launches with more vectors a thread stays as it was (with
-// both ways in one kernel, 128 rows of 5120 took 8.91 -> 9.05 us, 2 H100s).
+// kOneVector: no thread holds more than one vector of a row (oneVectorRows); a kernel of its own,
+// so that the code of launches with more vectors a thread stays as it was (with both ways in one
+// kernel, 128 rows of 5120 took 8.91 -> 9.05 us, 2 H100s; at four ranks 2 to 8 rows of 8192 took
+// 0.2-0.37 us longer, 4 H200s).
 template <typename T, int kRanks, bool kOneVector = false>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAddRmsNorm(const __grid_constant__ FusedParams p) {
-  static_assert(!kOneVector || kRanks == 2, "one vector a thread, polled staggered: two ranks");
   __shared__ RowSums sums;
   __shared__ WeightRow weights;
   const unsigned blocks = RowBlocks::count();
@@ -161,21 +174,19 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 
   RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushOneShotNorm);
-  // One thread checks the peers' tags where no thread holds more than one vector: at two ranks
-  // (kOneVector), and beyond where push one-shot checks them apart too (kTagsApartVectors). Four
+  // One thread checks the peers' tags where no thread holds more than one vector (kOneVector): at
+  // two ranks always, beyond where push one-shot checks them apart too (kTagsApartVectors). Four
   // ranks on 4 H200s, graph, bf16, medians of three A/B runs against every gathering thread
-  // checking them (us): one row of 8192 6.05 -> 5.59, of 5120 6.06 -> 5.71; 2 to 64 rows (not
-  // affected) within 0.09.
-  const bool tagsApart =
-      kOneVector || (kRanks > 2 && nvec <= kTagsApartVectors && oneVectorRows(hv, lane.threads));
+  // checking them (us): one row of 8192 6.05 -> 5.59, of 5120 6.06 -> 5.71.
+  const bool tagsApart = kOneVector && (kRanks == 2 || nvec <= kTagsApartVectors);
   bool tagsChecked = tagsApart && !checksTags();
   for (size_t row = group; row < n.rows; row += groups) {
     uint4 kept[kMaxRowVectors] = {};
     float squares[kMaxRowVectors] = {};
     if (row != group) next.loadResidual(n, lane, row);
     if constexpr (kOneVector) {
-      ok = ok &&
-           gatherRowVector<T>(p, round, n, lane, row * hv, next.residual, &patience, kept, squares);
+      ok = ok && gatherRowVector<T, kRanks>(p, round, n, lane, row * hv, next.residual, &patience,
+                                            &tagsChecked, kept, squares);
     } else {
       ok = ok && gatherRow<T, kRanks>(p, round, n, lane, row * hv, row * hv, next.residual,
                                       kPushOneShotNorm, &patience, &tagsChecked, kept, squares);
