@@ -31,11 +31,20 @@ AlgorithmTable AlgorithmTable::defaults() {
       {4, 512 * KiB, Route::kPushOneShot}, {4, kAny, Route::kPushTwoShot},
       {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
   };
-  // The fused call switches where the all-reduce does. Measured with tpcomm-perf --fused and
-  // forced kernels on 2 x H200 (NVLink), graph, bf16: 128 rows of 8192 (2 MB) take 11.8 us
-  // one-shot against 13.0 two-shot, 128 of 5120 (1.25 MB) 9.2 against 10.9; from 256 rows of 5120
-  // (2.5 MB: 16.4 against 13.6) two-shot wins. Not measured beyond two ranks.
-  return AlgorithmTable{rules, rules, rules};
+  // The fused call, by tools/tune.py --fused on the same machines, graph, bf16. Two ranks switch
+  // where the all-reduce does: 128 rows of 8192 (2 MB) take 11.20 us one-shot against 12.42
+  // two-shot, 128 of 5120 (1.25 MB) 8.71 against 10.42; from 256 rows of 5120 (2.5 MB: 15.69
+  // against 12.72) two-shot wins. Four ranks keep one-shot a little further than the all-reduce,
+  // as a row's norm waits for two rounds over the link in two-shot: 64 rows of 5120 (640 KB) 9.63
+  // against 10.88, of 6144 10.81 against 11.49, of 7168 (896 KB) 12.20 against 12.35; at 1 MB
+  // two-shot wins or ties (rows of 2048 13.04 against 14.97, of 4096 12.09 against 13.38, of 8192
+  // 13.31 against 13.51). Eight ranks: not measured, the all-reduce's rows.
+  const std::vector<RouteRule> fused = {
+      {2, 2 * MiB, Route::kPushOneShot},   {2, kAny, Route::kPushTwoShot},
+      {4, 896 * KiB, Route::kPushOneShot}, {4, kAny, Route::kPushTwoShot},
+      {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
+  };
+  return AlgorithmTable{rules, rules, fused};
 }
 
 Route AlgorithmTable::lookup(int nranks, size_t bytes, CallKind kind) const {

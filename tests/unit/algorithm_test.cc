@@ -47,16 +47,25 @@ TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
   for (bool graph : {false, true}) EXPECT_EQ(Route::kPushOneShot, route(p, 8, 8 * KiB, graph));
 }
 
-TEST(AlgorithmTable, TheFusedCallSwitchesWhereTheAllReduceDoes) {
+TEST(AlgorithmTable, TheFusedCallSwitchesWhereItWasMeasured) {
   const RoutePolicy p = withNccl(true);
   EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 16 * KiB));
   EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 2 * MiB)) << "128 rows of 8192";
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 2 * MiB + 1));
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 256 * MiB));
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(withNccl(false), 2, 256 * MiB));
+  for (int n : {3, 4}) {
+    EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, n, 640 * KiB)) << n << ": 64 rows of 5120";
+    EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, n, 896 * KiB)) << n << ": 64 rows of 7168";
+    EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, n, 1 * MiB)) << n << ": 64 rows of 8192";
+  }
+  // Elsewhere the fused call switches where the all-reduce does.
   for (int n = 2; n <= 8; ++n) {
-    for (size_t bytes : {8 * KiB, 256 * KiB, 256 * KiB + 1, 512 * KiB + 1, 64 * MiB}) {
+    for (size_t bytes : {8 * KiB, 256 * KiB, 256 * KiB + 1, 64 * MiB}) {
       EXPECT_EQ(route(p, n, bytes), addRmsNormRoute(p, n, bytes)) << n << " ranks, " << bytes;
+    }
+    if (n != 3 && n != 4) {
+      EXPECT_EQ(route(p, n, 512 * KiB + 1), addRmsNormRoute(p, n, 512 * KiB + 1)) << n;
     }
   }
   RoutePolicy forced = p;
