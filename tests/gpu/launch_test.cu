@@ -134,35 +134,49 @@ TEST(Launch, FirstLaunchOfAThreadInsideAGlobalCapture) {
   EXPECT_EQ(expected(60, 0), recorded);
 }
 
+// A stream of `device` and a word for each block there. Made, and released, with `device` current;
+// the constructor leaves it current.
+struct DeviceStream {
+  explicit DeviceStream(int device_) : device(device_) {
+    if (cudaSetDevice(device) == cudaSuccess &&
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess) {
+      out = DeviceBuffer(kBlocks * sizeof(unsigned));
+    }
+  }
+  ~DeviceStream() {
+    int current = 0;
+    if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) return;
+    out = DeviceBuffer();
+    if (stream != nullptr) cudaStreamDestroy(stream);
+    cudaSetDevice(current);
+  }
+  bool ok() const { return stream != nullptr && out.get() != nullptr; }
+  RecordParams params(unsigned base) const { return {out.get<unsigned>(), base}; }
+
+  int device;
+  cudaStream_t stream = nullptr;
+  DeviceBuffer out;
+};
+
 // A stream of another device than the current one: the current context's function cannot launch
 // there, so the launch goes through the context-independent handle and runs on the stream's device.
 TEST(Launch, RunsOnAStreamOfAnotherDevice) {
   SKIP_WITHOUT_GPU();
   if (gpuCount() < 2) GTEST_SKIP() << "needs two GPUs";
-  CUDA_OK(cudaSetDevice(1));
-  cudaStream_t stream = nullptr;
-  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  DeviceBuffer out(kBlocks * sizeof(unsigned));
-  ASSERT_NE(nullptr, out.get());
-  RecordParams p{static_cast<unsigned*>(out.get()), 40};
-  CUDA_OK(cudaSetDevice(0));
+  DeviceStream remote(1);
+  ASSERT_TRUE(remote.ok());
   // First on device 0's own stream, so that device 0's function is looked up and kept.
-  cudaStream_t local = nullptr;
-  CUDA_OK(cudaStreamCreateWithFlags(&local, cudaStreamNonBlocking));
-  DeviceBuffer localOut(kBlocks * sizeof(unsigned));
-  ASSERT_NE(nullptr, localOut.get());
-  RecordParams q{static_cast<unsigned*>(localOut.get()), 50};
-  CUDA_OK(device::launchKernel(recordBlocks, q, kBlocks, true, local, 64));
-  EXPECT_EQ(expected(50, 1), blocksRecorded(localOut, local));
+  DeviceStream local(0);
+  ASSERT_TRUE(local.ok());
+  CUDA_OK(device::launchKernel(recordBlocks, local.params(50), kBlocks, true, local.stream, 64));
+  EXPECT_EQ(expected(50, 1), blocksRecorded(local.out, local.stream));
   const void* entry = reinterpret_cast<const void*>(recordBlocks);
-  EXPECT_NE(nullptr, device::launch_detail::contextFunction(entry, local));
-  EXPECT_EQ(nullptr, device::launch_detail::contextFunction(entry, stream));
-  CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, true, stream, 64));
+  EXPECT_NE(nullptr, device::launch_detail::contextFunction(entry, local.stream));
+  EXPECT_EQ(nullptr, device::launch_detail::contextFunction(entry, remote.stream));
+  CUDA_OK(device::launchKernel(recordBlocks, remote.params(40), kBlocks, true, remote.stream, 64));
   CUDA_OK(cudaSetDevice(1));
-  EXPECT_EQ(expected(40, 1), blocksRecorded(out, stream));
-  CUDA_OK(cudaStreamDestroy(stream));
+  EXPECT_EQ(expected(40, 1), blocksRecorded(remote.out, remote.stream));
   CUDA_OK(cudaSetDevice(0));
-  CUDA_OK(cudaStreamDestroy(local));
 }
 
 // A stream, and a word for each block, on the current device.

@@ -83,6 +83,11 @@ inline cudaError_t fewestBlocksPerSm(const void* const* kernels, int count, int*
   return cudaSuccess;
 }
 
+template <int kCount>
+inline cudaError_t fewestBlocksPerSm(const void* const (&kernels)[kCount], int* out) {
+  return fewestBlocksPerSm(kernels, kCount, out);
+}
+
 // The fewest blocks of any pull kernel, and of any push kernel, for T that fit on one
 // multiprocessor at once.
 template <typename T>
@@ -105,8 +110,8 @@ inline cudaError_t residentBlocksPerSm(int* pull, int* push) {
       reinterpret_cast<const void*>(pushOneShotAllReduce<T, kMaxRanks, true>),
       reinterpret_cast<const void*>(pushTwoShotAllReduce<T, kMaxRanks>),
   };
-  const cudaError_t err = fewestBlocksPerSm(pullKernels, 4, pull);
-  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, 10, push);
+  const cudaError_t err = fewestBlocksPerSm(pullKernels, pull);
+  return err != cudaSuccess ? err : fewestBlocksPerSm(pushKernels, push);
 }
 
 // Blocks of push two-shot (either kernel) for T and `nranks` ranks that fit on one multiprocessor

@@ -63,7 +63,7 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks>),
   };
-  return fewestBlocksPerSm(kernels, 9, blocks);
+  return fewestBlocksPerSm(kernels, blocks);
 }
 
 // The fewest clusters of `clusterBlocks` blocks of the fused one-shot kernel for T that the
