@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -94,46 +95,6 @@ TEST(Launch, GoesThroughTheDriverWithEveryAttribute) {
   }
 }
 
-// Block b stores base + b; launched nowhere else, so that its first launch, and the lookup of its
-// function, happen inside the capture below.
-__global__ void recordBlocksCaptured(const __grid_constant__ RecordParams p) {
-  if (threadIdx.x == 0) p.out[blockIdx.x] = p.base + blockIdx.x;
-}
-
-// A thread's first launch of a kernel inside a global-mode capture, as torch.cuda.graph captures:
-// looking the kernel's function up must not break the capture.
-TEST(Launch, FirstLaunchOfAThreadInsideAGlobalCapture) {
-  SKIP_WITHOUT_GPU();
-  CUDA_OK(cudaSetDevice(0));
-  DeviceBuffer out(kBlocks * sizeof(unsigned));
-  ASSERT_NE(nullptr, out.get());
-  std::vector<unsigned> recorded;
-  // A thread of its own: no launch of this thread came before.
-  std::thread([&] {
-    CUDA_OK(cudaSetDevice(0));
-    cudaStream_t stream = nullptr;
-    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    const RecordParams p{static_cast<unsigned*>(out.get()), 60};
-    EXPECT_EQ(cudaSuccess,
-              device::launchKernel(recordBlocksCaptured, p, kBlocks, true, stream, 64));
-    cudaGraph_t graph = nullptr;
-    ASSERT_EQ(cudaSuccess, cudaStreamEndCapture(stream, &graph));
-    // The kernel's function in this thread's context: a lookup that failed inside the capture
-    // would have been kept as none.
-    EXPECT_NE(nullptr, device::launch_detail::contextFunction(
-                           reinterpret_cast<const void*>(recordBlocksCaptured), stream));
-    cudaGraphExec_t exec = nullptr;
-    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_OK(cudaGraphLaunch(exec, stream));
-    recorded = blocksRecorded(out, stream);
-    CUDA_OK(cudaGraphExecDestroy(exec));
-    CUDA_OK(cudaGraphDestroy(graph));
-    CUDA_OK(cudaStreamDestroy(stream));
-  }).join();
-  EXPECT_EQ(expected(60, 0), recorded);
-}
-
 // A stream of `device` and a word for each block there. Made, and released, with `device` current;
 // the constructor leaves it current.
 struct DeviceStream {
@@ -157,6 +118,42 @@ struct DeviceStream {
   cudaStream_t stream = nullptr;
   DeviceBuffer out;
 };
+
+// Block b stores base + b; launched nowhere else, so that its first launch, and the lookup of its
+// function, happen inside the capture below.
+__global__ void recordBlocksCaptured(const __grid_constant__ RecordParams p) {
+  if (threadIdx.x == 0) p.out[blockIdx.x] = p.base + blockIdx.x;
+}
+
+// A thread's first launch of a kernel inside a global-mode capture, as torch.cuda.graph captures:
+// looking the kernel's function up must not break the capture.
+TEST(Launch, FirstLaunchOfAThreadInsideAGlobalCapture) {
+  SKIP_WITHOUT_GPU();
+  std::vector<unsigned> recorded;
+  // A thread of its own: no launch of this thread came before.
+  std::thread([&] {
+    DeviceStream owned(0);
+    ASSERT_TRUE(owned.ok());
+    CUDA_OK(cudaStreamBeginCapture(owned.stream, cudaStreamCaptureModeGlobal));
+    EXPECT_EQ(cudaSuccess, device::launchKernel(recordBlocksCaptured, owned.params(60), kBlocks,
+                                                true, owned.stream, 64));
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaSuccess, cudaStreamEndCapture(owned.stream, &graph));
+    // The kernel's function in this thread's context: a lookup that failed inside the capture
+    // would have been kept as none.
+    EXPECT_NE(nullptr, device::launch_detail::contextFunction(
+                           reinterpret_cast<const void*>(recordBlocksCaptured), owned.stream));
+    cudaGraphExec_t exec = nullptr;
+    EXPECT_EQ(cudaSuccess, cudaGraphInstantiate(&exec, graph, 0));
+    if (exec != nullptr) {
+      EXPECT_EQ(cudaSuccess, cudaGraphLaunch(exec, owned.stream));
+      recorded = blocksRecorded(owned.out, owned.stream);
+      cudaGraphExecDestroy(exec);
+    }
+    cudaGraphDestroy(graph);
+  }).join();
+  EXPECT_EQ(expected(60, 0), recorded);
+}
 
 // A stream of another device than the current one: the current context's function cannot launch
 // there, so the launch goes through the context-independent handle and runs on the stream's device.
@@ -184,16 +181,20 @@ class LaunchOnStream : public ::testing::Test {
  protected:
   void SetUp() override {
     SKIP_WITHOUT_GPU();
-    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    ASSERT_NE(nullptr, out.get());
-    CUDA_OK(cudaMemsetAsync(out.get(), 0, kBlocks * sizeof(unsigned), stream));
+    int device = 0;
+    CUDA_OK(cudaGetDevice(&device));
+    current_.emplace(device);
+    ASSERT_TRUE(current_->ok());
+    stream = current_->stream;
+    CUDA_OK(cudaMemsetAsync(out().get(), 0, kBlocks * sizeof(unsigned), stream));
   }
-  void TearDown() override {
-    if (stream != nullptr) cudaStreamDestroy(stream);
-  }
+  const DeviceBuffer& out() const { return current_->out; }
+  RecordParams params(unsigned base) const { return current_->params(base); }
 
   cudaStream_t stream = nullptr;
-  DeviceBuffer out{gpuCount() > 0 ? kBlocks * sizeof(unsigned) : 0};
+
+ private:
+  std::optional<DeviceStream> current_;
 };
 
 TEST_F(LaunchOnStream, WhatTheDriverPathRefusesGoesToTheRuntime) {
@@ -207,17 +208,17 @@ TEST_F(LaunchOnStream, WhatTheDriverPathRefusesGoesToTheRuntime) {
   config.stream = stream;
   config.attrs = &priority;
   config.numAttrs = 1;
-  RecordParams p{static_cast<unsigned*>(out.get()), 5};
+  RecordParams p = params(5);
   EXPECT_FALSE(device::launch_detail::launchThroughDriver(
       config, reinterpret_cast<const void*>(recordBlocks), &p));
-  EXPECT_EQ(std::vector<unsigned>(kBlocks, 0), blocksRecorded(out, stream));
+  EXPECT_EQ(std::vector<unsigned>(kBlocks, 0), blocksRecorded(out(), stream));
   // The runtime launches it.
   CUDA_OK(cudaLaunchKernelEx(&config, recordBlocks, p));
-  EXPECT_EQ(expected(5, 1), blocksRecorded(out, stream));
+  EXPECT_EQ(expected(5, 1), blocksRecorded(out(), stream));
 }
 
 TEST_F(LaunchOnStream, ALaunchThatCannotRunGetsTheRuntimesError) {
-  RecordParams p{static_cast<unsigned*>(out.get()), 0};
+  RecordParams p = params(0);
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(kBlocks);
   config.blockDim = dim3(4096);
@@ -234,7 +235,7 @@ TEST_F(LaunchOnStream, ALaunchThatCannotRunGetsTheRuntimesError) {
   // The stream still works.
   p.base = 9;
   CUDA_OK(device::launchKernel(recordBlocks, p, kBlocks, false, stream, 64));
-  EXPECT_EQ(expected(9, 1), blocksRecorded(out, stream));
+  EXPECT_EQ(expected(9, 1), blocksRecorded(out(), stream));
 }
 
 }  // namespace
