@@ -148,6 +148,22 @@ FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClust
   return FusedShape{static_cast<int>(std::clamp<size_t>(blocks, 1, blockCap)), 1};
 }
 
+FusedShape fusedTwoShotShape(size_t rows, int nranks, uint32_t hiddenVectors,
+                             const RowClusters& clusters, int cap) {
+  const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
+  const size_t perRank = (rows + static_cast<size_t>(std::max(nranks, 1)) - 1) /
+                         static_cast<size_t>(std::max(nranks, 1));
+  for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
+    const size_t cluster = static_cast<size_t>(c);
+    const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
+    if (perRank <= held && perRank * cluster <= blockCap) {
+      const size_t groups = std::min({rows, held, blockCap / cluster});
+      return FusedShape{static_cast<int>(groups * cluster), c};
+    }
+  }
+  return FusedShape{static_cast<int>(std::clamp<size_t>(rows, 1, blockCap)), 1};
+}
+
 size_t launchShare(size_t total, size_t most, size_t granule) {
   if (total == 0 || most == 0) return most;
   const size_t launches = (total + most - 1) / most;

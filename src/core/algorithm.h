@@ -85,8 +85,8 @@ constexpr size_t kPushMinBlocks = 32;
 // 32), so that a small message leaves from many multiprocessors; at least kPushMinBlocks blocks.
 LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBytes, int cap);
 
-// clusters[c]: thread block clusters of c blocks of the fused one-shot kernel that each rank may
-// keep resident at once (0 where the device launches none).
+// clusters[c]: thread block clusters of c blocks of the fused kernels that each rank may keep
+// resident at once (0 where the device launches none).
 using RowClusters = std::array<int, device::kMaxRowBlocks + 1>;
 
 struct FusedShape {
@@ -107,6 +107,15 @@ struct FusedShape {
 // took the same time.
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
                              int cap);
+
+// The fused two-shot kernel's grid for `rows` rows of `hiddenVectors` vectors at `nranks` ranks.
+// Each rank sums the rows of its slice, so a row is spread over the largest cluster of at most
+// device::rowBlocks blocks that gives every row of a slice one within `cap` blocks and
+// `clusters`, with as many clusters beyond as `cap`, `clusters` and the rows allow (they send and
+// normalise other slices' rows); where none does, a block holds a row, and there is a block a row
+// up to `cap`.
+FusedShape fusedTwoShotShape(size_t rows, int nranks, uint32_t hiddenVectors,
+                             const RowClusters& clusters, int cap);
 
 // How much of a message of `total` units one launch takes when at most `most` fit a launch: the
 // fewest launches, of equal size rounded up to a multiple of `granule` (which must divide `most`),

@@ -30,8 +30,8 @@ struct Communicator::RankInfo {
   int32_t pullBlocksPerSm;
   int32_t pushBlocksPerSm;
   int32_t pushTwoShotBlocksPerSm;
-  int32_t rowClusters[device::kMaxRowBlocks + 1];  // [c]: fused one-shot clusters of c blocks the
-                                                   // device holds at once
+  int32_t rowClusters[device::kMaxRowBlocks + 1];  // [c]: fused clusters of c blocks the device
+                                                   // holds at once
 };
 
 tpcResult_t Communicator::create(const tpcUniqueId& id, int nranks, int rank,
@@ -548,8 +548,10 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, 
   const device::Algorithm algorithm = twoShot ? device::kPushTwoShotNorm : device::kPushOneShotNorm;
   const ReceiveRegion& region = layout_.receive(protocol);
   const size_t hiddenVectors = call.rowBytes() / 16;
-  // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank.
-  const size_t rowsPerSlot = (region.slotVectors - device::kSlotDataVector) / hiddenVectors;
+  // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank,
+  // each with a vector for its inverse RMS (two-shot).
+  const size_t rowsPerSlot =
+      (region.slotVectors - device::kSlotDataVector) / (hiddenVectors + (twoShot ? 1 : 0));
   const size_t mostRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
   if (mostRows == 0) {
     return fail(tpcInvalidUsage,
@@ -569,10 +571,10 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, 
     p.count = rows * call.hidden;
     p.norm = normParams(call, first, rows);
     p.tag = callTag(algorithm, call.type, p.count, call.hidden, p.norm.outType);
-    // Two-shot: a block per row of this rank's slice.
     const FusedShape shape =
-        twoShot ? FusedShape{static_cast<int>(std::min<size_t>(rows, pushBlockCap_)), 1}
-                : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_);
+        twoShot
+            ? fusedTwoShotShape(rows, nranks_, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_)
+            : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_);
     TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.clusterBlocks,
                                dependentLaunch_, stream, completionEvent(capturing)));
   }

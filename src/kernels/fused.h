@@ -21,8 +21,8 @@ cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& pa
 // Blocks per multiprocessor that every fused kernel can keep resident on the current device.
 cudaError_t fusedBlocksPerSm(int* blocks);
 
-// Clusters of `clusterBlocks` blocks of the fused one-shot kernel, of any row size, that the
-// current device holds at once; 0 where it launches no clusters.
+// Clusters of `clusterBlocks` blocks of any fused kernel, of any row size, that the current device
+// holds at once; 0 where it launches no clusters.
 cudaError_t fusedRowClusters(int clusterBlocks, int* clusters);
 
 }  // namespace tpcomm

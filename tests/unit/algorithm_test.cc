@@ -242,6 +242,43 @@ TEST(Algorithm, FusedOneShotSpreadsFewRowsOverClusters) {
   EXPECT_EQ(std::make_pair(32, 1), shape(1, 100, held(32), 132));
 }
 
+TEST(Algorithm, FusedTwoShotSpreadsASlicesRowsOverClusters) {
+  auto held = [](int n) {
+    RowClusters clusters;
+    clusters.fill(n);
+    return clusters;
+  };
+  auto shape = [](size_t rows, int nranks, uint32_t hiddenVectors, const RowClusters& clusters,
+                  int cap) {
+    const FusedShape s = fusedTwoShotShape(rows, nranks, hiddenVectors, clusters, cap);
+    return std::make_pair(s.blocks, s.clusterBlocks);
+  };
+  // Hidden 8192 (1024 vectors) at four ranks: 64 rows are slices of 16, a cluster of 8 a row,
+  // and as many clusters as the cap holds (they send and normalise the other slices' rows).
+  EXPECT_EQ(std::make_pair(128, 8), shape(64, 4, 1024, held(32), 132));
+  EXPECT_EQ(std::make_pair(128, 4), shape(128, 4, 1024, held(32), 132));
+  EXPECT_EQ(std::make_pair(128, 2), shape(256, 4, 1024, held(64), 132));
+  // A slice of more rows than the cap holds in clusters of 2: a block a row, up to the cap.
+  EXPECT_EQ(std::make_pair(132, 1), shape(512, 4, 1024, held(64), 132));
+  EXPECT_EQ(std::make_pair(132, 1), shape(256, 2, 1024, held(64), 132));
+  // No more clusters than rows; none where the device holds fewer than a slice's rows.
+  EXPECT_EQ(std::make_pair(24, 8), shape(3, 2, 1024, held(32), 132));
+  EXPECT_EQ(std::make_pair(64, 1), shape(64, 4, 1024, held(15), 132));
+  EXPECT_EQ(std::make_pair(128, 8), shape(64, 4, 1024, held(16), 132));
+  // Only clusters held for every row of a slice: here those of 2 blocks.
+  RowClusters fewLarge = held(64);
+  for (int c = 3; c <= device::kMaxRowBlocks; ++c) fewLarge[c] = 8;
+  EXPECT_EQ(std::make_pair(128, 2), shape(64, 4, 1024, fewLarge, 132));
+  // Without clusters, a block a row.
+  EXPECT_EQ(std::make_pair(64, 1), shape(64, 4, 1024, held(0), 132));
+  // Hidden 5120: clusters of up to 5 blocks; the block cap bounds them.
+  EXPECT_EQ(std::make_pair(130, 5), shape(64, 4, 640, held(32), 132));
+  EXPECT_EQ(std::make_pair(32, 2), shape(64, 4, 640, held(32), 33));
+  EXPECT_EQ(std::make_pair(33, 1), shape(128, 2, 640, held(32), 33));
+  // A row of one block's worth stays in one block.
+  EXPECT_EQ(std::make_pair(64, 1), shape(64, 4, 100, held(32), 132));
+}
+
 // The fused one-shot kernel at two ranks polls a row's vectors staggered where every thread of the
 // cluster holds one of them at most: so it does in every cluster whose blocks take a block's
 // worth of vectors or fewer each (every cluster of a row of up to 8192 16-bit elements).

@@ -1,7 +1,7 @@
 // The all-reduce fused with the residual add and RMSNorm, and the norm alone, with their
 // launchers: raw parameters and a stream in, cudaError_t out. A block normalises a row at a time
 // with rowThreads(hiddenVectors) threads, or a cluster of up to rowBlocks(hiddenVectors) blocks of
-// rowClusterThreads threads does (the fused one-shot kernel, for few rows); the fused kernels
+// rowClusterThreads threads does (the fused kernels, for few rows); the fused kernels
 // expect what the push kernels expect (allreduce.cuh), their clusters and completion events too.
 #pragma once
 
@@ -17,8 +17,8 @@
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
 // `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type. With `clusterBlocks` of
-// 2 or more (at most rowBlocks(hiddenVectors), dividing `blocks`), the one-shot kernel spreads each
-// row over a cluster of that many blocks; otherwise a block holds a row.
+// 2 or more (at most rowBlocks(hiddenVectors), dividing `blocks`), the kernel spreads each row over
+// a cluster of that many blocks; otherwise a block holds a row.
 template <typename T>
 inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, int clusterBlocks,
                                bool dependent, cudaStream_t stream,
@@ -26,12 +26,13 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
   const uint32_t hv = p.norm.hiddenVectors;
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;
-    if (algorithm == kPushTwoShotNorm) {
-      return launchKernel(pushTwoShotAddRmsNorm<T, kRanks>, p, blocks, dependent, stream,
-                          rowThreads(hv), 1, completion);
-    }
     const int cluster = clusterBlocks > 1 ? clusterBlocks : 1;
     const int threads = cluster > 1 ? rowClusterThreads(hv, cluster) : rowThreads(hv);
+    if (algorithm == kPushTwoShotNorm) {
+      return launchKernel(cluster > 1 ? pushTwoShotAddRmsNorm<T, kRanks, true>
+                                      : pushTwoShotAddRmsNorm<T, kRanks, false>,
+                          p, blocks, dependent, stream, threads, cluster, completion);
+    }
     // At two ranks only rows over clusters (few rows) are measured faster polled staggered.
     const bool oneVector =
         oneVectorRows(hv, static_cast<uint32_t>(threads * cluster)) && (kRanks > 2 || cluster > 1);
@@ -55,30 +56,36 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
-      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, false>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, true>),
-      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4, false>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, true>),
-      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks, false>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks, true>),
   };
   return fewestBlocksPerSm(kernels, blocks);
 }
 
-// The fewest clusters of `clusterBlocks` blocks of the fused one-shot kernel for T that the
-// device holds at once, at the largest row (and so the most threads rowClusterThreads gives): a
-// bound for every smaller row. 0 where the kernel was compiled for a device without clusters (it
-// would then take each block of a cluster for a whole group).
+// The fewest clusters of `clusterBlocks` blocks of any fused kernel for T that the device holds
+// at once, at the largest row (and so the most threads rowClusterThreads gives): a bound for every
+// smaller row. 0 where the kernels were compiled for a device without clusters (they would then
+// take each block of a cluster for a whole group).
 template <typename T>
 inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, true>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, true>),
+      reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks, true>),
   };
   *clusters = kMaxBlocks;
   for (const void* kernel : kernels) {

@@ -61,25 +61,33 @@ __device__ __forceinline__ uint4 loadPolled(const uint4* at) {
   return v;
 }
 
-// Polls vectors v[k] at address(k) (k < kN; a null address is not wanted) until none is empty.
-// Each round loads again every vector that still is, all at once: a thread waits one round trip
-// after the last vector arrives, not one round trip per vector it waits for.
-template <int kN, typename Address>
-__device__ __forceinline__ bool awaitAllFull(uint4 (&v)[kN], Address address, int peer,
-                                             Patience* patience) {
+// Polls vectors v[k] at address(k) (k < kN; a null address is not wanted), which peer peerOf(k)
+// sends, until none is empty. Each round loads again every vector that still is, all at once: a
+// thread waits one round trip after the last vector arrives, not one round trip per vector it
+// waits for.
+template <int kN, typename Address, typename PeerOf>
+__device__ __forceinline__ bool awaitAllFullFrom(uint4 (&v)[kN], Address address, PeerOf peerOf,
+                                                 Patience* patience) {
   for (;;) {
-    bool waiting = false;
+    int waitingFor = -1;
 #pragma unroll
     for (int k = 0; k < kN; ++k) {
       const uint4* at = address(k);
       if (at != nullptr && isEmpty(v[k])) {
         v[k] = loadPolled(at);
-        waiting = true;
+        waitingFor = peerOf(k);
       }
     }
-    if (!waiting) return true;
-    if (!patience->ok(peer)) return false;
+    if (waitingFor < 0) return true;
+    if (!patience->ok(waitingFor)) return false;
   }
+}
+
+// awaitAllFull for vectors that one peer sends.
+template <int kN, typename Address>
+__device__ __forceinline__ bool awaitAllFull(uint4 (&v)[kN], Address address, int peer,
+                                             Patience* patience) {
+  return awaitAllFullFrom(v, address, [peer](int) { return peer; }, patience);
 }
 
 // The rank k places after this one in the ring of ranks (0 < k < nranks).

@@ -1,8 +1,8 @@
 // The end of a transformer block's all-reduce: the residual add and RMSNorm of each row, shared by
 // the fused push kernels and by the norm kernel that follows an all-reduce made elsewhere (NCCL).
 //
-// A row belongs to a group of threads at a time: one block, or (the fused one-shot kernel, for few
-// rows) the blocks of a thread block cluster, so that a row is gathered and normalised by several
+// A row belongs to a group of threads at a time: one block, or (the fused kernels, for few rows)
+// the blocks of a thread block cluster, so that a row is gathered and normalised by several
 // multiprocessors. Thread t of the group holds vectors t, t + threads, ... of the row (at most
 // kMaxRowVectors), adds the residual, stores the new residual and sums each vector's squares; the
 // group reduces the squares in the order params.cuh fixes (kMaxRowWarps), which does not depend on
@@ -295,27 +295,46 @@ __device__ __forceinline__ void storeNormalized(const NormParams& n, size_t at, 
   static_cast<uint2*>(n.out)[at] = make_uint2(packed[0], packed[1]);
 }
 
+// The inverse RMS of a row once every thread of the row holds each of its vectors' squares: the
+// same bits on every thread. False on every thread if any thread of the row failed to gather its
+// part.
+__device__ __forceinline__ bool rowInverseRms(const NormParams& n,
+                                              const float (&squares)[kMaxRowVectors], bool ok,
+                                              RowNorm* state, float* inverseRms) {
+  float total = 0.0f;
+  if (!rowSum(squares, n.hiddenVectors, ok, state, &total)) return false;
+  const float meanSquare = __fmul_rn(total, state->inverseHidden);
+  *inverseRms = rsqrtf(__fadd_rn(meanSquare, n.eps));
+  return true;
+}
+
+// Stores this thread's part of row `row`: the new residual (`kept`) and the normalised output.
+// `weights` is the weight row (in global or shared memory).
+template <typename T>
+__device__ __forceinline__ void storeRow(const NormParams& n, size_t row, const uint4* weights,
+                                         const uint4 (&kept)[kMaxRowVectors], float inverseRms,
+                                         const RowNorm& state) {
+#pragma unroll
+  for (int k = 0; k < kMaxRowVectors; ++k) {
+    const uint32_t v = state.lane.vector(k);
+    if (v >= n.hiddenVectors) continue;
+    const size_t at = row * n.hiddenVectors + v;
+    static_cast<uint4*>(n.residualOut)[at] = kept[k];
+    storeNormalized<T>(n, at, weights[v], kept[k], inverseRms, state.scaleInv);
+  }
+}
+
 // Ends row `row` once every thread of the row holds its part of the new residual in `kept` and
-// each vector's squares: stores the residual and the normalised output. `weights` is the weight
-// row (in global or shared memory). False on every thread, with nothing stored, if any thread of
-// the row failed to gather its part.
+// each vector's squares: stores the residual and the normalised output. False on every thread,
+// with nothing stored, if any thread of the row failed to gather its part.
 template <typename T>
 __device__ __forceinline__ bool finishRow(const NormParams& n, size_t row, const uint4* weights,
                                           const uint4 (&kept)[kMaxRowVectors],
                                           const float (&squares)[kMaxRowVectors], bool ok,
                                           RowNorm* state) {
-  float total = 0.0f;
-  if (!rowSum(squares, n.hiddenVectors, ok, state, &total)) return false;
-  const float meanSquare = __fmul_rn(total, state->inverseHidden);
-  const float inverseRms = rsqrtf(__fadd_rn(meanSquare, n.eps));
-#pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
-    const uint32_t v = state->lane.vector(k);
-    if (v >= n.hiddenVectors) continue;
-    const size_t at = row * n.hiddenVectors + v;
-    static_cast<uint4*>(n.residualOut)[at] = kept[k];
-    storeNormalized<T>(n, at, weights[v], kept[k], inverseRms, state->scaleInv);
-  }
+  float inverseRms = 0.0f;
+  if (!rowInverseRms(n, squares, ok, state, &inverseRms)) return false;
+  storeRow<T>(n, row, weights, kept, inverseRms, *state);
   return true;
 }
 

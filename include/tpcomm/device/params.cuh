@@ -225,6 +225,7 @@ TPCOMM_PARAMS_HOST_DEVICE constexpr int rowClusterThreads(uint32_t hiddenVectors
   return rowThreads((hiddenVectors + static_cast<uint32_t>(blocks) - 1) /
                     static_cast<uint32_t>(blocks));
 }
+
 static_assert(rowBlocks(1024) == 8 && rowClusterThreads(1024, 8) == 128 && rowBlocks(640) == 5 &&
                   rowClusterThreads(640, 5) == 128 && rowBlocks(896) == 7 && rowBlocks(2048) == 8 &&
                   rowClusterThreads(2048, 8) == 256 && rowBlocks(1000) == 8 &&
@@ -234,6 +235,14 @@ static_assert(rowBlocks(1024) == 8 && rowClusterThreads(1024, 8) == 128 && rowBl
                   rowClusterThreads(1024, 2) == 512 && rowClusterThreads(2048, 2) == 512 &&
                   rowClusterThreads(640, 3) == 224,
               "rows over clusters of about kPushVectorsPerBlock vectors a block at most");
+
+// The vectors of each slot a fused push two-shot launch of `rows` rows of `hiddenVectors` vectors
+// uses (after kSlotDataVector): a slice's rows, then a vector a row for the row's inverse RMS.
+TPCOMM_PARAMS_HOST_DEVICE constexpr size_t twoShotNormSlotVectors(size_t rows, int nranks,
+                                                                  size_t hiddenVectors) {
+  return (rows + static_cast<size_t>(nranks) - 1) / static_cast<size_t>(nranks) *
+         (hiddenVectors + 1);
+}
 
 struct NormParams {
   const void* residualIn;

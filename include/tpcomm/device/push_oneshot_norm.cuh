@@ -33,8 +33,9 @@ __host__ __device__ constexpr int rowBatch() {
 
 // Gathers this thread's part of a row (vectors `first` + lane.vector(k) of it, `first` being the
 // row's first vector in the slots, `inputFirst` in the input) from every rank and adds the
-// residual. False once a wait failed.
-template <typename T, int kRanks>
+// residual. False once a wait failed. kSkipEmpty: batches that hold none of the thread's vectors
+// are left out (a thread of a row over a cluster holds one vector, the first batch's).
+template <typename T, int kRanks, bool kSkipEmpty = false>
 __device__ __forceinline__ bool gatherRow(
     const PushParams& p, const PushRound& round, const NormParams& n, RowLane lane, size_t first,
     size_t inputFirst, const uint4 (&residual)[kMaxRowVectors], int algorithm, Patience* patience,
@@ -43,6 +44,7 @@ __device__ __forceinline__ bool gatherRow(
   static_assert(kMaxRowVectors % kBatch == 0, "whole batches per row");
 #pragma unroll
   for (int k0 = 0; k0 < kMaxRowVectors; k0 += kBatch) {
+    if (kSkipEmpty && lane.vector(k0) >= n.hiddenVectors) break;
     const size_t from = first + lane.vector(k0);
     uint4 in[kBatch][kRanks];
     if (!gatherRanks<T, kRanks, kBatch>(p, round, from, lane.threads, first + n.hiddenVectors,
