@@ -31,18 +31,19 @@ AlgorithmTable AlgorithmTable::defaults() {
       {4, 512 * KiB, Route::kPushOneShot}, {4, kAny, Route::kPushTwoShot},
       {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
   };
-  // The fused call, by tools/tune.py --fused on the same machines, graph, bf16. Two ranks switch
-  // where the all-reduce does: 128 rows of 8192 (2 MB) take 11.20 us one-shot against 12.42
-  // two-shot, 128 of 5120 (1.25 MB) 8.71 against 10.42; from 256 rows of 5120 (2.5 MB: 15.69
-  // against 12.72) two-shot wins. Four ranks keep one-shot a little further than the all-reduce,
-  // as a row's norm waits for two rounds over the link in two-shot: 64 rows of 5120 (640 KB) 9.63
-  // against 10.88, of 6144 10.81 against 11.49, of 7168 (896 KB) 12.20 against 12.35; at 1 MB
-  // two-shot wins or ties (rows of 2048 13.04 against 14.97, of 4096 12.09 against 13.38, of 8192
-  // 13.31 against 13.51). Eight ranks: not measured, the all-reduce's rows.
+  // The fused call, by tools/tune.py --fused on 4 x H200 (NVLink between every pair, graph,
+  // bf16), at four ranks and on two of the GPUs, since its two-shot kernel spreads few rows over
+  // clusters and sends each row's inverse RMS (us, one-shot against two-shot). Two ranks switch
+  // earlier than the all-reduce: 64 rows of 8192 (1 MB) 6.66 against 8.35, 128 of 5120 (1.25 MB)
+  // a tie, 8.73 against 8.76, 128 of 8192 (2 MB) 11.21 against 10.44; between 1.25 and 2 MB the
+  // two kernels' times, interpolated, cross at once. Four ranks switch at 640 KB: 64 rows of
+  // 5120 9.64 against 9.99, of 6144 (768 KB) 10.78 against 10.58, of 7168 (896 KB) 12.16 against
+  // 11.46; rows of 2048, 4096 and 8192 take one-shot to 512 KB and two-shot from 1 MB. Eight
+  // ranks: not measured, the all-reduce's rows.
   const std::vector<RouteRule> fused = {
-      {2, 2 * MiB, Route::kPushOneShot},   {2, kAny, Route::kPushTwoShot},
-      {4, 896 * KiB, Route::kPushOneShot}, {4, kAny, Route::kPushTwoShot},
-      {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
+      {2, 1280 * KiB, Route::kPushOneShot}, {2, kAny, Route::kPushTwoShot},
+      {4, 640 * KiB, Route::kPushOneShot},  {4, kAny, Route::kPushTwoShot},
+      {8, 256 * KiB, Route::kPushOneShot},  {8, kAny, Route::kPushTwoShot},
   };
   return AlgorithmTable{rules, rules, fused};
 }

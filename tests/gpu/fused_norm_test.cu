@@ -601,8 +601,8 @@ TEST(FusedNorm, OneRank) {
   }
 }
 
-// The route the call reports is the fused table's (one-shot to 2 MB on two ranks, two-shot above
-// at every size, NCCL or not); rows the call refuses get the call's errors.
+// The route the call reports is the fused table's (one-shot to 1.25 MB on two ranks, two-shot
+// above at every size, NCCL or not); rows the call refuses get the call's errors.
 TEST(FusedNorm, ReportsItsAlgorithm) {
   SKIP_WITHOUT_GPU();
   Ranks ranks(2);
@@ -615,8 +615,9 @@ TEST(FusedNorm, ReportsItsAlgorithm) {
     return algo;
   };
   EXPECT_EQ(tpcAlgoPushOneShot, fused(1, 8192));
-  EXPECT_EQ(tpcAlgoPushOneShot, fused(128, 8192));
-  EXPECT_EQ(tpcAlgoPushTwoShot, fused(129, 8192));
+  EXPECT_EQ(tpcAlgoPushOneShot, fused(128, 5120));
+  EXPECT_EQ(tpcAlgoPushTwoShot, fused(129, 5120));
+  EXPECT_EQ(tpcAlgoPushTwoShot, fused(128, 8192));
   EXPECT_EQ(tpcAlgoPushTwoShot, fused(size_t{1} << 20, 8192));
 
   tpcAlgorithm_t algo = tpcAlgoAuto;

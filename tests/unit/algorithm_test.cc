@@ -50,13 +50,14 @@ TEST(AlgorithmTable, DefaultCrossoversByWorldSize) {
 TEST(AlgorithmTable, TheFusedCallSwitchesWhereItWasMeasured) {
   const RoutePolicy p = withNccl(true);
   EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 16 * KiB));
-  EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 2 * MiB)) << "128 rows of 8192";
-  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 2 * MiB + 1));
+  EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, 2, 1280 * KiB)) << "128 rows of 5120";
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 1280 * KiB + 1));
+  EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 2 * MiB)) << "128 rows of 8192";
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, 2, 256 * MiB));
   EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(withNccl(false), 2, 256 * MiB));
   for (int n : {3, 4}) {
     EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, n, 640 * KiB)) << n << ": 64 rows of 5120";
-    EXPECT_EQ(Route::kPushOneShot, addRmsNormRoute(p, n, 896 * KiB)) << n << ": 64 rows of 7168";
+    EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, n, 768 * KiB)) << n << ": 64 rows of 6144";
     EXPECT_EQ(Route::kPushTwoShot, addRmsNormRoute(p, n, 1 * MiB)) << n << ": 64 rows of 8192";
   }
   // Elsewhere the fused call switches where the all-reduce does.
