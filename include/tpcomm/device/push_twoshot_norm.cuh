@@ -91,8 +91,8 @@ struct RowSlices {
 
 // Vectors of the other slices' rows a thread sends, and later gathers, at once. Two from three
 // ranks on: with four, the kernel spilled more, and rows over clusters took longer (4 H200s, graph,
-// bf16, medians of two runs, us, four against two: 64 rows of 8192 12.80 / 11.94, 256 rows 25.75 /
-// 24.90, 128 rows of 5120 12.77 / 12.56; 128 rows of 8192 15.65 / 15.80).
+// bf16, medians of two runs, us, four against two: 64 rows of 8192 12.80 / 11.93, 256 rows 25.74 /
+// 24.91, 128 rows of 5120 12.77 / 12.56; 128 rows of 8192 15.64 / 15.79).
 template <int kRanks>
 __host__ __device__ constexpr int otherBatch() {
   return kRanks <= 2 ? 4 : 2;
@@ -112,7 +112,7 @@ __device__ __forceinline__ uint4* inverseRmsSlot(const PushParams& p, const Push
 // otherBatch at a time: a group sending its rows one after the other (three at 64 rows of 8192 at
 // four ranks) waited for each row's loads in turn, and so did a group normalising them. Otherwise
 // group g takes rows g, g + groups, ... whole, as they arrive: walked by the grid too, 512 rows of
-// 8192 at four ranks took 46.9 -> 47.9 us against the kernel before, where a block a row took
+// 8192 at four ranks took 47.0 -> 47.9 us against the kernel before, where a block a row took
 // 46.7 -> 44.9 in another run, and 512 rows of 5120 at two ranks 21.4 -> 22.7 against 21.3 ->
 // 20.7 (4 H200s, graph, bf16, medians of three runs); presumably a thread's vectors from far-apart
 // rows wait for the last of them before it takes the next.
