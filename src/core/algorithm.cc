@@ -32,14 +32,14 @@ AlgorithmTable AlgorithmTable::defaults() {
       {8, 256 * KiB, Route::kPushOneShot}, {8, kAny, Route::kPushTwoShot},
   };
   // The fused call, by tools/tune.py --fused on 4 x H200 (NVLink between every pair, graph,
-  // bf16), at four ranks and on two of the GPUs, since its two-shot kernel spreads few rows over
-  // clusters and sends each row's inverse RMS (us, one-shot against two-shot). Two ranks switch
-  // earlier than the all-reduce: 64 rows of 8192 (1 MB) 6.66 against 8.35, 128 of 5120 (1.25 MB)
-  // a tie, 8.73 against 8.76, 128 of 8192 (2 MB) 11.21 against 10.44; between 1.25 and 2 MB the
-  // two kernels' times, interpolated, cross at once. Four ranks switch at 640 KB: 64 rows of
-  // 5120 9.64 against 9.99, of 6144 (768 KB) 10.78 against 10.58, of 7168 (896 KB) 12.16 against
-  // 11.46; rows of 2048, 4096 and 8192 take one-shot to 512 KB and two-shot from 1 MB. Eight
-  // ranks: not measured, the all-reduce's rows.
+  // bf16), at four ranks and on two of the GPUs, with the two-shot kernel that spreads few rows
+  // over clusters and sends each row's inverse RMS (us, one-shot against two-shot). Two ranks
+  // switch earlier than the all-reduce: 64 rows of 8192 (1 MB) 6.66 against 8.35, 128 of 5120
+  // (1.25 MB) a tie, 8.73 against 8.76, 128 of 8192 (2 MB) 11.21 against 10.44; on a pair of
+  // H200s 128 rows of 6144 (1.5 MB) 9.50 against 9.34, of 7168 10.42 against 9.85. Four ranks
+  // switch at 640 KB: 64 rows of 5120 9.64 against 9.99, of 6144 (768 KB) 10.78 against 10.58, of
+  // 7168 (896 KB) 12.16 against 11.46; rows of 2048, 4096 and 8192 take one-shot to 512 KB and
+  // two-shot from 1 MB. Eight ranks: not measured, the all-reduce's rows.
   const std::vector<RouteRule> fused = {
       {2, 1280 * KiB, Route::kPushOneShot}, {2, kAny, Route::kPushTwoShot},
       {4, 640 * KiB, Route::kPushOneShot},  {4, kAny, Route::kPushTwoShot},
