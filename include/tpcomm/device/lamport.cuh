@@ -87,7 +87,8 @@ __device__ __forceinline__ bool awaitAllFullFrom(uint4 (&v)[kN], Address address
 template <int kN, typename Address>
 __device__ __forceinline__ bool awaitAllFull(uint4 (&v)[kN], Address address, int peer,
                                              Patience* patience) {
-  return awaitAllFullFrom(v, address, [peer](int) { return peer; }, patience);
+  return awaitAllFullFrom(
+      v, address, [peer](int) { return peer; }, patience);
 }
 
 // The rank k places after this one in the ring of ranks (0 < k < nranks).

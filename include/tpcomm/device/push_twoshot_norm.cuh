@@ -191,8 +191,8 @@ __device__ __forceinline__ bool normaliseOtherRows(const FusedParams& p, const P
         from[u] = from[kBatch + u] = nullptr;
         if (i >= otherVectors) continue;
         const typename RowSlices<kRanks>::Vector o = slices.otherVector(i, hv);
-        from[u] = slotData(p, round, p.rank, gatherBase + peerSlot(o.owner, p.rank),
-                           o.local * hv + o.v);
+        from[u] =
+            slotData(p, round, p.rank, gatherBase + peerSlot(o.owner, p.rank), o.local * hv + o.v);
         from[kBatch + u] = inverseRmsSlot(p, round, p.rank, o.owner, sliceVectors, o.local);
         owners[u] = o.owner;
         outAt[u] = o.row * hv + o.v;
@@ -296,8 +296,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     RowPrefetch prefetch;
     prefetch.loadResidual(n, lane, row);
     ok = ok && gatherRow<T, kRanks, true>(p, round, n, lane, j * hv, row * hv, prefetch.residual,
-                                          kPushTwoShotNorm, &patience, &tagsChecked, kept,
-                                          squares);
+                                          kPushTwoShotNorm, &patience, &tagsChecked, kept, squares);
     if (ok) {
 #pragma unroll
       for (int k = 0; k < kMaxRowVectors; ++k) {
