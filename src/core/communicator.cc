@@ -551,7 +551,8 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, 
   // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank,
   // each with a vector for its inverse RMS (two-shot).
   const size_t rowsPerSlot =
-      (region.slotVectors - device::kSlotDataVector) / (hiddenVectors + (twoShot ? 1 : 0));
+      (region.slotVectors - device::kSlotDataVector) /
+      (twoShot ? device::twoShotNormRowVectors(hiddenVectors) : hiddenVectors);
   const size_t mostRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
   if (mostRows == 0) {
     return fail(tpcInvalidUsage,

@@ -236,12 +236,18 @@ static_assert(rowBlocks(1024) == 8 && rowClusterThreads(1024, 8) == 128 && rowBl
                   rowClusterThreads(640, 3) == 224,
               "rows over clusters of about kPushVectorsPerBlock vectors a block at most");
 
+// The vectors a row takes in each slot of a fused push two-shot launch: its own, then one for its
+// inverse RMS (after the slice's rows).
+TPCOMM_PARAMS_HOST_DEVICE constexpr size_t twoShotNormRowVectors(size_t hiddenVectors) {
+  return hiddenVectors + 1;
+}
+
 // The vectors of each slot a fused push two-shot launch of `rows` rows of `hiddenVectors` vectors
-// uses (after kSlotDataVector): a slice's rows, then a vector a row for the row's inverse RMS.
+// uses (after kSlotDataVector): a slice's rows, each as twoShotNormRowVectors says.
 TPCOMM_PARAMS_HOST_DEVICE constexpr size_t twoShotNormSlotVectors(size_t rows, int nranks,
                                                                   size_t hiddenVectors) {
   return (rows + static_cast<size_t>(nranks) - 1) / static_cast<size_t>(nranks) *
-         (hiddenVectors + 1);
+         twoShotNormRowVectors(hiddenVectors);
 }
 
 struct NormParams {
