@@ -6,6 +6,8 @@
 #include <cuda_fp8.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -225,10 +227,16 @@ std::vector<uint8_t> referenceResidual(const Call& c, const std::vector<uint8_t>
   return next;
 }
 
+bool allPoison(const uint8_t* p, size_t n) {
+  return std::all_of(p, p + n, [](uint8_t b) { return b == 0xff; });
+}
+
 // Compares rank 0's results with the reference from `expectedResidual`, then every rank's bits
-// with rank 0's. Returns a description of the first few mismatches ("" when none).
-std::string verify(const Call& c, const Results& got,
-                   const std::vector<uint8_t>& expectedResidual) {
+// with rank 0's. Returns a description of the first few mismatches ("" when none). With
+// `untouchedRows`, rows whose new residual and output both still hold upload()'s poison are
+// counted there instead of checked (a call that failed may leave rows unwritten, never wrong).
+std::string verify(const Call& c, const Results& got, const std::vector<uint8_t>& expectedResidual,
+                   size_t* untouchedRows = nullptr) {
   std::string errors;
   int reported = 0;
   auto report = [&](const std::string& what) {
@@ -236,7 +244,13 @@ std::string verify(const Call& c, const Results& got,
   };
   const size_t h = c.shape.hidden;
   const size_t outSize = sizeOf(c.outType);
+  if (untouchedRows != nullptr) *untouchedRows = 0;
   for (size_t row = 0; row < c.shape.rows; ++row) {
+    if (untouchedRows != nullptr && allPoison(&got.residual[0][2 * row * h], 2 * h) &&
+        allPoison(&got.out[0][outSize * row * h], outSize * h)) {
+      ++*untouchedRows;
+      continue;
+    }
     double squares = 0.0;
     for (size_t j = 0; j < h; ++j) {
       const size_t i = row * h + j;
@@ -534,59 +548,165 @@ TEST(FusedNorm, InterleavesWithAllReduces) {
   }
 }
 
-// A rank that never makes its call: the other's fused kernel gives up after the timeout and names
-// it. Ranks that make different calls fail instead of mixing them: 4 rows, spread over clusters,
-// whose tags one thread checks at two ranks, and 128 rows, a block a row, whose tags every thread
-// checks.
-TEST(FusedNorm, WaitsAreBoundedAndCallsChecked) {
-  SKIP_WITHOUT_GPU();
-  for (const auto& [rows, mismatch] :
-       {std::pair{4, false}, std::pair{4, true}, std::pair{128, true}}) {
-    SCOPED_TRACE(std::to_string(rows) + (mismatch ? " rows, another call" : " rows, no call"));
-    tpcConfig_t config = TPC_CONFIG_INITIALIZER;
-    config.timeoutMs = 1000;
-    config.algorithm = tpcAlgoPushOneShot;
-    Ranks ranks(2, config);
-    ASSERT_TRUE(ranks.ok()) << ranks.message;
+// Failure in each fused kernel, with its rows over clusters of blocks (4 rows of 4096) and with a
+// block or a group of blocks a row (128 rows one-shot, 1024 two-shot; two-shot spreads a slice's
+// rows over clusters only while the grid holds a cluster for each).
+class FusedNormFailure : public ::testing::TestWithParam<std::tuple<tpcAlgorithm_t, size_t>> {
+ protected:
+  void SetUp() override {
+    if (gpuCount() == 0) GTEST_SKIP() << "no CUDA device";
+    algorithm_ = std::get<0>(GetParam());
+    rows_ = std::get<1>(GetParam());
+  }
+
+  // A call of this test's shape whose outputs, residual included, upload() poisons.
+  Call call(const Ranks& ranks, uint32_t seed) const {
     Call c;
-    c.shape = {static_cast<size_t>(rows), 4096};
-    fillHost(&c, 2, 3);
+    c.shape = {rows_, 4096};
+    c.inPlaceResidual = false;
+    fillHost(&c, ranks.size(), seed);
     allocate(&c, ranks);
     upload(c, ranks);
-    ranks.use(0);
-    ASSERT_EQ(tpcSuccess, tpcAllReduceAddRmsNorm(
-                              c.dInput[0].get(), c.dResidualIn[0].get(), c.dResidualIn[0].get(),
-                              c.dWeight[0].get(), c.dOut[0].get(), rows, 4096, c.eps, c.type,
-                              c.outType, nullptr, ranks.comms[0], ranks.streams[0]));
-    if (mismatch) {
-      // The same bytes as a plain all-reduce: only the tags tell them apart.
-      ranks.use(1);
-      ASSERT_EQ(tpcSuccess, tpcAllReduce(c.dInput[1].get(), c.dOut[1].get(), rows * 4096,
-                                         tpcBfloat16, tpcSum, ranks.comms[1], ranks.streams[1]));
-    }
-    ranks.syncAll();
-    tpcResult_t async = tpcSuccess;
-    ASSERT_EQ(tpcSuccess, tpcCommGetAsyncError(ranks.comms[0], &async));
-    const std::string text = tpcCommGetLastError(ranks.comms[0]);
-    if (mismatch) {
-      // Whichever rank compares the tags first fails with the mismatch; the other may see it
-      // fail first and stop naming it.
-      bool seen = false;
-      for (int r = 0; r < 2; ++r) {
-        tpcResult_t result = tpcSuccess;
-        ASSERT_EQ(tpcSuccess, tpcCommGetAsyncError(ranks.comms[r], &result));
-        const std::string said = tpcCommGetLastError(ranks.comms[r]);
-        EXPECT_TRUE(result == tpcInvalidUsage || result == tpcRemoteError) << said;
-        seen = seen || (result == tpcInvalidUsage && said.find("different call") != said.npos);
-      }
-      EXPECT_TRUE(seen) << "no rank reported the different calls";
-    } else {
-      EXPECT_EQ(tpcTimeout, async) << text;
-      EXPECT_NE(std::string::npos, text.find("waiting for rank 1")) << text;
-      EXPECT_NE(std::string::npos, text.find("fused with RMSNorm")) << text;
-    }
+    return c;
+  }
+
+  static tpcResult_t callOn(const Call& c, const Ranks& ranks, int r) {
+    ranks.use(r);
+    return tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
+                                  c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
+                                  c.eps, c.type, c.outType, c.dScale[r].get<float>(),
+                                  ranks.comms[r], ranks.streams[r]);
+  }
+
+  static tpcResult_t asyncError(const Ranks& ranks, int r, std::string* message) {
+    tpcResult_t async = tpcInternalError;
+    EXPECT_EQ(tpcSuccess, tpcCommGetAsyncError(ranks.comms[r], &async));
+    *message = tpcCommGetLastError(ranks.comms[r]);
+    return async;
+  }
+
+  // Rank r's results alone, as verify() reads them.
+  static Results resultsOf(const Call& c, const Ranks& ranks, int r) {
+    const Results all = download(c, ranks);
+    return Results{{all.residual[r]}, {all.out[r]}};
+  }
+
+  std::string kernelName() const {
+    return algorithm_ == tpcAlgoPushOneShot ? "push one-shot (fused with RMSNorm)"
+                                            : "push two-shot (fused with RMSNorm)";
+  }
+
+  static constexpr int kTimeoutMs = 300;
+  // The kernel notices the timeout within a poll check; the rest is launch and sync latency.
+  static constexpr std::chrono::seconds kSlack{3};
+
+  tpcAlgorithm_t algorithm_ = tpcAlgoAuto;
+  size_t rows_ = 0;
+};
+
+// Rank 0 calls alone and fails in its timeout, naming rank 1 and the kernel; it refuses further
+// calls, and a graph it captured before the failure runs without waiting for anyone and writes
+// nothing. Rank 1 arrives late for the same call and the same graph: it either finishes rows right
+// (rank 0's data had arrived) or leaves them unwritten, and fails naming rank 0 without waiting
+// out its own timeout.
+TEST_P(FusedNormFailure, ARankThatNeverCallsIsNamedAndItsGraphsDoNothing) {
+  tpcConfig_t config = configFor(algorithm_);
+  config.timeoutMs = kTimeoutMs;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const Call eager = call(ranks, 3);
+  const Call replayed = call(ranks, 4);
+  std::vector<cudaGraphExec_t> exec(2, nullptr);
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(ranks.streams[r], cudaStreamCaptureModeThreadLocal));
+    const tpcResult_t captured = callOn(replayed, ranks, r);
+    CUDA_OK(cudaStreamEndCapture(ranks.streams[r], &graph));
+    ASSERT_EQ(tpcSuccess, captured) << tpcCommGetLastError(ranks.comms[r]);
+    CUDA_OK(cudaGraphInstantiate(&exec[r], graph, 0));
+    CUDA_OK(cudaGraphDestroy(graph));
+  }
+
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(tpcSuccess, callOn(eager, ranks, 0));
+  CUDA_OK(cudaStreamSynchronize(ranks.streams[0]));
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(elapsed, std::chrono::milliseconds(kTimeoutMs * 9 / 10)) << "ended before its timeout";
+  EXPECT_LT(elapsed, std::chrono::milliseconds(kTimeoutMs) + kSlack);
+  std::string message;
+  EXPECT_EQ(tpcTimeout, asyncError(ranks, 0, &message));
+  for (const std::string& part : {std::string("rank 0"), std::string("waiting for rank 1"),
+                                  kernelName(), std::string("timed out")}) {
+    EXPECT_NE(std::string::npos, message.find(part)) << message;
+  }
+  const std::vector<uint8_t> eagerResidual = referenceResidual(eager, eager.residual);
+  size_t untouched = 0;
+  EXPECT_EQ("", verify(eager, resultsOf(eager, ranks, 0), eagerResidual, &untouched))
+      << "the call that timed out";
+  EXPECT_EQ(tpcTimeout, callOn(eager, ranks, 0)) << "a failed rank refuses further calls";
+
+  const auto replayStart = std::chrono::steady_clock::now();
+  CUDA_OK(cudaGraphLaunch(exec[0], ranks.streams[0]));
+  CUDA_OK(cudaStreamSynchronize(ranks.streams[0]));
+  EXPECT_LT(std::chrono::steady_clock::now() - replayStart, kSlack) << "the replay waited";
+  const std::vector<uint8_t> replayedResidual = referenceResidual(replayed, replayed.residual);
+  EXPECT_EQ("", verify(replayed, resultsOf(replayed, ranks, 0), replayedResidual, &untouched));
+  EXPECT_EQ(rows_, untouched) << "the failed rank's replay wrote rows";
+
+  const auto lateStart = std::chrono::steady_clock::now();
+  ASSERT_EQ(tpcSuccess, callOn(eager, ranks, 1));
+  CUDA_OK(cudaStreamSynchronize(ranks.streams[1]));
+  EXPECT_EQ("", verify(eager, resultsOf(eager, ranks, 1), eagerResidual, &untouched))
+      << "rank 1's late call";
+  ranks.use(1);
+  CUDA_OK(cudaGraphLaunch(exec[1], ranks.streams[1]));
+  CUDA_OK(cudaStreamSynchronize(ranks.streams[1]));
+  EXPECT_LT(std::chrono::steady_clock::now() - lateStart,
+            std::chrono::milliseconds(kTimeoutMs) + kSlack);
+  EXPECT_EQ(tpcRemoteError, asyncError(ranks, 1, &message));
+  EXPECT_NE(std::string::npos, message.find("rank 0 failed")) << message;
+  EXPECT_EQ("", verify(replayed, resultsOf(replayed, ranks, 1), replayedResidual, &untouched));
+  EXPECT_EQ(rows_, untouched) << "rank 1's replay found no data from rank 0 and wrote no row";
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaGraphExecDestroy(exec[r]));
   }
 }
+
+// Rank 1 makes a plain all-reduce of the same bytes where rank 0 makes the fused call: both fail
+// at once instead of mixing them, and at least one names the different call (the other may see it
+// fail first and name that instead).
+TEST_P(FusedNormFailure, AnotherCallOfTheSameBytesFailsBothRanks) {
+  Ranks ranks(2, configFor(algorithm_));
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const Call c = call(ranks, 5);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(tpcSuccess, callOn(c, ranks, 0));
+  ranks.use(1);
+  ASSERT_EQ(tpcSuccess, tpcAllReduce(c.dInput[1].get(), c.dOut[1].get(), c.elems(), tpcBfloat16,
+                                     tpcSum, ranks.comms[1], ranks.streams[1]));
+  CUDA_OK(ranks.syncAll());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kSlack) << "not the timeout";
+  bool named = false;
+  for (int r = 0; r < 2; ++r) {
+    std::string message;
+    const tpcResult_t result = asyncError(ranks, r, &message);
+    EXPECT_TRUE(result == tpcInvalidUsage || result == tpcRemoteError) << message;
+    named = named || (result == tpcInvalidUsage && message.find("different call") != message.npos);
+  }
+  EXPECT_TRUE(named) << "no rank reported the different calls";
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, FusedNormFailure,
+                         ::testing::Values(std::tuple{tpcAlgoPushOneShot, size_t{4}},
+                                           std::tuple{tpcAlgoPushOneShot, size_t{128}},
+                                           std::tuple{tpcAlgoPushTwoShot, size_t{4}},
+                                           std::tuple{tpcAlgoPushTwoShot, size_t{1024}}),
+                         [](const ::testing::TestParamInfo<FusedNormFailure::ParamType>& info) {
+                           return algorithmTestName(std::get<0>(info.param)) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "rows";
+                         });
 
 // One rank alone: the norm kernel over its own input.
 TEST(FusedNorm, OneRank) {
