@@ -154,6 +154,13 @@ __device__ __forceinline__ uint4* slotData(const PushParams& p, const PushRound&
   return slotVector(p, round, r, slot, kSlotDataVector + i);
 }
 
+// Data vector i of the all-gather slot that `owner` fills in rank r's buffer of a two-shot launch:
+// the reduce-scatter's nranks - 1 slots come first.
+__device__ __forceinline__ uint4* gatherSlotData(const PushParams& p, const PushRound& round, int r,
+                                                 int owner, size_t i) {
+  return slotData(p, round, r, p.nranks - 1 + peerSlot(owner, r), i);
+}
+
 // Block 0 leaves the call's tag in vector 0 of this rank's (first) slot in every peer's buffer.
 __device__ __forceinline__ void sendTags(const PushParams& p, const PushRound& round) {
   const int peer = static_cast<int>(threadIdx.x);

@@ -78,7 +78,7 @@ __device__ __forceinline__ void sendReducedBatch(const PushParams& p, const Push
     const uint4 sum = scrub<T>(asRaw(sumInRankOrder<T, kRanks>(in[u], p.nranks)));
     for (int k = 1; k < p.nranks; ++k) {
       const int peer = rankAfter(p, k);
-      *slotData(p, round, peer, p.nranks - 1 + peerSlot(p.rank, peer), i) = sum;
+      *gatherSlotData(p, round, peer, p.rank, i) = sum;
     }
     storeOutput(p.output, mine + i, p.count, p.outputAligned, asVec<T>(sum));
   }
@@ -94,7 +94,7 @@ __device__ __forceinline__ bool receiveReducedSlices(const PushParams& p, const 
     const int owner = rankAfter(p, k);
     const size_t begin = slices.begin(owner);
     const size_t length = slices.length(owner);
-    const uint4* reduced = slotData(p, round, p.rank, p.nranks - 1 + peerSlot(owner, p.rank), 0);
+    const uint4* reduced = gatherSlotData(p, round, p.rank, owner, 0);
     for (size_t at = s.first; at < length; at += s.step * kBatch) {
       auto address = [&](int u) -> const uint4* {
         const size_t i = at + u * s.step;

@@ -103,8 +103,7 @@ __host__ __device__ constexpr int otherBatch() {
 __device__ __forceinline__ uint4* inverseRmsSlot(const PushParams& p, const PushRound& round,
                                                  int receiver, int owner, size_t perRankVectors,
                                                  size_t local) {
-  return slotData(p, round, receiver, p.nranks - 1 + peerSlot(owner, receiver),
-                  perRankVectors + local);
+  return gatherSlotData(p, round, receiver, owner, perRankVectors + local);
 }
 
 // The reduce-scatter's sending half: every row of another slice to the rank that owns it. With
@@ -172,7 +171,6 @@ __device__ __forceinline__ bool normaliseOtherRows(const FusedParams& p, const P
                                                    Patience* patience) {
   const NormParams& n = p.norm;
   const uint32_t hv = n.hiddenVectors;
-  const int gatherBase = p.nranks - 1;
   const size_t sliceVectors = slices.perRank * hv;
   if constexpr (kWalkVectors) {
     constexpr int kBatch = otherBatch<kRanks>();
@@ -191,8 +189,7 @@ __device__ __forceinline__ bool normaliseOtherRows(const FusedParams& p, const P
         from[u] = from[kBatch + u] = nullptr;
         if (i >= otherVectors) continue;
         const typename RowSlices<kRanks>::Vector o = slices.otherVector(i, hv);
-        from[u] =
-            slotData(p, round, p.rank, gatherBase + peerSlot(o.owner, p.rank), o.local * hv + o.v);
+        from[u] = gatherSlotData(p, round, p.rank, o.owner, o.local * hv + o.v);
         from[kBatch + u] = inverseRmsSlot(p, round, p.rank, o.owner, sliceVectors, o.local);
         owners[u] = o.owner;
         outAt[u] = o.row * hv + o.v;
@@ -218,8 +215,7 @@ __device__ __forceinline__ bool normaliseOtherRows(const FusedParams& p, const P
       const size_t row = slices.otherRow(j);
       const int owner = slices.owner(row);
       const size_t local = row - owner * slices.perRank;
-      const uint4* from =
-          slotData(p, round, p.rank, gatherBase + peerSlot(owner, p.rank), local * hv);
+      const uint4* from = gatherSlotData(p, round, p.rank, owner, local * hv);
       const uint4* rms = inverseRmsSlot(p, round, p.rank, owner, sliceVectors, local);
       // got[k] is this thread's k-th vector of the row, got[kMaxRowVectors] the row's inverse RMS.
       uint4 got[kMaxRowVectors + 1] = {};
@@ -306,7 +302,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         kept[k] = scrub<T>(kept[k]);
         for (int i = 1; i < p.nranks; ++i) {
           const int peer = rankAfter(p, i);
-          *slotData(p, round, peer, p.nranks - 1 + peerSlot(p.rank, peer), j * hv + v) = kept[k];
+          *gatherSlotData(p, round, peer, p.rank, j * hv + v) = kept[k];
         }
       }
     }
