@@ -152,8 +152,8 @@ FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClust
 FusedShape fusedTwoShotShape(size_t rows, int nranks, uint32_t hiddenVectors,
                              const RowClusters& clusters, int cap) {
   const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
-  const size_t perRank = (rows + static_cast<size_t>(std::max(nranks, 1)) - 1) /
-                         static_cast<size_t>(std::max(nranks, 1));
+  const size_t ranks = static_cast<size_t>(std::max(nranks, 1));
+  const size_t perRank = (rows + ranks - 1) / ranks;
   for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
     const size_t cluster = static_cast<size_t>(c);
     const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
