@@ -154,6 +154,19 @@ __device__ __forceinline__ uint4* slotData(const PushParams& p, const PushRound&
   return slotVector(p, round, r, slot, kSlotDataVector + i);
 }
 
+// Data vector i of the slot this rank fills in rank `peer`'s buffer of this launch: push
+// one-shot's data, a two-shot launch's reduce-scatter share.
+__device__ __forceinline__ uint4* sentSlotData(const PushParams& p, const PushRound& round,
+                                               int peer, size_t i) {
+  return slotData(p, round, peer, peerSlot(p.rank, peer), i);
+}
+
+// Data vector i of the slot rank `sender` fills in this rank's buffer of this launch.
+__device__ __forceinline__ uint4* receivedSlotData(const PushParams& p, const PushRound& round,
+                                                   int sender, size_t i) {
+  return slotData(p, round, p.rank, peerSlot(sender, p.rank), i);
+}
+
 // Data vector i of the all-gather slot that `owner` fills in rank r's buffer of a two-shot launch:
 // the reduce-scatter's nranks - 1 slots come first.
 __device__ __forceinline__ uint4* gatherSlotData(const PushParams& p, const PushRound& round, int r,
@@ -299,9 +312,7 @@ __device__ __forceinline__ bool gatherRanks(const PushParams& p, const PushRound
   auto polled = [&](int u, int r) {
     return from + u * step < length && r < p.nranks && r != p.rank;
   };
-  auto slot = [&](int u, int r) {
-    return slotData(p, round, p.rank, peerSlot(r, p.rank), from + u * step);
-  };
+  auto slot = [&](int u, int r) { return receivedSlotData(p, round, r, from + u * step); };
   PeerTags<kRanks> tags;
   if (!*tagsChecked && from < length) {
     *tagsChecked = true;
@@ -359,7 +370,7 @@ __device__ __forceinline__ bool gatherTwoRanksStaggered(const PushParams& p, con
                                                         size_t i, Patience* patience,
                                                         uint4 (&in)[2]) {
   const int peer = 1 - p.rank;
-  const uint4* at = slotData(p, round, p.rank, peerSlot(peer, p.rank), i);
+  const uint4* at = receivedSlotData(p, round, peer, i);
   const long long issued = clock64();
   const uint4 own = scrub<T>(asRaw(loadInput<T>(p.input, i, p.count, p.inputAligned)));
   uint4 early = loadPolled(at);

@@ -33,7 +33,7 @@ __device__ __forceinline__ void pushBatchToPeers(const PushParams& p, const Push
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const size_t v = at + u * step;
-      if (v < nvec) *slotData(p, round, peer, peerSlot(p.rank, peer), v) = x[u];
+      if (v < nvec) *sentSlotData(p, round, peer, v) = x[u];
     }
   }
 }

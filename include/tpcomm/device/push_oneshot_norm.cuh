@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #pragma unroll
         for (int k = 0; k < kMaxRowVectors; ++k) {
           const size_t i = at + k * s.step;
-          if (i < nvec) *slotData(p, round, peer, peerSlot(p.rank, peer), i) = x[k];
+          if (i < nvec) *sentSlotData(p, round, peer, i) = x[k];
         }
       }
     }

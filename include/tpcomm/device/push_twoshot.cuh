@@ -57,7 +57,7 @@ __device__ __forceinline__ void scatterBatch(const PushParams& p, const PushRoun
 #pragma unroll
   for (int u = 0; u < kBatch; ++u) {
     const size_t i = at + u * step;
-    if (i < length) *slotData(p, round, owner, peerSlot(p.rank, owner), i) = x[u];
+    if (i < length) *sentSlotData(p, round, owner, i) = x[u];
   }
 }
 

@@ -133,7 +133,7 @@ __device__ __forceinline__ void sendOtherRows(const FusedParams& p, const PushRo
         if (i >= otherVectors) continue;
         const typename RowSlices<kRanks>::Vector o = slices.otherVector(i, hv);
         x[u] = scrub<T>(loadRowVector(p.input, o.row * hv + o.v));
-        to[u] = slotData(p, round, o.owner, peerSlot(p.rank, o.owner), o.local * hv + o.v);
+        to[u] = sentSlotData(p, round, o.owner, o.local * hv + o.v);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -154,7 +154,7 @@ __device__ __forceinline__ void sendOtherRows(const FusedParams& p, const PushRo
 #pragma unroll
       for (int k = 0; k < kMaxRowVectors; ++k) {
         const uint32_t v = lane.vector(k);
-        if (v < hv) *slotData(p, round, owner, peerSlot(p.rank, owner), local * hv + v) = x[k];
+        if (v < hv) *sentSlotData(p, round, owner, local * hv + v) = x[k];
       }
     }
   }
