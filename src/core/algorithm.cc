@@ -111,6 +111,17 @@ size_t phaseVectors(Route route, int nranks, size_t count, size_t elemBytes) {
   return twoShot ? (vectors + nranks - 1) / nranks : vectors;
 }
 
+// The largest cluster, of at most device::rowBlocks(hiddenVectors) blocks, of which `groups`
+// fit at once both in `clusters` and within `blockCap` blocks; 1 where none of 2 or more does.
+int largestRowCluster(size_t groups, uint32_t hiddenVectors, const RowClusters& clusters,
+                      size_t blockCap) {
+  for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
+    const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
+    if (groups <= held && groups * static_cast<size_t>(c) <= blockCap) return c;
+  }
+  return 1;
+}
+
 }  // namespace
 
 int gridBlocks(Route route, int nranks, size_t count, size_t elemBytes, int cap) {
@@ -133,15 +144,14 @@ LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBy
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
                              int cap) {
   const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
-  for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
+  const int c = largestRowCluster(rows, hiddenVectors, clusters, blockCap);
+  if (c > 1) {
     const size_t cluster = static_cast<size_t>(c);
     const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
-    if (rows <= held && rows * cluster <= blockCap) {
-      // Clusters beyond the last row only send, and empty the last launch's buffers.
-      const size_t groups = std::min(std::max(rows, (kPushMinBlocks + cluster - 1) / cluster),
-                                     std::min(held, blockCap / cluster));
-      return FusedShape{static_cast<int>(groups * cluster), c};
-    }
+    // Clusters beyond the last row only send, and empty the last launch's buffers.
+    const size_t groups = std::min(std::max(rows, (kPushMinBlocks + cluster - 1) / cluster),
+                                   std::min(held, blockCap / cluster));
+    return FusedShape{static_cast<int>(groups * cluster), c};
   }
   const size_t threads = static_cast<size_t>(device::rowThreads(hiddenVectors));
   const size_t senders = (rows * hiddenVectors + threads - 1) / threads;
@@ -154,13 +164,12 @@ FusedShape fusedTwoShotShape(size_t rows, int nranks, uint32_t hiddenVectors,
   const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
   const size_t ranks = static_cast<size_t>(std::max(nranks, 1));
   const size_t perRank = (rows + ranks - 1) / ranks;
-  for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
+  const int c = largestRowCluster(perRank, hiddenVectors, clusters, blockCap);
+  if (c > 1) {
     const size_t cluster = static_cast<size_t>(c);
     const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
-    if (perRank <= held && perRank * cluster <= blockCap) {
-      const size_t groups = std::min({rows, held, blockCap / cluster});
-      return FusedShape{static_cast<int>(groups * cluster), c};
-    }
+    const size_t groups = std::min({rows, held, blockCap / cluster});
+    return FusedShape{static_cast<int>(groups * cluster), c};
   }
   return FusedShape{static_cast<int>(std::clamp<size_t>(rows, 1, blockCap)), 1};
 }
