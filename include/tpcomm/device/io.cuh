@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <type_traits>
@@ -66,11 +67,48 @@ __device__ __forceinline__ uint4 asRaw(const Vec<T>& x) {
   return raw;
 }
 
+// a + b per element, rounded to T once, to nearest, ties to even: as raw words. kPacked: for 16-bit
+// types one packed instruction per pair, where the float32 sum takes a conversion per element each
+// way. The same bits, since float32 (24 bits) holds at least 2p + 2 bits of a p-bit type, so
+// rounding the sum to float32 first never changes how it rounds to T.
+template <typename T, bool kPacked = true>
+__device__ __forceinline__ uint4 addRounded(const uint4& a, const uint4& b) {
+  if constexpr (kPacked &&
+                (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value)) {
+    using Pair =
+        typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+    const uint32_t x[4] = {a.x, a.y, a.z, a.w};
+    const uint32_t y[4] = {b.x, b.y, b.z, b.w};
+    uint32_t sum[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      Pair p, q;
+      memcpy(&p, &x[k], sizeof(p));
+      memcpy(&q, &y[k], sizeof(q));
+      const Pair r = __hadd2_rn(p, q);
+      memcpy(&sum[k], &r, sizeof(r));
+    }
+    return make_uint4(sum[0], sum[1], sum[2], sum[3]);
+  } else {
+    const Vec<T> x = asVec<T>(a);
+    const Vec<T> y = asVec<T>(b);
+    float sum[Vec<T>::kElems];
+#pragma unroll
+    for (int e = 0; e < Vec<T>::kElems; ++e) {
+      sum[e] = __fadd_rn(toFloat(x.elem[e]), toFloat(y.elem[e]));
+    }
+    return asRaw(roundToVec<T>(sum));
+  }
+}
+
 // One vector of every rank (as raw words, which keep many loads in flight in few registers),
 // summed in rank order in float32. Every rank sums the same vectors in the same order, so every
-// rank gets the same bits.
-template <typename T, int kRanks>
+// rank gets the same bits. kPacked: as addRounded, for two ranks.
+template <typename T, int kRanks, bool kPacked = true>
 __device__ __forceinline__ Vec<T> sumInRankOrder(const uint4 (&in)[kRanks], int nranks) {
+  if constexpr (kRanks == 2 && kPacked) {
+    if (nranks == 2) return asVec<T>(addRounded<T>(in[0], in[1]));
+  }
   Accumulator<T> acc;
   acc.set(asVec<T>(in[0]));
 #pragma unroll

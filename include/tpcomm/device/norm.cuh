@@ -13,6 +13,7 @@
 #include <cooperative_groups.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdint.h>
 
 #include "tpcomm/device/io.cuh"
@@ -135,33 +136,41 @@ __device__ __forceinline__ float vectorSquares(const Vec<T>& v) {
 }
 
 // T(sum + residual) per element, as raw words; *squares is the sum of their squares (in float32,
-// in element order).
-template <typename T>
+// in element order). kPacked: as addRounded.
+template <typename T, bool kPacked = true>
 __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& residual,
                                              float* squares) {
-  const Vec<T> s = asVec<T>(sum);
-  const Vec<T> r = asVec<T>(residual);
-  float added[Vec<T>::kElems];
-#pragma unroll
-  for (int e = 0; e < Vec<T>::kElems; ++e) {
-    added[e] = __fadd_rn(toFloat(s.elem[e]), toFloat(r.elem[e]));
-  }
-  const Vec<T> out = roundToVec<T>(added);
-  *squares = vectorSquares(out);
-  return asRaw(out);
+  const uint4 out = addRounded<T, kPacked>(sum, residual);
+  *squares = vectorSquares(asVec<T>(out));
+  return out;
 }
 
 // Shared memory a row's warp sums meet in: two sets, by row parity. A warp writes a row's sums
 // only after its block passed the previous row's barrier (or arrival), which needs the sums of
 // that row from every warp, each stored after the warp read the sums of the row before: so no set
-// is overwritten while it is read. In a cluster each set has its arrival (RowBlocks).
-struct RowSums {
+// is overwritten while it is read. In a cluster each set has its arrival (RowBlocks). Aligned for
+// sumWarpSums, which reads four sums at a time.
+struct alignas(16) RowSums {
   float sums[2][kMaxRowWarps];
   uint64_t arrivals[2];
+
+  // Zeroes the sums beyond the warps of rows of `hiddenVectors` vectors, once for every row, where
+  // every thread adds them all (rowSum). The block's first warp writes them, and thread 0
+  // publishes them with the row's first arrival (or the block its first barrier): call before
+  // the first row, on every thread of the block.
+  __device__ __forceinline__ void zeroUnused(uint32_t hiddenVectors) {
+    if (threadIdx.x >= 32) return;
+    for (uint32_t w = (hiddenVectors + 31) / 32 + threadIdx.x; w < kMaxRowWarps; w += 32) {
+      sums[0][w] = 0.0f;
+      sums[1][w] = 0.0f;
+    }
+    __syncwarp();
+  }
 };
 
-// A warp sum no row has: marks a warp in which a thread failed to gather its part.
-constexpr float kFailedWarp = -1.0f;
+// A warp sum no row has: marks a warp in which a thread failed to gather its part. Any sum it
+// goes into is -inf or NaN, never a row's (>= 0 or NaN).
+constexpr float kFailedWarp = -INFINITY;
 
 // The state a group of threads keeps from row to row: where its threads sit in a row, the blocks
 // that hold it, where its warp sums meet, the output scale and the mean's factor.
@@ -208,16 +217,46 @@ __device__ __forceinline__ float warpButterflyPair(float a, float b) {
   return x;
 }
 
+// The sum of a row's warp sums, in the order of a butterfly over 32 lanes in which lane l starts
+// with sum l plus sum l + 32: pairs 32 apart, then 16, 8, 4, 2 and 1. Every thread adds them all
+// from shared memory (zero beyond the row's warps) instead of shuffling.
+__device__ __forceinline__ float sumWarpSums(const float* sums, uint32_t warps) {
+  static_assert(kMaxRowWarps == 64, "sums 32 apart, then a butterfly's 32");
+  const float4* at = reinterpret_cast<const float4*>(sums);
+  auto add = [](const float4& a, const float4& b) {
+    return make_float4(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y), __fadd_rn(a.z, b.z),
+                       __fadd_rn(a.w, b.w));
+  };
+  // All loads first, so that their latencies overlap.
+  float4 s[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) s[j] = at[j];
+  if (warps > 32) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] = add(s[j], at[j + 8]);
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) s[j] = add(s[j], s[j + 4]);
+  s[0] = add(s[0], s[2]);
+  s[1] = add(s[1], s[3]);
+  s[0] = add(s[0], s[1]);
+  // The four left: pairs 2 apart, then 1.
+  return __fadd_rn(__fadd_rn(s[0].x, s[0].z), __fadd_rn(s[0].y, s[0].w));
+}
+
 // The sum of a row's squares (`squares[k]` those of this thread's vector k), the same bits on
 // every thread: each warp's vectors in a butterfly (a butterfly gives every lane the same bits,
 // since each addition meets its mirror image), every warp sum stored where every block of the row
-// reads it, then lane l adds warp sums l and l + 32 and the lanes meet in a butterfly. False on
-// every thread if any thread's `ok` is false (its row is then left alone): its warp stores
-// kFailedWarp instead, which every thread of the row sees.
+// reads it, then lane l adds warp sums l and l + 32 and the lanes meet in a butterfly, or where
+// kEveryThreadAdds every thread adds them all itself (sumWarpSums: the same bits, in 32 more
+// registers, which only kernels that hold one vector a thread have to spare; the unused sums must
+// be zero, RowSums::zeroUnused). False on every thread if any thread's `ok` is false (its row is
+// then left alone): its warp stores kFailedWarp instead, which every thread of the row sees.
 //
 // In a cluster, each block waits for the bytes of the row's warp sums to arrive in its own shared
 // memory. A cluster barrier per row instead (its release orders all of a thread's earlier stores,
 // to the peers too) made one row of 8192 0.3 us slower, 4.5 against 4.2 us (2 H200s).
+template <bool kEveryThreadAdds>
 __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
                                        uint32_t hiddenVectors, bool ok, RowNorm* state,
                                        float* total) {
@@ -256,11 +295,18 @@ __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
   } else {
     RowBlocks::waitSums(arrival, phase);
   }
+  if constexpr (kEveryThreadAdds) {
+    *total = sumWarpSums(sums, warps);
+    // A failed warp makes the total -inf or NaN; only then are the sums looked at one by one.
+    if (*total >= 0.0f) return true;
+  }
   float low = lane < warps ? sums[lane] : 0.0f;
   const float high = lane + 32 < warps ? sums[lane + 32] : 0.0f;
   if (__any_sync(0xffffffffu, low < 0.0f || high < 0.0f)) return false;
-  if (lane + 32 < warps) low = __fadd_rn(low, high);
-  *total = warpButterfly(low);
+  if constexpr (!kEveryThreadAdds) {
+    if (lane + 32 < warps) low = __fadd_rn(low, high);
+    *total = warpButterfly(low);
+  }
   return true;
 }
 
@@ -297,12 +343,13 @@ __device__ __forceinline__ void storeNormalized(const NormParams& n, size_t at, 
 
 // The inverse RMS of a row once every thread of the row holds each of its vectors' squares: the
 // same bits on every thread. False on every thread if any thread of the row failed to gather its
-// part.
+// part. kEveryThreadAdds: as rowSum.
+template <bool kEveryThreadAdds = false>
 __device__ __forceinline__ bool rowInverseRms(const NormParams& n,
                                               const float (&squares)[kMaxRowVectors], bool ok,
                                               RowNorm* state, float* inverseRms) {
   float total = 0.0f;
-  if (!rowSum(squares, n.hiddenVectors, ok, state, &total)) return false;
+  if (!rowSum<kEveryThreadAdds>(squares, n.hiddenVectors, ok, state, &total)) return false;
   const float meanSquare = __fmul_rn(total, state->inverseHidden);
   *inverseRms = rsqrtf(__fadd_rn(meanSquare, n.eps));
   return true;
@@ -326,14 +373,15 @@ __device__ __forceinline__ void storeRow(const NormParams& n, size_t row, const 
 
 // Ends row `row` once every thread of the row holds its part of the new residual in `kept` and
 // each vector's squares: stores the residual and the normalised output. False on every thread,
-// with nothing stored, if any thread of the row failed to gather its part.
-template <typename T>
+// with nothing stored, if any thread of the row failed to gather its part. kEveryThreadAdds: as
+// rowSum.
+template <typename T, bool kEveryThreadAdds = false>
 __device__ __forceinline__ bool finishRow(const NormParams& n, size_t row, const uint4* weights,
                                           const uint4 (&kept)[kMaxRowVectors],
                                           const float (&squares)[kMaxRowVectors], bool ok,
                                           RowNorm* state) {
   float inverseRms = 0.0f;
-  if (!rowInverseRms(n, squares, ok, state, &inverseRms)) return false;
+  if (!rowInverseRms<kEveryThreadAdds>(n, squares, ok, state, &inverseRms)) return false;
   storeRow<T>(n, row, weights, kept, inverseRms, *state);
   return true;
 }

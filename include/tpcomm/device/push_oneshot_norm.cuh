@@ -34,8 +34,9 @@ __host__ __device__ constexpr int rowBatch() {
 // Gathers this thread's part of a row (vectors `first` + lane.vector(k) of it, `first` being the
 // row's first vector in the slots, `inputFirst` in the input) from every rank and adds the
 // residual. False once a wait failed. kSkipEmpty: batches that hold none of the thread's vectors
-// are left out (a thread of a row over a cluster holds one vector, the first batch's).
-template <typename T, int kRanks, bool kSkipEmpty = false>
+// are left out (a thread of a row over a cluster holds one vector, the first batch's). kPacked: as
+// addRounded.
+template <typename T, int kRanks, bool kSkipEmpty = false, bool kPacked = true>
 __device__ __forceinline__ bool gatherRow(
     const PushParams& p, const PushRound& round, const NormParams& n, RowLane lane, size_t first,
     size_t inputFirst, const uint4 (&residual)[kMaxRowVectors], int algorithm, Patience* patience,
@@ -54,8 +55,9 @@ __device__ __forceinline__ bool gatherRow(
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       if (lane.vector(k0 + u) >= n.hiddenVectors) continue;
-      kept[k0 + u] = addResidual<T>(asRaw(sumInRankOrder<T, kRanks>(in[u], p.nranks)),
-                                    residual[k0 + u], &squares[k0 + u]);
+      kept[k0 + u] =
+          addResidual<T, kPacked>(asRaw(sumInRankOrder<T, kRanks, kPacked>(in[u], p.nranks)),
+                                  residual[k0 + u], &squares[k0 + u]);
     }
   }
   return true;
@@ -174,6 +176,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     resetStale(p, round, p.nranks - 1);
   }
 
+  // Every thread adds the row's warp sums itself where a thread holds one vector: at eight ranks
+  // the 32 registers that takes would spill.
+  constexpr bool kEveryThreadAdds = kOneVector && kRanks <= 4;
+  if constexpr (kEveryThreadAdds) sums.zeroUnused(n.hiddenVectors);
   RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushOneShotNorm);
   // One thread checks the peers' tags where no thread holds more than one vector (kOneVector): at
@@ -190,11 +196,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       ok = ok && gatherRowVector<T, kRanks>(p, round, n, lane, row * hv, next.residual, &patience,
                                             &tagsChecked, kept, squares);
     } else {
-      ok = ok && gatherRow<T, kRanks>(p, round, n, lane, row * hv, row * hv, next.residual,
-                                      kPushOneShotNorm, &patience, &tagsChecked, kept, squares);
+      // Packed additions made the eight-rank kernel spill 16 B more.
+      ok = ok && gatherRow<T, kRanks, false, kRanks <= 4>(p, round, n, lane, row * hv, row * hv,
+                                                          next.residual, kPushOneShotNorm,
+                                                          &patience, &tagsChecked, kept, squares);
     }
     if (row == group) awaitWeights();
-    ok = finishRow<T>(n, row, weights, kept, squares, ok, &state);
+    ok = finishRow<T, kEveryThreadAdds>(n, row, weights, kept, squares, ok, &state);
     if (!ok) break;
   }
   if (tagsApart && ok && !tagsChecked) {
