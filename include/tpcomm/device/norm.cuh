@@ -154,7 +154,7 @@ struct alignas(16) RowSums {
   float sums[2][kMaxRowWarps];
   uint64_t arrivals[2];
 
-  // Zeroes the sums beyond the warps of rows of `hiddenVectors` vectors, once for every row, where
+  // Zeroes the sums beyond the warps of rows of `hiddenVectors` vectors, once for all rows, where
   // every thread adds them all (rowSum). The block's first warp writes them, and thread 0
   // publishes them with the row's first arrival (or the block its first barrier): call before
   // the first row, on every thread of the block.
