@@ -238,19 +238,27 @@ struct PeerTags {
   }
 };
 
-// Waits for every peer's tag in this rank's buffer and compares it with this rank's. False once a
-// wait or the comparison fails.
+// Waits for every peer's tag in this rank's buffer, once `tags` started loading them, and compares
+// each with this rank's. False once a wait or a comparison fails.
 template <int kRanks>
-__device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& round,
-                                          Patience* patience, int algorithm) {
-  PeerTags<kRanks> tags;
-  tags.start(p, round);
+__device__ __forceinline__ bool awaitTags(const PushParams& p, const PushRound& round,
+                                          PeerTags<kRanks>& tags, Patience* patience,
+                                          int algorithm) {
   for (;;) {
     int waitingFor = -1;
     if (!tags.poll(p, round, algorithm, &waitingFor)) return false;
     if (waitingFor < 0) return true;
     if (!patience->ok(waitingFor)) return false;
   }
+}
+
+// awaitTags from the first load on.
+template <int kRanks>
+__device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& round,
+                                          Patience* patience, int algorithm) {
+  PeerTags<kRanks> tags;
+  tags.start(p, round);
+  return awaitTags(p, round, tags, patience, algorithm);
 }
 
 // The thread that checks the peers' tags of a push one-shot launch whose tags are checked apart
