@@ -105,7 +105,9 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
       }
     }
   }
-  if (kTagsApart && ok && !tagsChecked) ok = checkTags<kRanks>(p, round, &patience, kPushOneShot);
+  if (kTagsApart && ok && !tagsChecked) {
+    ok = checkTagsApart<kRanks>(p, round, &patience, kPushOneShot);
+  }
   endRound(p, round, static_cast<uint32_t>(kSlotDataVector + nvec), ok);
 }
 

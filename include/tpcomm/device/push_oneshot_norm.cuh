@@ -224,8 +224,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if (!ok) break;
   }
   if (tagsApart && ok && !tagsChecked) {
-    if (!tagsStarted) tags.start(p, round);
-    ok = awaitTags(p, round, tags, &patience, kPushOneShotNorm);
+    ok = tagsStarted ? awaitTags(p, round, tags, &patience, kPushOneShotNorm)
+                     : checkTagsApart<kRanks>(p, round, &patience, kPushOneShotNorm);
   }
   endRound(p, round, static_cast<uint32_t>(kSlotDataVector + nvec), ok);
 }
