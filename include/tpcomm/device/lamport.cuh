@@ -259,9 +259,9 @@ constexpr long long kMaxStaggerCycles = 2048;
 // Until the vector at `at`, which rank `peer` stores, is no longer empty (*seen), polled as
 // gatherTwoRanksStaggered polls its vector: two loads in flight, the second about half a round
 // trip behind the first. False once the wait fails. gatherTwoRanksStaggered keeps its own copy of
-// this loop: calling this one instead (the same logic) changed the code ptxas emitted for push
-// one-shot, and on 2 H200s (graph, bf16, medians of three A/B runs) took 1 KB to 1 MB 0.02-0.14 us
-// longer and the fused one-shot kernel's 8 to 64 rows of 8192 0.07-0.16.
+// this loop: calling this one instead (the same logic) changed the code ptxas emitted around it,
+// and push one-shot took 512 B to 1 MB 0.02-0.14 us longer than with neither, the fused one-shot
+// kernel 8 to 64 rows of 8192 0.07-0.15 us (2 H200s, graph, bf16, medians of three A/B runs).
 __device__ __forceinline__ bool pollStaggered(const uint4* at, int peer, Patience* patience,
                                               uint4* seen) {
   const long long issued = clock64();
@@ -304,9 +304,9 @@ __device__ __forceinline__ bool checkTags(const PushParams& p, const PushRound& 
 // checkTags for the one thread that checks the tags apart (checksTags): at two ranks the peer's
 // tag is polled staggered, as the data is. 2 H200s, graph, bf16, medians of three A/B runs
 // against checkTags (us): push one-shot 8 B 2.24 -> 2.22, 4 KB 2.34 -> 2.30, 32 KB 2.72 -> 2.64,
-// 64 KB 2.94 -> 2.85, 256 KB 3.58 -> 3.52, 1 MB 5.96 -> 5.94; the fused one-shot kernel, rows of
-// 8192, 4 rows 3.32 -> 3.28, 1 and 2 rows the same. Where many threads check (fused two-shot)
-// staggered polls made 128 to 512 rows 0.03-0.1 us slower.
+// 64 KB 2.94 -> 2.85, 256 KB 3.58 -> 3.52, 1 MB 5.97 -> 5.94; the fused one-shot kernel, 4 rows
+// of 8192 3.32 -> 3.28, 8 rows of 5120 3.44 -> 3.38, 1 and 2 rows the same. Where many threads
+// check (fused two-shot) staggered polls made 128 to 512 rows 0.03-0.1 us slower.
 template <int kRanks>
 __device__ __forceinline__ bool checkTagsApart(const PushParams& p, const PushRound& round,
                                                Patience* patience, int algorithm) {
