@@ -174,18 +174,25 @@ __device__ __forceinline__ uint4* gatherSlotData(const PushParams& p, const Push
   return slotData(p, round, r, p.nranks - 1 + peerSlot(owner, r), i);
 }
 
-// Block 0 leaves the call's tag in vector 0 of this rank's (first) slot in every peer's buffer.
+// Where rank `sender` leaves the call's tag in rank r's buffer of this launch: vector 0 of the
+// (first) slot it fills there, whose data starts at kSlotDataVector.
+__device__ __forceinline__ uint4* tagVector(const PushParams& p, const PushRound& round, int r,
+                                            int sender) {
+  return slotVector(p, round, r, peerSlot(sender, r), 0);
+}
+
+// Block 0 leaves the call's tag in every peer's buffer.
 __device__ __forceinline__ void sendTags(const PushParams& p, const PushRound& round) {
   const int peer = static_cast<int>(threadIdx.x);
   if (blockIdx.x == 0 && peer < p.nranks && peer != p.rank) {
-    *slotVector(p, round, peer, peerSlot(p.rank, peer), 0) = round.tag;
+    *tagVector(p, round, peer, p.rank) = round.tag;
   }
 }
 
 // Where sender `sender` left its tag in this rank's buffer of this launch.
 __device__ __forceinline__ const uint4* tagFrom(const PushParams& p, const PushRound& round,
                                                 int sender) {
-  return slotVector(p, round, p.rank, peerSlot(sender, p.rank), 0);
+  return tagVector(p, round, p.rank, sender);
 }
 
 __device__ __forceinline__ bool sameTag(const uint4& a, const uint4& b) {
