@@ -267,8 +267,9 @@ constexpr long long kMaxStaggerCycles = 2048;
 // gatherTwoRanksStaggered polls its vector: two loads in flight, the second about half a round
 // trip behind the first. False once the wait fails. gatherTwoRanksStaggered keeps its own copy of
 // this loop: calling this one instead (the same logic) changed the code ptxas emitted around it,
-// and push one-shot took 512 B to 1 MB 0.02-0.14 us longer than with neither, the fused one-shot
-// kernel 8 to 64 rows of 8192 0.07-0.15 us (2 H200s, graph, bf16, medians of three A/B runs).
+// and push one-shot then took 512 B to 1 MB 0.02-0.14 us longer than before any tag was polled
+// staggered, the fused one-shot kernel 8 to 64 rows of 8192 0.07-0.15 us (2 H200s, graph, bf16,
+// medians of three A/B runs).
 __device__ __forceinline__ bool pollStaggered(const uint4* at, int peer, Patience* patience,
                                               uint4* seen) {
   const long long issued = clock64();
