@@ -176,9 +176,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     resetStale(p, round, p.nranks - 1);
   }
 
-  // Every thread adds the row's warp sums itself where a thread holds one vector: at eight ranks
-  // the 32 registers that takes would spill.
-  constexpr bool kEveryThreadAdds = kOneVector && kRanks <= 4;
+  // Every thread adds the row's warp sums itself where a thread holds one vector, at two ranks
+  // only. At eight ranks the 32 registers that takes would spill; at four the kernel took 128
+  // registers against 108, and lanes and a butterfly were faster (4 H200s, graph, bf16, medians of
+  // three A/B runs, us: rows of 8192, 1 row 4.12 -> 3.97, 2 rows 4.50 -> 4.30, 4 rows 4.52 ->
+  // 4.42, 8 rows 5.15 -> 5.06; rows of 5120, 1 row 4.13 -> 3.98, 2 rows 4.48 -> 4.27, 4 rows 4.57
+  // -> 4.33; from 16 rows within 0.05).
+  constexpr bool kEveryThreadAdds = kOneVector && kRanks == 2;
   if constexpr (kEveryThreadAdds) sums.zeroUnused(n.hiddenVectors);
   RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushOneShotNorm);
