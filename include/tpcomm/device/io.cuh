@@ -90,6 +90,8 @@ __device__ __forceinline__ uint4 addRounded(const uint4& a, const uint4& b) {
     }
     return make_uint4(sum[0], sum[1], sum[2], sum[3]);
   } else {
+    // Accumulator's operations, spelled out: through it ptxas scheduled the fused two-shot kernels
+    // otherwise, and 128 to 512 rows of 8192 took 0.04-0.1 us longer (4 H200s).
     const Vec<T> x = asVec<T>(a);
     const Vec<T> y = asVec<T>(b);
     float sum[Vec<T>::kElems];
