@@ -16,6 +16,20 @@
 
 TPCOMM_DEVICE_NAMESPACE_BEGIN
 
+// Whether a two-rank one-vector launch of `rows` rows is faster with every thread adding the warp
+// sums (pushOneShotAddRmsNorm's kEveryThreadAdds) than with a lane each and a butterfly: from 3 to
+// 16 rows. 2 H200s, graph, bf16, medians of three A/B runs (us, every thread adds against lanes and
+// a butterfly): rows of 8192, 1 row 3.12 against 2.98, 2 rows 3.15 against 3.11, 4 rows 3.27
+// against 3.40, 8 rows 3.57 against 3.59, 16 rows 4.03 against 4.02, 32 rows 4.97 against 4.91,
+// 64 rows 6.64 against 6.57; rows of 5120, 1 row 3.09 against 2.95, 2 rows 3.12 against 2.98, 4
+// rows 3.15 against 3.22, 8 rows 3.38 against 3.44, 16 rows 3.71 against 3.71, 32 rows 4.32
+// against 4.29, 64 rows 5.27 against 5.18. From 32 rows a block has 8 or 16 warps, each adding
+// every sum; at one and two rows the kernel (116 registers against 72) is presumably slower for
+// how ptxas schedules it as a whole, and why it wins at 4 and 8 rows is not known.
+__host__ __device__ constexpr bool everyThreadAddsRows(size_t rows) {
+  return rows >= 3 && rows <= 16;
+}
+
 // `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type. With `clusterBlocks` of
 // 2 or more (at most rowBlocks(hiddenVectors), dividing `blocks`), the kernel spreads each row over
 // a cluster of that many blocks; otherwise a block holds a row.
@@ -36,9 +50,12 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
     // At two ranks only rows over clusters (few rows) are measured faster polled staggered.
     const bool oneVector =
         oneVectorRows(hv, static_cast<uint32_t>(threads * cluster)) && (kRanks > 2 || cluster > 1);
-    return launchKernel(oneVector ? pushOneShotAddRmsNorm<T, kRanks, true>
-                                  : pushOneShotAddRmsNorm<T, kRanks, false>,
-                        p, blocks, dependent, stream, threads, cluster, completion);
+    constexpr bool kTwo = kRanks == 2;
+    const auto kernel = !oneVector ? pushOneShotAddRmsNorm<T, kRanks, false>
+                        : kTwo && everyThreadAddsRows(p.norm.rows)
+                            ? pushOneShotAddRmsNorm<T, kRanks, true, kTwo>
+                            : pushOneShotAddRmsNorm<T, kRanks, true>;
+    return launchKernel(kernel, p, blocks, dependent, stream, threads, cluster, completion);
   });
 }
 
@@ -56,6 +73,7 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, false>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
@@ -79,6 +97,7 @@ inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
   const void* kernels[] = {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, true>),

@@ -119,9 +119,18 @@ __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size
 // so that the code of launches with more vectors a thread stays as it was (with both ways in one
 // kernel, 128 rows of 5120 took 8.91 -> 9.05 us, 2 H100s; at four ranks 2 to 8 rows of 8192 took
 // 0.2-0.37 us longer, 4 H200s).
-template <typename T, int kRanks, bool kOneVector = false>
+//
+// kEveryThreadAdds: every thread adds a row's warp sums itself (rowSum), where a lane each and a
+// butterfly do otherwise; only where a thread holds one vector, at two ranks (everyThreadAddsRows
+// says when). At eight ranks the 32 registers that takes would spill; at four the kernel took 128
+// registers against 108 and was slower at every row count up to 32 (4 H200s, graph, bf16, medians
+// of three A/B runs, us: rows of 8192, 1 row 3.97 against 4.12, 2 rows 4.30 against 4.50, 4 rows
+// 4.42 against 4.52, 8 rows 5.06 against 5.15; rows of 5120, 1 row 3.98 against 4.13, 2 rows 4.27
+// against 4.48, 4 rows 4.33 against 4.57; from 16 rows within 0.05).
+template <typename T, int kRanks, bool kOneVector = false, bool kEveryThreadAdds = false>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAddRmsNorm(const __grid_constant__ FusedParams p) {
+  static_assert(!kEveryThreadAdds || (kOneVector && kRanks == 2), "see kEveryThreadAdds");
   __shared__ RowSums sums;
   __shared__ WeightRow weights;
   const unsigned blocks = RowBlocks::count();
@@ -176,13 +185,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     resetStale(p, round, p.nranks - 1);
   }
 
-  // Every thread adds the row's warp sums itself where a thread holds one vector, at two ranks
-  // only. At eight ranks the 32 registers that takes would spill; at four the kernel took 128
-  // registers against 108, and lanes and a butterfly were faster (4 H200s, graph, bf16, medians of
-  // three A/B runs, us: rows of 8192, 1 row 4.12 -> 3.97, 2 rows 4.50 -> 4.30, 4 rows 4.52 ->
-  // 4.42, 8 rows 5.15 -> 5.06; rows of 5120, 1 row 4.13 -> 3.98, 2 rows 4.48 -> 4.27, 4 rows 4.57
-  // -> 4.33; from 16 rows within 0.05).
-  constexpr bool kEveryThreadAdds = kOneVector && kRanks == 2;
   if constexpr (kEveryThreadAdds) sums.zeroUnused(n.hiddenVectors);
   RowNorm state(n, lane, sums);
   Patience patience(p, kPhasePushData, kPushOneShotNorm);
