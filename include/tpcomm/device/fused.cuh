@@ -24,8 +24,8 @@ TPCOMM_DEVICE_NAMESPACE_BEGIN
 // 64 rows 6.64 against 6.57; rows of 5120, 1 row 3.09 against 2.95, 2 rows 3.12 against 2.98, 4
 // rows 3.15 against 3.22, 8 rows 3.38 against 3.44, 16 rows 3.71 against 3.71, 32 rows 4.32
 // against 4.29, 64 rows 5.27 against 5.18. From 32 rows a block has 8 or 16 warps, each adding
-// every sum; at one and two rows the kernel (116 registers against 72) is presumably slower for
-// how ptxas schedules it as a whole, and why it wins at 4 and 8 rows is not known.
+// every sum. Why it loses at one and two rows is not known: not its registers (116 against 72), as
+// a build that adds only the first 32 sums (83) took the same times at one and two rows.
 __host__ __device__ constexpr bool everyThreadAddsRows(size_t rows) {
   return rows >= 3 && rows <= 16;
 }
