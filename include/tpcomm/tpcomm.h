@@ -201,8 +201,9 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
 /* The algorithm tpcAllReduceAddRmsNorm would use, eager or captured, for `rows` rows of `hidden`
  * elements of `datatype` on this communicator: tpcAlgoPushOneShot or tpcAlgoPushTwoShot (the fused
  * kernel), or tpcAlgoNccl (NCCL, then the norm kernel). Its one-shot kernel may take larger
- * messages than tpcAllReduce's. Rows the call refuses get the call's error (tpcNotSupported for
- * a type or hidden size it lacks). */
+ * messages than tpcAllReduce's; in place (normOut == sendbuff), rows that no one-shot grid sends
+ * from the threads that normalise them take the two-shot kernel instead. Rows the call refuses get
+ * the call's error (tpcNotSupported for a type or hidden size it lacks). */
 tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hidden,
                                           tpcDataType_t datatype, tpcAlgorithm_t* algorithm);
 
@@ -233,15 +234,19 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  * to one float32 in device memory (read by the kernel, so a graph sees its current value). `weight`
  * has `hidden` elements of T; residualIn, residualOut and sendbuff have rows x hidden of T, normOut
  * rows x hidden of O. In place: residualOut may be residualIn, and normOut may be sendbuff when O
- * is T; no other buffers may overlap. Every pointer must be 16-byte aligned and `hidden` a multiple
- * of 8 up to 16384 (tpcNotSupported otherwise; every model's hidden size is).
+ * is T; no other buffers may overlap (tpcInvalidArgument otherwise). Every pointer must be 16-byte
+ * aligned (tpcInvalidArgument otherwise) and `hidden` a multiple of 8 up to 16384 (tpcNotSupported
+ * otherwise; every model's hidden size is).
  *
  * Where tpcomm's kernels take the message, one kernel does it all (push one-shot for few rows,
  * push two-shot for many); elsewhere NCCL all-reduces and a norm kernel follows. Every rank gets
  * bitwise identical results, and the two ways differ only as their all-reduces do (the sign of a
  * zero sum; NCCL's summation order for more than two ranks). Ordered on `stream` and capturable,
  * like tpcAllReduce; with an FP8 output on a rank driven with others from one thread, NCCL's path
- * needs the rows to fit the staging buffer. rows == 0 does nothing. */
+ * needs the rows of all such calls in one group to fit the staging buffer together. Where a small
+ * pushBytes leaves a kernel's receive buffers no room for a row, NCCL carries the call, or else the
+ * other push kernel if its buffers hold a row (tpcInvalidUsage if neither does). rows == 0 does
+ * nothing. */
 tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn, void* residualOut,
                                    const void* weight, void* normOut, size_t rows, size_t hidden,
                                    float eps, tpcDataType_t datatype, tpcDataType_t normType,

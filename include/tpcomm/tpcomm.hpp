@@ -121,6 +121,7 @@ class Communicator {
   template <typename T>
   void allReduceAddRmsNorm(const T* input, T* residual, const T* weight, T* out, size_t rows,
                            size_t hidden, float eps, cudaStream_t stream) {
+    static_assert(sizeof(T) == 2, "the norm takes rows of __half or __nv_bfloat16");
     check(
         tpcAllReduceAddRmsNorm(input, residual, residual, weight, out, rows, hidden, eps,
                                DataTypeOf<T>::value, DataTypeOf<T>::value, nullptr, comm_, stream),
@@ -133,6 +134,7 @@ class Communicator {
   void allReduceAddRmsNorm(const T* input, T* residual, const T* weight, void* out,
                            tpcDataType_t outType, const float* scale, size_t rows, size_t hidden,
                            float eps, cudaStream_t stream) {
+    static_assert(sizeof(T) == 2, "the norm takes rows of __half or __nv_bfloat16");
     check(tpcAllReduceAddRmsNorm(input, residual, residual, weight, out, rows, hidden, eps,
                                  DataTypeOf<T>::value, outType, scale, comm_, stream),
           comm_);

@@ -378,6 +378,8 @@ class Communicator:
                 raise ValueError("scale must be one float32 element")
             self._check_device(sc)
             scale_ptr = sc.ptr
+        elif scale is not None:
+            raise ValueError("scale= goes with an FP8 out only; this out is x's type")
         code = _tpcomm.all_reduce_add_rmsnorm(handle, src.ptr, res.ptr, res_out.ptr, w.ptr,
                                               dst.ptr, src.count // hidden, hidden, float(eps),
                                               src.dtype, dst.dtype, scale_ptr,

@@ -113,10 +113,15 @@ size_t phaseVectors(Route route, int nranks, size_t count, size_t elemBytes) {
 
 // The largest cluster, of at most device::rowBlocks(hiddenVectors) blocks, of which `groups`
 // fit at once both in `clusters` and within `blockCap` blocks; 1 where none of 2 or more does.
+// `exact`: only clusters whose threads hold exactly a row's vectors.
 int largestRowCluster(size_t groups, uint32_t hiddenVectors, const RowClusters& clusters,
-                      size_t blockCap) {
+                      size_t blockCap, bool exact = false) {
   for (int c = device::rowBlocks(hiddenVectors); c > 1; --c) {
     const size_t held = static_cast<size_t>(std::max(clusters[c], 0));
+    if (exact &&
+        static_cast<uint32_t>(c * device::rowClusterThreads(hiddenVectors, c)) != hiddenVectors) {
+      continue;
+    }
     if (groups <= held && groups * static_cast<size_t>(c) <= blockCap) return c;
   }
   return 1;
@@ -142,9 +147,13 @@ LaunchShape pushLaunchShape(Route route, int nranks, size_t count, size_t elemBy
 }
 
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
-                             int cap) {
+                             int cap, bool inPlace) {
   const size_t blockCap = static_cast<size_t>(std::max(cap, 1));
-  const int c = largestRowCluster(rows, hiddenVectors, clusters, blockCap);
+  const int c = largestRowCluster(rows, hiddenVectors, clusters, blockCap, inPlace);
+  if (c == 1 && inPlace &&
+      static_cast<uint32_t>(device::rowThreads(hiddenVectors)) != hiddenVectors) {
+    return FusedShape{0, 0};
+  }
   if (c > 1) {
     const size_t cluster = static_cast<size_t>(c);
     const size_t held = static_cast<size_t>(std::max(clusters[c], 0));

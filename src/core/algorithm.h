@@ -105,8 +105,14 @@ struct FusedShape {
 // row beyond: 32 rows of 8192 took 5.70 us in clusters of 4 against 6.56, 64 rows 7.37 in clusters
 // of 2 against 8.16; of 5120, 5.01 against 5.82 and 6.05 against 6.62. One to 16 rows and 128 rows
 // took the same time.
+//
+// In place (the output over the input), only a shape in which every vector is sent by the thread
+// that normalises it: clusters whose threads hold exactly a row, or blocks of a vector a thread;
+// {0, 0} where none fits, and the call takes the two-shot kernel. The grid sends by its stride,
+// and a vector sent by another thread could be read after its row's owner had normalised it over
+// the input, whenever the sender's block started late: the peers would add the output.
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
-                             int cap);
+                             int cap, bool inPlace = false);
 
 // The fused two-shot kernel's grid for `rows` rows of `hiddenVectors` vectors at `nranks` ranks.
 // Each rank sums the rows of its slice, so a row is spread over the largest cluster of at most

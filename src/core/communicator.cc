@@ -475,8 +475,7 @@ tpcResult_t Communicator::allReduceAddRmsNorm(const NormCall& call, cudaStream_t
   TPC_CHECK(scope.enter(device_));
   bool capturing = false;
   TPC_CHECK(checkStream(stream, &capturing));
-  const size_t bytes = call.rows * call.rowBytes();
-  const Route route = chooseRoute(table_, policy_, nranks_, bytes, CallKind::kAddRmsNorm);
+  const Route route = fusedRoute(call.rows, call.rowBytes());
   TPC_TRACE("rank %d: all-reduce + RMSNorm of %zu rows of %zu (%s%s) on stream %p", rank_,
             call.rows, call.hidden, routeName(route), capturing ? ", captured" : "",
             static_cast<void*>(stream));
@@ -522,16 +521,26 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
     return normAfterNccl(call.out, 0, call.rows);
   }
   // An FP8 output cannot hold the sums: they go through the staging buffer, a chunk at a time.
-  const size_t chunkRows = layout_.stagingBytes / call.rowBytes();
+  // Deferred, all of a call's rows wait there for the group's end, beside those of the group's
+  // earlier such calls.
+  if (deferred && stagingGroup_ != groupSerial()) {
+    stagingGroup_ = groupSerial();
+    stagingTaken_ = 0;
+  }
+  const size_t taken = deferred ? stagingTaken_ : 0;
+  const size_t chunkRows = (layout_.stagingBytes - taken) / call.rowBytes();
   if (chunkRows == 0 || (deferred && call.rows > chunkRows)) {
     return fail(tpcInvalidUsage,
                 "rank %d: tpcAllReduceAddRmsNorm with an FP8 output goes to NCCL here, through a "
-                "staging buffer of %zu bytes, which holds %zu of its %zu rows%s; raise "
+                "staging buffer of %zu bytes%s, which holds %zu of its %zu rows%s; raise "
                 "stagingBytes",
-                rank_, layout_.stagingBytes, chunkRows, call.rows,
+                rank_, layout_.stagingBytes,
+                taken != 0 ? ", of which earlier FP8 calls of this group hold some" : "", chunkRows,
+                call.rows,
                 deferred ? " (a group of ranks of one process needs them all at once)" : "");
   }
-  void* staging = local_->base() + layout_.stagingOffset;
+  char* staging = local_->base() + layout_.stagingOffset + taken;
+  if (deferred) stagingTaken_ += call.rows * call.rowBytes();
   for (size_t first = 0; first < call.rows; first += chunkRows) {
     const size_t rows = std::min(chunkRows, call.rows - first);
     TPC_CHECK(ncclAllReduce(static_cast<const char*>(call.input) + first * call.rowBytes(), staging,
@@ -543,39 +552,48 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
 
 tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,
                                              bool capturing) {
-  const bool twoShot = route == Route::kTwoShot || route == Route::kPushTwoShot;
-  const device::Algorithm protocol = twoShot ? device::kPushTwoShot : device::kPushOneShot;
-  const device::Algorithm algorithm = twoShot ? device::kPushTwoShotNorm : device::kPushOneShotNorm;
-  const ReceiveRegion& region = layout_.receive(protocol);
-  const size_t hiddenVectors = call.rowBytes() / 16;
-  // A launch's rows must fit its slots: all of them (one-shot), or a slice of whole rows per rank,
-  // each with a vector for its inverse RMS (two-shot).
-  const size_t rowsPerSlot =
-      (region.slotVectors - device::kSlotDataVector) /
-      (twoShot ? device::twoShotNormRowVectors(hiddenVectors) : hiddenVectors);
-  const size_t mostRows = twoShot ? rowsPerSlot * nranks_ : rowsPerSlot;
+  const size_t mostRows = fusedLaunchRows(route, call.rowBytes());
   if (mostRows == 0) {
     return fail(tpcInvalidUsage,
                 "rank %d: a row of %zu elements does not fit the push kernels' receive buffers "
-                "(pushBytes %zu); raise pushBytes",
+                "(pushBytes %zu), and no NCCL carries the call instead; raise pushBytes",
                 rank_, call.hidden, config_.pushBytes);
   }
+  const bool inPlace = call.out == call.input;
+  const uint32_t hiddenVectors = static_cast<uint32_t>(call.rowBytes() / 16);
   device::FusedParams p{};
-  static_cast<device::PushParams&>(p) = push_[protocol - device::kPushOneShot];
-  p.inputAligned = 1;
-  p.outputAligned = 1;
   const size_t chunkRows = launchShare(call.rows, mostRows, 1);
   for (size_t first = 0; first < call.rows; first += chunkRows) {
     const size_t rows = std::min(chunkRows, call.rows - first);
+    bool twoShot = route == Route::kPushTwoShot;
+    FusedShape shape{};
+    if (!twoShot) {
+      // In place, rows that no one-shot grid sends from the threads that normalise them go
+      // two-shot (fusedOneShotShape says why).
+      shape = fusedOneShotShape(rows, hiddenVectors, fusedClusters_, pushBlockCap_, inPlace);
+      twoShot = shape.blocks == 0;
+      if (twoShot && rows > fusedLaunchRows(Route::kPushTwoShot, call.rowBytes())) {
+        return fail(tpcInvalidUsage,
+                    "rank %d: %zu rows of %zu elements in place need the push two-shot kernel, "
+                    "whose receive buffers (pushBytes %zu) hold fewer; raise pushBytes or write "
+                    "the output elsewhere",
+                    rank_, rows, call.hidden, config_.pushBytes);
+      }
+    }
+    if (twoShot) {
+      shape = fusedTwoShotShape(rows, nranks_, hiddenVectors, fusedClusters_, pushBlockCap_);
+    }
+    const device::Algorithm protocol = twoShot ? device::kPushTwoShot : device::kPushOneShot;
+    const device::Algorithm algorithm =
+        twoShot ? device::kPushTwoShotNorm : device::kPushOneShotNorm;
+    static_cast<device::PushParams&>(p) = push_[protocol - device::kPushOneShot];
+    p.inputAligned = 1;
+    p.outputAligned = 1;
     p.input = static_cast<const char*>(call.input) + first * call.rowBytes();
     p.output = nullptr;
     p.count = rows * call.hidden;
     p.norm = normParams(call, first, rows);
     p.tag = callTag(algorithm, call.type, p.count, call.hidden, p.norm.outType);
-    const FusedShape shape =
-        twoShot
-            ? fusedTwoShotShape(rows, nranks_, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_)
-            : fusedOneShotShape(rows, p.norm.hiddenVectors, fusedClusters_, pushBlockCap_);
     TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.clusterBlocks,
                                dependentLaunch_, stream, completionEvent(capturing)));
   }
@@ -726,11 +744,36 @@ Route Communicator::routeFor(size_t count, tpcDataType_t type) const {
   return chooseRoute(table_, policy_, nranks_, count * typeSize(type), CallKind::kEager);
 }
 
+size_t Communicator::fusedLaunchRows(Route route, size_t rowBytes) const {
+  const bool twoShot = route == Route::kPushTwoShot;
+  const ReceiveRegion& region =
+      layout_.receive(twoShot ? device::kPushTwoShot : device::kPushOneShot);
+  const size_t hiddenVectors = rowBytes / 16;
+  // All of a launch's rows must fit its slots (one-shot), or a slice of whole rows per rank, each
+  // with a vector for its inverse RMS (two-shot).
+  const size_t rowsPerSlot =
+      (region.slotVectors - device::kSlotDataVector) /
+      (twoShot ? device::twoShotNormRowVectors(hiddenVectors) : hiddenVectors);
+  return twoShot ? rowsPerSlot * static_cast<size_t>(nranks_) : rowsPerSlot;
+}
+
+Route Communicator::fusedRoute(size_t rows, size_t rowBytes) const {
+  Route route = chooseRoute(table_, policy_, nranks_, rows * rowBytes, CallKind::kAddRmsNorm);
+  // The fused kernels are push kernels: a forced pull route takes the one of its shape.
+  if (route == Route::kOneShot) route = Route::kPushOneShot;
+  if (route == Route::kTwoShot) route = Route::kPushTwoShot;
+  if (route == Route::kNccl || nranks_ == 1 || fusedLaunchRows(route, rowBytes) > 0) return route;
+  // A small pushBytes leaves this kernel's slots without room for a row: NCCL then carries the
+  // call, or else the other kernel if its slots hold one (launchFusedKernels refuses the rest).
+  if (nccl_.available()) return Route::kNccl;
+  const Route other = route == Route::kPushOneShot ? Route::kPushTwoShot : Route::kPushOneShot;
+  return fusedLaunchRows(other, rowBytes) > 0 ? other : route;
+}
+
 tpcResult_t Communicator::addRmsNormRouteFor(size_t rows, size_t hidden, tpcDataType_t type,
                                              Route* route) const {
   TPC_CHECK(checkNormRows(type, rows, hidden, rank_, "tpcCommGetAddRmsNormAlgorithm"));
-  *route =
-      chooseRoute(table_, policy_, nranks_, rows * hidden * typeSize(type), CallKind::kAddRmsNorm);
+  *route = fusedRoute(rows, hidden * typeSize(type));
   return tpcSuccess;
 }
 

@@ -110,6 +110,10 @@ class Communicator {
                             tpcDataType_t type, cudaStream_t stream, bool capturing);
   tpcResult_t launchPushKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
                                 tpcDataType_t type, cudaStream_t stream, bool capturing);
+  // The route of a fused call of `rows` rows of `rowBytes` bytes: a push kernel's, or NCCL's.
+  Route fusedRoute(size_t rows, size_t rowBytes) const;
+  // The most rows of `rowBytes` bytes a launch of push `route`'s fused kernel takes (0: none).
+  size_t fusedLaunchRows(Route route, size_t rowBytes) const;
   tpcResult_t launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,
                                  bool capturing);
   tpcResult_t ncclAddRmsNorm(const NormCall& call, cudaStream_t stream, bool capturing);
@@ -143,8 +147,12 @@ class Communicator {
   RowClusters fusedClusters_{};   // [c]: clusters of c blocks each rank keeps resident at once
   bool dependentLaunch_ = false;  // programmatic dependent launch of the kernels
   bool sharesDevice_ = false;     // some ranks of the communicator share a device
-  bool sharesDeviceInProcess_ = false;    // this rank shares its device within this process
-  int ranksInProcess_ = 1;                // ranks of this communicator in this process
+  bool sharesDeviceInProcess_ = false;  // this rank shares its device within this process
+  int ranksInProcess_ = 1;              // ranks of this communicator in this process
+  // The staging bytes FP8 calls NCCL carries have taken in the group groupSerial() numbers:
+  // their norms read the sums there only at the group's end.
+  uint64_t stagingGroup_ = 0;
+  size_t stagingTaken_ = 0;
   cudaStream_t controlStream_ = nullptr;  // the copy engine's way to this rank's failure word
   cudaEvent_t lastCall_ = nullptr;        // the end of the rank's previous eager call
   cudaStream_t lastStream_ = nullptr;

@@ -10,6 +10,7 @@ namespace {
 
 struct GroupState {
   int depth = 0;
+  uint64_t serial = 0;  // of the outermost group opened last
   const nccl::Library* openNccl = nullptr;  // NCCL whose group this thread has opened
   std::vector<std::function<tpcResult_t()>> deferred;
 };
@@ -22,7 +23,8 @@ GroupState& state() {
 }  // namespace
 
 tpcResult_t groupStart() {
-  ++state().depth;
+  GroupState& s = state();
+  if (s.depth++ == 0) ++s.serial;
   return tpcSuccess;
 }
 
@@ -49,6 +51,8 @@ tpcResult_t groupEnd() {
 }
 
 bool inGroup() { return state().depth > 0; }
+
+uint64_t groupSerial() { return inGroup() ? state().serial : 0; }
 
 tpcResult_t joinNcclGroup(const nccl::Library* lib) {
   GroupState& s = state();

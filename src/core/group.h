@@ -3,6 +3,8 @@
 // issues every rank's NCCL call at once, then whatever had to wait for those calls.
 #pragma once
 
+#include <stdint.h>
+
 #include <functional>
 
 #include "fallback/nccl_library.h"
@@ -13,6 +15,9 @@ namespace tpcomm {
 tpcResult_t groupStart();
 tpcResult_t groupEnd();
 bool inGroup();
+// The outermost group this thread has open: a number no earlier group of the thread had; 0
+// outside a group.
+uint64_t groupSerial();
 
 // Inside a group, before a call NCCL carries: opens `lib`'s group on this thread unless open.
 tpcResult_t joinNcclGroup(const nccl::Library* lib);

@@ -24,7 +24,9 @@ bool overlaps(const Range& a, const Range& b) {
 enum Buffer { kInput, kResidualIn, kWeight, kResidualOut, kOut, kBuffers };
 
 // In place is allowed where a thread reads an element before it writes the same element: the
-// new residual over the old one, and the output over the input when they have the same type.
+// new residual over the old one, and the output over the input when they have the same type (the
+// one-shot kernel then runs only in grids where the thread that sends an element normalises it:
+// fusedOneShotShape). Names are the C API's parameters.
 bool allowedAlias(int written, int other, const Range* ranges, const NormCall& call) {
   if (ranges[written].begin != ranges[other].begin) return false;
   return (written == kResidualOut && other == kResidualIn) ||
@@ -68,7 +70,7 @@ tpcResult_t checkNormCall(const NormCall& call, int rank) {
                 kCall, typeName(call.outType), typeName(call.type));
   }
   if (isFp8(call.outType) && call.scale == nullptr) {
-    return fail(tpcInvalidArgument, "rank %d: %s: an FP8 output (%s) needs a scale", rank, kCall,
+    return fail(tpcInvalidArgument, "rank %d: %s: an FP8 output (%s) needs normScale", rank, kCall,
                 typeName(call.outType));
   }
   if (!(call.eps >= 0.0f) || std::isinf(call.eps)) {
@@ -77,11 +79,11 @@ tpcResult_t checkNormCall(const NormCall& call, int rank) {
   }
   if (call.rows == 0) return tpcSuccess;
   const Range ranges[kBuffers] = {
-      {"input", reinterpret_cast<uintptr_t>(call.input), call.rows * call.rowBytes()},
+      {"sendbuff", reinterpret_cast<uintptr_t>(call.input), call.rows * call.rowBytes()},
       {"residualIn", reinterpret_cast<uintptr_t>(call.residualIn), call.rows * call.rowBytes()},
       {"weight", reinterpret_cast<uintptr_t>(call.weight), call.rowBytes()},
       {"residualOut", reinterpret_cast<uintptr_t>(call.residualOut), call.rows * call.rowBytes()},
-      {"out", reinterpret_cast<uintptr_t>(call.out), call.rows * call.outRowBytes()},
+      {"normOut", reinterpret_cast<uintptr_t>(call.out), call.rows * call.outRowBytes()},
   };
   for (const Range& r : ranges) {
     if (r.begin == 0) {
@@ -100,8 +102,8 @@ tpcResult_t checkNormCall(const NormCall& call, int rank) {
         continue;
       }
       return fail(tpcInvalidArgument,
-                  "rank %d: %s: %s overlaps %s (in place, residualOut may be residualIn and out "
-                  "may be input when both have the input's type)",
+                  "rank %d: %s: %s overlaps %s (in place, residualOut may be residualIn and "
+                  "normOut may be sendbuff when both have the input's type)",
                   rank, kCall, ranges[w].name, ranges[other].name);
     }
   }

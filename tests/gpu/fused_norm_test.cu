@@ -12,7 +12,9 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_util.cuh"
@@ -330,6 +332,7 @@ TEST_P(FusedNormShapes, MatchReferenceOnTwoRanks) {
     c.type = std::get<1>(GetParam());
     c.outType = c.type;
     c.shape = shape;
+    c.inPlaceOutput = seed % 2 == 0;  // in place, some row counts take other grids
     runAndVerify(&c, ranks, seed++);
     if (HasFailure()) return;
   }
@@ -407,6 +410,105 @@ TEST(FusedNorm, EveryPathGivesTheSameBits) {
   }
 }
 
+// The smallest pushBytes leaves four ranks' push two-shot slots without room for a row of 8192
+// (1024 vectors a slot) and both kernels' without room for one of 16384: a call the table gives
+// two-shot takes one-shot a row a launch, or NCCL where there is one; a row that fits neither is
+// refused with a sentence where no NCCL takes it.
+TEST(FusedNorm, SmallPushBuffersTakeAnotherWay) {
+  SKIP_WITHOUT_GPU();
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.pushBytes = 64 << 10;
+  Ranks ranks(4, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const bool nccl = ncclAvailable(ranks);
+  tpcAlgorithm_t algo = tpcAlgoAuto;
+  TPC_OK(tpcCommGetAddRmsNormAlgorithm(ranks.comms[0], 64, 8192, tpcBfloat16, &algo));
+  EXPECT_EQ(nccl ? tpcAlgoNccl : tpcAlgoPushOneShot, algo);
+  Call c;
+  c.shape = {64, 8192};
+  runAndVerify(&c, ranks, 80);
+
+  Call wide;
+  wide.shape = {1, 16384};
+  fillHost(&wide, 4, 81);
+  allocate(&wide, ranks);
+  upload(wide, ranks);
+  std::string message;
+  if (nccl) {
+    ASSERT_EQ(tpcSuccess, issue(wide, ranks, &message)) << message;
+    EXPECT_EQ("", verify(wide, download(wide, ranks), referenceResidual(wide, wide.residual)));
+  } else {
+    EXPECT_EQ(tpcInvalidUsage, issue(wide, ranks, &message));
+    EXPECT_NE(std::string::npos, message.find("raise pushBytes")) << message;
+  }
+}
+
+// FP8 calls that NCCL carries for ranks of one process sum into the staging buffer and normalise at
+// the group's end: two in one group each keep their own sums there, and one that no longer fits
+// beside them is refused with a sentence, not given another call's sums.
+TEST(FusedNorm, Fp8CallsThroughNcclShareAGroup) {
+  SKIP_WITHOUT_GPU();
+  if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
+  tpcConfig_t config = configFor(tpcAlgoNccl);
+  config.stagingBytes = 64 << 10;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  if (!ncclAvailable(ranks)) GTEST_SKIP() << "no NCCL here";
+  Call calls[2];
+  for (int k = 0; k < 2; ++k) {
+    calls[k].outType = tpcFloat8e4m3;
+    calls[k].shape = {4, 2048};  // 16 KB of sums each
+    calls[k].scale = 0.25f;
+    fillHost(&calls[k], 2, 60 + k);
+    allocate(&calls[k], ranks);
+    upload(calls[k], ranks);
+  }
+  auto call = [&](const Call& c, int r) {
+    ranks.use(r);
+    return tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
+                                  c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
+                                  c.eps, c.type, c.outType, c.dScale[r].get<float>(),
+                                  ranks.comms[r], ranks.streams[r]);
+  };
+  ASSERT_EQ(tpcSuccess, tpcGroupStart());
+  for (const Call& c : calls) {
+    for (int r = 0; r < 2; ++r)
+      EXPECT_EQ(tpcSuccess, call(c, r)) << tpcCommGetLastError(ranks.comms[r]);
+  }
+  ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
+  for (const Call& c : calls) {
+    EXPECT_EQ("", verify(c, download(c, ranks), referenceResidual(c, c.residual)));
+  }
+
+  // 16 + 16 KB taken, 32 KB left: 9 rows of 2048 (36 KB) do not fit, in this group only.
+  Call large;
+  large.outType = tpcFloat8e4m3;
+  large.shape = {9, 2048};
+  fillHost(&large, 2, 70);
+  allocate(&large, ranks);
+  upload(large, ranks);
+  for (int k = 0; k < 2; ++k) upload(calls[k], ranks);
+  ASSERT_EQ(tpcSuccess, tpcGroupStart());
+  for (const Call& c : calls) {
+    for (int r = 0; r < 2; ++r) EXPECT_EQ(tpcSuccess, call(c, r));
+  }
+  const tpcResult_t refused = call(large, 0);
+  if (refused == tpcSuccess) EXPECT_EQ(tpcSuccess, call(large, 1));  // NCCL's group stays whole
+  EXPECT_EQ(tpcInvalidUsage, refused);
+  EXPECT_NE(std::string::npos,
+            std::string(tpcCommGetLastError(ranks.comms[0])).find("earlier FP8 calls"))
+      << tpcCommGetLastError(ranks.comms[0]);
+  ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
+  for (const Call& c : calls) {
+    EXPECT_EQ("", verify(c, download(c, ranks), referenceResidual(c, c.residual)));
+  }
+  // A new group starts with the whole buffer.
+  upload(large, ranks);
+  std::string message;
+  ASSERT_EQ(tpcSuccess, issue(large, ranks, &message)) << message;
+  EXPECT_EQ("", verify(large, download(large, ranks), referenceResidual(large, large.residual)));
+}
+
 // NaN, infinities, sums that overflow, zero rows where eps alone keeps the norm finite (and eps = 0
 // where it does not), and subnormals (with eps: float32 squares of bfloat16's smallest subnormals
 // are 0, where float64's are not).
@@ -453,6 +555,89 @@ TEST(FusedNorm, SpecialValues) {
       }
     }
   }
+}
+
+// Holds the multiprocessor it runs on (all the shared memory a block may have) until *release is
+// set, or for two seconds at most; says it runs in running[blockIdx.x].
+__global__ void holdMultiprocessor(const volatile int* release, volatile int* running) {
+  extern __shared__ int held[];
+  if (threadIdx.x != 0) return;
+  held[0] = 0;
+  running[blockIdx.x] = 1;
+  __threadfence_system();
+  uint64_t start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (*release == 0 && now - start < 2000000000ull);
+}
+
+// In place (the output over the input), a row's output must not reach the peers in its stead,
+// however late the block that sends part of it starts. 30 rows of 8192 in 48 blocks take no
+// clusters, and a block of 512 threads holds a row: one-shot's grid, which sends by its stride,
+// would send the vectors of rows 15-23 from blocks 30-47, and such calls take two-shot
+// (fusedOneShotShape). Rank 1's device is held but for 30 free multiprocessors (and those rank 0's
+// rows hold, where the ranks share a GPU) when rank 1 calls: its blocks beyond the 30th start only
+// once one of the first 30 has ended.
+TEST(FusedNorm, InPlaceWhileBlocksStartLate) {
+  SKIP_WITHOUT_GPU();
+  constexpr int kRows = 30;
+  tpcConfig_t config = configFor(tpcAlgoPushOneShot);
+  config.maxBlocks = 48;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const bool shared = ranks.devices[0] == ranks.devices[1];
+  int sms = 0, sharedMemory = 0;
+  ranks.use(1);
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ranks.devices[1]));
+  CUDA_OK(cudaDeviceGetAttribute(&sharedMemory, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                 ranks.devices[1]));
+  const int held = sms - kRows - (shared ? kRows : 0);
+  if (held < 1) GTEST_SKIP() << sms << " multiprocessors: too few to hold some";
+  CUDA_OK(cudaFuncSetAttribute(holdMultiprocessor, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               sharedMemory));
+  int* flags = nullptr;  // release, then one per holding block
+  CUDA_OK(cudaHostAlloc(&flags, (1 + held) * sizeof(int), cudaHostAllocMapped));
+  std::fill(flags, flags + 1 + held, 0);
+  volatile int* release = flags;
+  volatile int* running = flags + 1;
+
+  Call c;
+  c.shape = {kRows, 8192};
+  c.inPlaceOutput = true;
+  fillHost(&c, 2, 41);
+  allocate(&c, ranks);
+  upload(c, ranks);
+  auto call = [&](int r) {
+    ranks.use(r);
+    return tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
+                                  c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
+                                  c.eps, c.type, c.outType, nullptr, ranks.comms[r],
+                                  ranks.streams[r]);
+  };
+  ASSERT_EQ(tpcSuccess, call(0)) << tpcCommGetLastError(ranks.comms[0]);
+  // Rank 0's blocks that hold no row end once they have sent; those that do wait for rank 1.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ranks.use(1);
+  cudaStream_t holder;
+  CUDA_OK(cudaStreamCreateWithFlags(&holder, cudaStreamNonBlocking));
+  holdMultiprocessor<<<held, 32, sharedMemory, holder>>>(release, running);
+  CUDA_OK(cudaGetLastError());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::count(running, running + held, 1) < held &&
+         std::chrono::steady_clock::now() < deadline) {
+  }
+  const bool holding = std::count(running, running + held, 1) == held;
+  const tpcResult_t second = call(1);
+  const std::string message = tpcCommGetLastError(ranks.comms[1]);
+  const Results got = download(c, ranks);
+  *release = 1;
+  CUDA_OK(cudaStreamSynchronize(holder));
+  CUDA_OK(cudaStreamDestroy(holder));
+  CUDA_OK(cudaFreeHost(flags));
+  ASSERT_TRUE(holding) << held << " blocks never all ran at once";
+  ASSERT_EQ(tpcSuccess, second) << message;
+  EXPECT_EQ("", verify(c, got, referenceResidual(c, c.residual)));
 }
 
 // A model's layers in a graph: the residual flows from call to call in place; the graph is
@@ -754,10 +939,18 @@ TEST(FusedNorm, ReportsItsAlgorithm) {
   EXPECT_EQ(tpcInvalidArgument, tpcCommGetAddRmsNormAlgorithm(comm, 1, 8192, tpcBfloat16, nullptr));
   EXPECT_EQ(tpcAlgoAuto, algo) << "a refused question leaves the answer alone";
 
-  Ranks forced(2, configFor(tpcAlgoPushTwoShot));
-  ASSERT_TRUE(forced.ok()) << forced.message;
-  TPC_OK(tpcCommGetAddRmsNormAlgorithm(forced.comms[0], 1, 8192, tpcBfloat16, &algo));
-  EXPECT_EQ(tpcAlgoPushTwoShot, algo);
+  // A forced algorithm takes the fused kernel of its shape; the pull kernels have none.
+  const std::pair<tpcAlgorithm_t, tpcAlgorithm_t> forcings[] = {
+      {tpcAlgoPushTwoShot, tpcAlgoPushTwoShot},
+      {tpcAlgoTwoShot, tpcAlgoPushTwoShot},
+      {tpcAlgoOneShot, tpcAlgoPushOneShot},
+  };
+  for (const auto& [forcedAlgorithm, kernel] : forcings) {
+    Ranks forced(2, configFor(forcedAlgorithm));
+    ASSERT_TRUE(forced.ok()) << forced.message;
+    TPC_OK(tpcCommGetAddRmsNormAlgorithm(forced.comms[0], 1, 8192, tpcBfloat16, &algo));
+    EXPECT_EQ(kernel, algo) << algorithmTestName(forcedAlgorithm);
+  }
 }
 
 // Arguments the call refuses on a live communicator, each with its own code and a sentence.

@@ -32,11 +32,18 @@ __host__ __device__ constexpr bool everyThreadAddsRows(size_t rows) {
 
 // `algorithm` is kPushOneShotNorm or kPushTwoShotNorm; T a 16-bit type. With `clusterBlocks` of
 // 2 or more (at most rowBlocks(hiddenVectors), dividing `blocks`), the kernel spreads each row over
-// a cluster of that many blocks; otherwise a block holds a row.
+// a cluster of that many blocks, of which there must be one for each row it normalises (every row
+// one-shot, a rank's slice two-shot: RowSums says why); otherwise a block holds a row.
 template <typename T>
 inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, int clusterBlocks,
                                bool dependent, cudaStream_t stream,
                                cudaEvent_t completion = nullptr) {
+  if (clusterBlocks > 1) {
+    const size_t ranks = p.nranks > 0 ? static_cast<size_t>(p.nranks) : 1;
+    const size_t normalised =
+        algorithm == kPushTwoShotNorm ? (p.norm.rows + ranks - 1) / ranks : p.norm.rows;
+    if (static_cast<size_t>(blocks / clusterBlocks) < normalised) return cudaErrorInvalidValue;
+  }
   const uint32_t hv = p.norm.hiddenVectors;
   return byRankCount(p.nranks, [&](auto ranks) {
     constexpr int kRanks = decltype(ranks)::value;

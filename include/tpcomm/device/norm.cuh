@@ -148,8 +148,11 @@ __device__ __forceinline__ uint4 addResidual(const uint4& sum, const uint4& resi
 // Shared memory a row's warp sums meet in: two sets, by row parity. A warp writes a row's sums
 // only after its block passed the previous row's barrier (or arrival), which needs the sums of
 // that row from every warp, each stored after the warp read the sums of the row before: so no set
-// is overwritten while it is read. In a cluster each set has its arrival (RowBlocks). Aligned for
-// sumWarpSums, which reads four sums at a time.
+// is overwritten while it is read. That holds for warps that store a sum; a warp that holds none
+// of a row's vectors stores nothing, and in a cluster nothing would keep the other blocks from
+// overwriting a set it still reads. So a cluster sums one row at most in a launch (launchFused
+// checks), and a block alone meets its warps at a barrier. In a cluster each set has its arrival
+// (RowBlocks). Aligned for sumWarpSums, which reads four sums at a time.
 struct alignas(16) RowSums {
   float sums[2][kMaxRowWarps];
   uint64_t arrivals[2];
