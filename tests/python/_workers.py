@@ -157,6 +157,9 @@ def _rmsnorm(torch, tpcomm, comm, check, size, device):
                  lambda: comm.all_reduce_rmsnorm(
                      x, res, weight, out=torch.empty(rows, hidden, device=device,
                                                      dtype=torch.float8_e4m3fn)))
+    check.raises("scale without fp8", ValueError, "FP8 out only",
+                 lambda: comm.all_reduce_rmsnorm(
+                     x, res, weight, scale=torch.ones(1, device=device)))
 
 
 def _queries(torch, tpcomm, comm, check, size, device):
@@ -167,11 +170,13 @@ def _queries(torch, tpcomm, comm, check, size, device):
     algo = comm.algorithm(torch.empty(4096, dtype=torch.bfloat16, device=device))
     check.true(f"algorithm ({algo})", algo in ("push-oneshot", "push-twoshot", "oneshot",
                                                "twoshot", "nccl"))
-    rows = torch.empty(128, 8192, dtype=torch.bfloat16, device=device)
+    rows = torch.empty(128, 5120, dtype=torch.bfloat16, device=device)
     fused = comm.rmsnorm_algorithm(rows)
     check.true(f"rmsnorm algorithm ({fused})", fused in ("push-oneshot", "push-twoshot", "nccl"))
     if size == 2:
-        check.true(f"128 rows of 8192 stay one-shot ({fused})", fused == "push-oneshot")
+        check.true(f"128 rows of 5120 (1.25 MB) stay one-shot ({fused})", fused == "push-oneshot")
+        wide = comm.rmsnorm_algorithm(torch.empty(128, 8192, dtype=torch.bfloat16, device=device))
+        check.true(f"128 rows of 8192 (2 MB) go two-shot ({wide})", wide == "push-twoshot")
     check.raises("rmsnorm algorithm of float32 rows", tpcomm.Error, "float32",
                  lambda: comm.rmsnorm_algorithm(rows.float()))
     comm.check()
