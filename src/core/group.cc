@@ -10,7 +10,7 @@ namespace {
 
 struct GroupState {
   int depth = 0;
-  uint64_t serial = 0;  // of the outermost group opened last
+  uint64_t serial = 0;                      // of the outermost group opened last
   const nccl::Library* openNccl = nullptr;  // NCCL whose group this thread has opened
   std::vector<std::function<tpcResult_t()>> deferred;
 };
