@@ -181,14 +181,19 @@ void upload(const Call& c, const Ranks& ranks) {
   }
 }
 
+// The call on rank r alone.
+tpcResult_t callOn(const Call& c, const Ranks& ranks, int r) {
+  ranks.use(r);
+  return tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
+                                c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
+                                c.eps, c.type, c.outType, c.dScale[r].get<float>(), ranks.comms[r],
+                                ranks.streams[r]);
+}
+
 tpcResult_t issue(const Call& c, const Ranks& ranks, std::string* message) {
   tpcResult_t first = tpcGroupStart();
   for (int r = 0; r < ranks.size() && first == tpcSuccess; ++r) {
-    ranks.use(r);
-    first = tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
-                                   c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
-                                   c.eps, c.type, c.outType, c.dScale[r].get<float>(),
-                                   ranks.comms[r], ranks.streams[r]);
+    first = callOn(c, ranks, r);
     if (first != tpcSuccess) *message = tpcCommGetLastError(ranks.comms[r]);
   }
   const tpcResult_t ended = tpcGroupEnd();
@@ -463,17 +468,10 @@ TEST(FusedNorm, Fp8CallsThroughNcclShareAGroup) {
     allocate(&calls[k], ranks);
     upload(calls[k], ranks);
   }
-  auto call = [&](const Call& c, int r) {
-    ranks.use(r);
-    return tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
-                                  c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
-                                  c.eps, c.type, c.outType, c.dScale[r].get<float>(),
-                                  ranks.comms[r], ranks.streams[r]);
-  };
   ASSERT_EQ(tpcSuccess, tpcGroupStart());
   for (const Call& c : calls) {
     for (int r = 0; r < 2; ++r)
-      EXPECT_EQ(tpcSuccess, call(c, r)) << tpcCommGetLastError(ranks.comms[r]);
+      EXPECT_EQ(tpcSuccess, callOn(c, ranks, r)) << tpcCommGetLastError(ranks.comms[r]);
   }
   ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
   for (const Call& c : calls) {
@@ -490,10 +488,11 @@ TEST(FusedNorm, Fp8CallsThroughNcclShareAGroup) {
   for (int k = 0; k < 2; ++k) upload(calls[k], ranks);
   ASSERT_EQ(tpcSuccess, tpcGroupStart());
   for (const Call& c : calls) {
-    for (int r = 0; r < 2; ++r) EXPECT_EQ(tpcSuccess, call(c, r));
+    for (int r = 0; r < 2; ++r) EXPECT_EQ(tpcSuccess, callOn(c, ranks, r));
   }
-  const tpcResult_t refused = call(large, 0);
-  if (refused == tpcSuccess) EXPECT_EQ(tpcSuccess, call(large, 1));  // NCCL's group stays whole
+  const tpcResult_t refused = callOn(large, ranks, 0);
+  if (refused == tpcSuccess)
+    EXPECT_EQ(tpcSuccess, callOn(large, ranks, 1));  // NCCL's group stays whole
   EXPECT_EQ(tpcInvalidUsage, refused);
   EXPECT_NE(std::string::npos,
             std::string(tpcCommGetLastError(ranks.comms[0])).find("earlier FP8 calls"))
@@ -608,14 +607,7 @@ TEST(FusedNorm, InPlaceWhileBlocksStartLate) {
   fillHost(&c, 2, 41);
   allocate(&c, ranks);
   upload(c, ranks);
-  auto call = [&](int r) {
-    ranks.use(r);
-    return tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
-                                  c.dWeight[r].get(), outOf(c, r), c.shape.rows, c.shape.hidden,
-                                  c.eps, c.type, c.outType, nullptr, ranks.comms[r],
-                                  ranks.streams[r]);
-  };
-  ASSERT_EQ(tpcSuccess, call(0)) << tpcCommGetLastError(ranks.comms[0]);
+  ASSERT_EQ(tpcSuccess, callOn(c, ranks, 0)) << tpcCommGetLastError(ranks.comms[0]);
   // Rank 0's blocks that hold no row end once they have sent; those that do wait for rank 1.
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ranks.use(1);
@@ -628,7 +620,7 @@ TEST(FusedNorm, InPlaceWhileBlocksStartLate) {
          std::chrono::steady_clock::now() < deadline) {
   }
   const bool holding = std::count(running, running + held, 1) == held;
-  const tpcResult_t second = call(1);
+  const tpcResult_t second = callOn(c, ranks, 1);
   const std::string message = tpcCommGetLastError(ranks.comms[1]);
   const Results got = download(c, ranks);
   *release = 1;
