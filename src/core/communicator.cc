@@ -429,14 +429,20 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   TPC_TRACE("rank %d: all-reduce of %zu bytes (%s%s) on stream %p", rank_, bytes, routeName(route),
             capturing ? ", captured" : "", static_cast<void*>(stream));
   if (route == Route::kNccl && nccl_.available()) {
-    return ncclAllReduce(sendbuff, recvbuff, count, type, op, stream);
+    if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
+    TPC_CHECK(ncclAllReduce(sendbuff, recvbuff, count, type, op, stream));
+    if (capturing) return tpcSuccess;
+    // Inside a group NCCL issues its work at tpcGroupEnd: the call ends after that.
+    if (ranksInProcess_ > 1) return deferUntilGroupEnd([this, stream] { return noteCall(stream); });
+    return noteCall(stream);
   }
   if (nranks_ == 1) {
     // Every reduction over one rank is the identity.
+    if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
     if (sendbuff != recvbuff) {
       TPC_CUDA_CHECK(cudaMemcpyAsync(recvbuff, sendbuff, bytes, cudaMemcpyDeviceToDevice, stream));
     }
-    return tpcSuccess;
+    return capturing ? tpcSuccess : noteCall(stream);
   }
   if (!kernelsCan) {
     return fail(tpcNotSupported,
@@ -461,7 +467,16 @@ tpcResult_t Communicator::orderAfterPreviousCall(cudaStream_t stream) {
 
 tpcResult_t Communicator::noteEagerCall(cudaStream_t stream) {
   // Programmatic dependents recorded their completion in lastCall_ as they launched.
-  if (!dependentLaunch_) TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
+  if (dependentLaunch_) {
+    lastStream_ = stream;
+    haveLastCall_ = true;
+    return tpcSuccess;
+  }
+  return noteCall(stream);
+}
+
+tpcResult_t Communicator::noteCall(cudaStream_t stream) {
+  TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
   lastStream_ = stream;
   haveLastCall_ = true;
   return tpcSuccess;

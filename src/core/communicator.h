@@ -88,6 +88,9 @@ class Communicator {
   tpcResult_t orderAfterPreviousCall(cudaStream_t stream);
   // Marks the end of an eager call on `stream`, for the next call to order itself after.
   tpcResult_t noteEagerCall(cudaStream_t stream);
+  // noteEagerCall for a call whose work launched no kernel of tpcomm's (NCCL's, a copy): its end
+  // is recorded in lastCall_ on `stream`.
+  tpcResult_t noteCall(cudaStream_t stream);
   // The event in which an eager call's kernels record their programmatic completion where they
   // launch as programmatic dependents (null in a capture): the next call on another stream waits
   // for it. An event recorded after every call sat between the stream's kernels and ended their

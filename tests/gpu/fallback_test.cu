@@ -33,6 +33,17 @@ __global__ void checkInts(const int* out, size_t count, unsigned long long* wron
   }
 }
 
+// Adds to *wrong the elements of `out` other than 2^doublings times the exact sum of two ranks.
+__global__ void checkDoubled(const float* out, size_t count, uint32_t seed, int doublings,
+                             unsigned long long* wrong) {
+  unsigned long long bad = 0;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    bad += out[i] != ldexpf(static_cast<float>(exactSum(2, i, seed)), doublings);
+  }
+  if (bad != 0) atomicAdd(wrong, bad);
+}
+
 const nccl::Library* ncclOrSkip() {
   std::string why;
   const nccl::Library* lib = nccl::library(&why);
@@ -227,6 +238,58 @@ TEST(Routes, OneThreadDrivesEveryRouteInGroups) {
       ranks.use(r);
       EXPECT_EQ(0u, wrong[r].read()) << (max ? "max" : "sum") << ", rank " << r;
     }
+  }
+}
+
+// A call NCCL carries waits for the rank's previous call on another stream, and the next call
+// waits for it, as calls of tpcomm's kernels do: each call here all-reduces the previous call's
+// output, on the other stream than the previous call, with nothing else between the streams.
+// Calls alternate between NCCL and push one-shot; every one doubles the sum.
+TEST(NcclFallback, CallsOnSeveralStreamsAreOrdered) {
+  SKIP_WITHOUT_GPU();
+  if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
+  Ranks ranks(2);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  tpcPathInfo_t info;
+  TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
+  if (!info.ncclAvailable) GTEST_SKIP() << "no NCCL here (" << info.nccl << ")";
+  constexpr int kCalls = 24;
+  constexpr uint32_t kSeed = 61;
+  const size_t count = 1 << 18;
+  std::vector<cudaStream_t> second(2);
+  std::vector<std::vector<DeviceBuffer>> bufs(2);
+  std::vector<Counter> wrong;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaStreamCreateWithFlags(&second[r], cudaStreamNonBlocking));
+    for (int k = 0; k <= kCalls; ++k) bufs[r].emplace_back(count * sizeof(float));
+    wrong.emplace_back();
+    fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(bufs[r][0].get<float>(), count, r,
+                                                              kSeed);
+  }
+  for (int k = 0; k < kCalls; ++k) {
+    const tpcAlgorithm_t algorithm = k % 2 == 0 ? tpcAlgoPushOneShot : tpcAlgoNccl;
+    for (int r = 0; r < 2; ++r) ranks.comms[r]->impl->forceAlgorithm(algorithm);
+    TPC_OK(tpcGroupStart());
+    for (int r = 0; r < 2; ++r) {
+      // The first call feeds on its own stream's fill; the later ones on the other stream's call.
+      ASSERT_EQ(tpcSuccess,
+                tpcAllReduce(bufs[r][k].get(), bufs[r][k + 1].get(), count, tpcFloat32, tpcSum,
+                             ranks.comms[r], k % 2 == 0 ? ranks.streams[r] : second[r]))
+          << tpcCommGetLastError(ranks.comms[r]);
+    }
+    TPC_OK(tpcGroupEnd());
+  }
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaDeviceSynchronize());
+    for (int k = 0; k < kCalls; ++k) {
+      checkDoubled<<<checkGrid(count), 256>>>(bufs[r][k + 1].get<float>(), count, kSeed, k,
+                                              wrong[r].get());
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+    CUDA_OK(cudaStreamDestroy(second[r]));
   }
 }
 
