@@ -24,7 +24,7 @@ struct PeerView {
 struct DiscoveryResult {
   Topology topology;
   PathDecision decision;
-  bool verified = false;  // writes through the peer mappings were checked, now or before
+  bool verified = false;  // writes through every peer mapping arrived, checked now or before
   bool fromCache = false;
 };
 
