@@ -37,12 +37,19 @@ int dataType(nb::dlpack::dtype t) {
     case Code::Bfloat:
       return t.bits == 16 ? tpcBfloat16 : -1;
     default:
-      return -1;
+      break;
   }
+  // DLPack 1.1's float8 codes, which nanobind does not name: e4m3fn is CUDA's e4m3 (no
+  // infinities), e5m2 IEEE-like. The fnuz and e3m4 variants have no tpcomm type.
+  constexpr uint8_t kFloat8E4M3Fn = 10;
+  constexpr uint8_t kFloat8E5M2 = 12;
+  if (t.bits != 8) return -1;
+  return t.code == kFloat8E4M3Fn ? tpcFloat8e4m3 : t.code == kFloat8E5M2 ? tpcFloat8e5m2 : -1;
 }
 
 // Whether the array's elements lie densely in row-major order (size-1 dimensions aside).
 bool rowMajor(const nb::ndarray<>& a) {
+  if (a.size() == 0) return true;  // no element to lie anywhere; producers give any strides
   int64_t expected = 1;
   for (size_t d = a.ndim(); d-- > 0;) {
     if (a.shape(d) != 1 && a.stride(d) != expected) return false;

@@ -253,8 +253,17 @@ class Communicator:
         if device is None:
             device = _default_device(rank)
         self._handle = 0
-        code, handle, why = _tpcomm.comm_init(size, bytes(unique_id), rank, int(device),
-                                              int(timeout_ms), bool(nccl), bool(zero_copy_graphs))
+        # Joining makes `device` current on this thread; PyTorch's current device stays as it was.
+        torch = sys.modules.get("torch")
+        current = (torch.cuda.current_device()
+                   if torch is not None and torch.cuda.is_initialized() else None)
+        try:
+            code, handle, why = _tpcomm.comm_init(size, bytes(unique_id), rank, int(device),
+                                                  int(timeout_ms), bool(nccl),
+                                                  bool(zero_copy_graphs))
+        finally:
+            if current is not None and current != int(device):
+                torch.cuda.set_device(current)
         if code != 0:
             raise Error(code, why)
         self._handle = handle
@@ -292,6 +301,11 @@ class Communicator:
         if device is None:
             device = torch.cuda.current_device()
         return cls(uid[0], rank, size, device, **config)
+
+    def __reduce__(self) -> Any:
+        # The handle is an address in this process: a copy elsewhere would crash there.
+        raise TypeError("a tpcomm Communicator belongs to the process that made it and cannot be "
+                        "pickled or copied: make one in each process (from_process_group)")
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -369,6 +383,9 @@ class Communicator:
             raise ValueError(f"weight must have one row of {hidden} elements, not {w.count}")
         if len({src.dtype, res.dtype, res_out.dtype, w.dtype}) != 1:
             raise TypeError("x, residual, residual_out and weight must share one type")
+        if dst.dtype not in (src.dtype, DataType.FLOAT8_E4M3, DataType.FLOAT8_E5M2):
+            raise TypeError(f"out must be x's type ({DataType(src.dtype).name}) or float8 "
+                            f"e4m3/e5m2, not {DataType(dst.dtype).name}")
         scale_ptr = 0
         if dst.dtype in (DataType.FLOAT8_E4M3, DataType.FLOAT8_E5M2):
             if scale is None:

@@ -160,6 +160,45 @@ def _rmsnorm(torch, tpcomm, comm, check, size, device):
     check.raises("scale without fp8", ValueError, "FP8 out only",
                  lambda: comm.all_reduce_rmsnorm(
                      x, res, weight, scale=torch.ones(1, device=device)))
+    check.raises("out of another type", TypeError, "out must be x's type",
+                 lambda: comm.all_reduce_rmsnorm(x, res, weight,
+                                                 out=torch.empty_like(x, dtype=torch.float16)))
+    _rmsnorm_fp8(torch, comm, check, size, device, rows, hidden, eps, weight, want_residual)
+
+
+class _DLPackOnly:
+    """A tensor seen only through DLPack, as tpcomm sees CuPy's or JAX's."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __dlpack__(self, **kwargs):
+        return self.tensor.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
+
+
+def _rmsnorm_fp8(torch, comm, check, size, device, rows, hidden, eps, weight, want_residual):
+    """FP8 e4m3 output with the caller's scale: within one e4m3 step of the quantised reference,
+    and the same bits whether the output comes as a PyTorch tensor or through DLPack."""
+    scale = torch.full((1,), 0.25, device=device)
+    r = want_residual.float()
+    normed = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    want = (normed / 0.25).to(torch.float8_e4m3fn).float()
+    outs = []
+    for wrap in (lambda t: t, _DLPackOnly):
+        x = _inputs(torch, comm.rank, rows * hidden, torch.bfloat16, seed=9).to(device)
+        residual = _inputs(torch, 0, rows * hidden, torch.bfloat16, seed=10).to(device)
+        out = torch.empty(rows, hidden, device=device, dtype=torch.float8_e4m3fn)
+        comm.all_reduce_rmsnorm(x.view(rows, hidden), residual.view(rows, hidden), weight, eps,
+                                out=wrap(out), scale=scale)
+        outs.append(out)
+    for out, how in zip(outs, ("PyTorch", "DLPack")):
+        # One e4m3 step: 2^-3 of the value among normal numbers, 2^-9 among subnormal ones.
+        err = ((out.float() - want).abs() - want.abs() / 8).max().item()
+        check.true(f"fp8 out through {how} within one e4m3 step ({err})", err <= 2 ** -9)
+    check.equal("fp8 out through DLPack as through PyTorch", outs[1], outs[0])
 
 
 def _queries(torch, tpcomm, comm, check, size, device):

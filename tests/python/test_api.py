@@ -74,6 +74,23 @@ def test_strided_arrays_are_refused():
         tpcomm._describe(np.ones((4, 4), np.float32)[:, ::2])
 
 
+def test_empty_arrays_are_dense_whatever_their_strides():
+    for shape in ((0,), (0, 4), (4, 0)):
+        *_, dense = _tpcomm.describe(np.ones(shape, np.float32))
+        assert dense, shape
+
+
+def test_a_communicator_cannot_be_pickled_or_copied():
+    import copy
+    import pickle
+
+    comm = tpcomm.Communicator.__new__(tpcomm.Communicator)
+    with pytest.raises(TypeError, match="belongs to the process that made it"):
+        pickle.dumps(comm)
+    with pytest.raises(TypeError, match="cannot be pickled or copied"):
+        copy.copy(comm)
+
+
 def test_objects_without_dlpack_are_refused():
     with pytest.raises(TypeError, match="DLPack tensor or array"):
         tpcomm._describe([1.0, 2.0])
