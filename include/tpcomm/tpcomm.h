@@ -148,13 +148,16 @@ tpcResult_t tpcCommInitRank(tpcComm_t* comm, int nranks, tpcUniqueId commId, int
 tpcResult_t tpcCommInitAll(tpcComm_t* comms, int nranks, const int* devices,
                            const tpcConfig_t* config);
 
-/* Group calls, as in NCCL. When one thread drives several ranks of a communicator (ranks created
- * together by tpcCommInitAll), a call NCCL carries must not be issued for one rank at a time: the
- * first rank would wait for the others. Bracket one call of every rank with tpcGroupStart and
- * tpcGroupEnd; tpcGroupEnd issues what NCCL carries for all of them at once. tpcomm's own kernels
- * are launched at the call, as always. Groups nest (only the outermost end issues) and belong to
- * the calling thread. Outside a group, a call NCCL would carry on such a communicator fails with
- * tpcInvalidUsage instead of hanging. */
+/* Group calls, as in NCCL. When one process holds several ranks of a communicator (created
+ * together by tpcCommInitAll, or by tpcCommInitRank on several threads of it), a call NCCL carries
+ * must not be issued for one rank at a time: the first rank would wait for the others. Bracket
+ * one call of every rank with tpcGroupStart and tpcGroupEnd (on each rank's own thread, a group
+ * around its one call); tpcGroupEnd issues what NCCL carries for all of them at once. tpcomm's own
+ * kernels are launched at the call, as always. Groups nest (only the outermost end issues) and
+ * belong to the calling thread. Outside a group, a call NCCL would carry on such a communicator
+ * fails with tpcInvalidUsage instead of hanging. The collective host calls (tpcCommRegister,
+ * tpcCommDeregister, tpcCommRegisterGraphBuffers) are not grouped: ranks in one process make
+ * them from a thread each. */
 tpcResult_t tpcGroupStart(void);
 tpcResult_t tpcGroupEnd(void);
 
@@ -231,12 +234,14 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  * tpcBfloat16), the residual add, squares, mean (their sum times 1 / hidden) and products are
  * float32, and O is T or, for a quantised output, tpcFloat8e4m3 or tpcFloat8e5m2 (round to
  * nearest, saturated to the largest finite value; NaN stays NaN), in which case `normScale` points
- * to one float32 in device memory (read by the kernel, so a graph sees its current value). `weight`
- * has `hidden` elements of T; residualIn, residualOut and sendbuff have rows x hidden of T, normOut
- * rows x hidden of O. In place: residualOut may be residualIn, and normOut may be sendbuff when O
- * is T; no other buffers may overlap (tpcInvalidArgument otherwise). Every pointer must be 16-byte
- * aligned (tpcInvalidArgument otherwise) and `hidden` a multiple of 8 up to 16384 (tpcNotSupported
- * otherwise; every model's hidden size is).
+ * to one float32 in device memory (read by the kernel, so a graph sees its current value; it must
+ * be finite and nonzero, which the kernel does not check: a zero scale saturates every nonzero
+ * output and turns zeros into NaN). `weight` has `hidden` elements of T; residualIn, residualOut
+ * and sendbuff have rows x hidden of T, normOut rows x hidden of O. In place: residualOut may be
+ * residualIn, and normOut may be sendbuff when O is T; no other buffers may overlap
+ * (tpcInvalidArgument otherwise). Every pointer must be 16-byte aligned (tpcInvalidArgument
+ * otherwise) and `hidden` a multiple of 8 up to 16384 (tpcNotSupported otherwise; every model's
+ * hidden size is).
  *
  * Where tpcomm's kernels take the message, one kernel does it all (push one-shot for few rows,
  * push two-shot for many); elsewhere NCCL all-reduces and a norm kernel follows. Every rank gets
