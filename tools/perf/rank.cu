@@ -527,10 +527,15 @@ class Bench {
         verifiable::fillExact<<<verifiable::grid(count), 256, 0, r.stream>>>(in, count, r.id.rank,
                                                                              seed);
       });
-      if (o_.zeroCopy && o_.graphLaunches > 0 && carrier == Carrier::kTpcomm) {
-        // Check what is timed: a captured call reading its peers' inputs in place.
+      if (o_.graphLaunches > 0 && carrier == Carrier::kTpcomm) {
+        // Check what is timed: a captured call (with --zero-copy, reading its peers' inputs in
+        // place), which may take another kernel than an eager call of the same size.
         captureCalls(1, count, inPlace, carrier);
-        forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+        forEach([&](Rank& r) {
+          cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch");
+          cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
+          r.exec = nullptr;
+        });
       } else {
         callAll(0, count, inPlace, carrier);  // slot 0 of the pools: the buffers filled above
       }
