@@ -428,8 +428,8 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
                                  : Route::kNccl;
   TPC_TRACE("rank %d: all-reduce of %zu bytes (%s%s) on stream %p", rank_, bytes, routeName(route),
             capturing ? ", captured" : "", static_cast<void*>(stream));
+  if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
   if (route == Route::kNccl && nccl_.available()) {
-    if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
     TPC_CHECK(ncclAllReduce(sendbuff, recvbuff, count, type, op, stream));
     if (capturing) return tpcSuccess;
     // Inside a group NCCL issues its work at tpcGroupEnd: the call ends after that.
@@ -438,7 +438,6 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
   }
   if (nranks_ == 1) {
     // Every reduction over one rank is the identity.
-    if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
     if (sendbuff != recvbuff) {
       TPC_CUDA_CHECK(cudaMemcpyAsync(recvbuff, sendbuff, bytes, cudaMemcpyDeviceToDevice, stream));
     }
@@ -450,7 +449,6 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
                 "float16 and bfloat16), and NCCL is not available (%s)",
                 rank_, opName(op), typeName(type), nccl_.description().c_str());
   }
-  if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
   TPC_CHECK(launchKernels(route, sendbuff, recvbuff, count, type, stream, capturing));
   return capturing ? tpcSuccess : noteEagerCall(stream);
 }
