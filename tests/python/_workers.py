@@ -163,7 +163,7 @@ def _rmsnorm(torch, tpcomm, comm, check, size, device):
     check.raises("out of another type", TypeError, "out must be x's type",
                  lambda: comm.all_reduce_rmsnorm(x, res, weight,
                                                  out=torch.empty_like(x, dtype=torch.float16)))
-    _rmsnorm_fp8(torch, comm, check, size, device, rows, hidden, eps, weight, want_residual)
+    _rmsnorm_fp8(torch, comm, check, device, rows, hidden, eps, weight, want_residual)
 
 
 class _DLPackOnly:
@@ -179,7 +179,7 @@ class _DLPackOnly:
         return self.tensor.__dlpack_device__()
 
 
-def _rmsnorm_fp8(torch, comm, check, size, device, rows, hidden, eps, weight, want_residual):
+def _rmsnorm_fp8(torch, comm, check, device, rows, hidden, eps, weight, want_residual):
     """FP8 e4m3 output with the caller's scale: within one e4m3 step of the quantised reference,
     and the same bits whether the output comes as a PyTorch tensor or through DLPack."""
     scale = torch.full((1,), 0.25, device=device)

@@ -507,11 +507,16 @@ class Bench {
       std::nth_element(rank.begin(), rank.begin() + kTimedSections / 2, rank.end());
       times.push_back(rank[kTimedSections / 2]);
     }
+    dropGraphs();
+    return times;
+  }
+
+  // Destroys every rank's captured graph (a launch in flight still completes).
+  void dropGraphs() {
     forEach([&](Rank& r) {
       if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
       r.exec = nullptr;
     });
-    return times;
   }
 
   // Elements of one exactly verifiable all-reduce that differ from the exact sum, per rank.
@@ -531,11 +536,8 @@ class Bench {
         // Check what is timed: a captured call (with --zero-copy, reading its peers' inputs in
         // place), which may take another kernel than an eager call of the same size.
         captureCalls(1, count, inPlace, carrier);
-        forEach([&](Rank& r) {
-          cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch");
-          cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
-          r.exec = nullptr;
-        });
+        forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+        dropGraphs();
       } else {
         callAll(0, count, inPlace, carrier);  // slot 0 of the pools: the buffers filled above
       }
