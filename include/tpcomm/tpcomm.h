@@ -161,15 +161,21 @@ tpcResult_t tpcCommInitAll(tpcComm_t* comms, int nranks, const int* devices,
 tpcResult_t tpcGroupStart(void);
 tpcResult_t tpcGroupEnd(void);
 
-/* Waits for this rank's outstanding work on its device, then frees every resource of the rank.
- * Not collective: ranks may be destroyed one after another from one thread. The handle must not
- * be used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. */
+/* Waits for the outstanding work on the rank's device (all of it, not only this rank's), then
+ * frees every resource of the rank. Where the communicator has failed, the NCCL communicator
+ * tpcomm created is aborted first, as its kernels may wait for a peer that is gone. Not
+ * collective: ranks may be destroyed one after another from one thread. The handle must not be
+ * used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. */
 tpcResult_t tpcCommDestroy(tpcComm_t comm);
 
 /* Stops this rank at once, for engines that tear down on error: the rank's queued and running
  * kernels (graph replays too) end without doing anything more, its peers' waits fail naming it
- * (tpcRemoteError) within their timeout, NCCL's communicator is aborted, and every resource of the
- * rank is freed. Not collective; never waits for a peer. The handle must not be used afterwards. */
+ * (tpcRemoteError) within their timeout, the NCCL communicator tpcomm created is aborted (one
+ * passed in the config stays the caller's to abort), and every resource of the rank is freed.
+ * Not collective; never waits for a peer: where the device still runs other work after the
+ * timeout (a borrowed NCCL communicator's kernels waiting for a dead peer), it returns then and
+ * leaves the rank's device memory allocated, since freeing it would wait for that work. The
+ * handle must not be used afterwards. */
 tpcResult_t tpcCommAbort(tpcComm_t comm);
 
 /* Number of ranks, this rank's index, and this rank's CUDA device. */

@@ -482,7 +482,8 @@ class Communicator:
                 raise Error(code, _tpcomm.last_error(0))
 
     def abort(self) -> None:
-        """Stops the rank at once: its kernels end, its peers fail naming it. Never waits."""
+        """Stops the rank at once: its kernels end, its peers fail naming it. Never waits for a
+        peer, nor longer than the timeout for other work on the device (see tpcCommAbort)."""
         if self._handle:
             handle, self._handle = self._handle, 0
             _tpcomm.comm_abort(handle)

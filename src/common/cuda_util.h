@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstddef>
 
 #include "tpcomm/tpcomm.h"
@@ -25,6 +26,11 @@ class DeviceScope {
   int previous_ = -1;
   bool switched_ = false;
 };
+
+// cudaDeviceSynchronize on `device`, waited for at most `bound`: false if the device still runs
+// work then. The synchronization itself cannot be bounded, so it runs on a thread of its own,
+// which stays behind, waiting, past the bound. *error: what the synchronization reported.
+bool synchronizeDeviceWithin(int device, std::chrono::milliseconds bound, cudaError_t* error);
 
 // Bytes per element; 0 for values outside tpcDataType_t.
 size_t typeSize(tpcDataType_t type);

@@ -62,6 +62,9 @@ tpcResult_t endComm(tpcComm* comm, tpcResult_t (Communicator::*end)(), const cha
   clearThreadLastError();
   TPC_CHECK(checkComm(comm, call));
   const tpcResult_t result = (comm->impl.get()->*end)();
+  // Kernels that never end may still use what an aborted rank left allocated: deleting it would
+  // free that memory, and wait for them first.
+  if (comm->impl->leftAllocated()) static_cast<void>(comm->impl.release());
   comm->impl.reset();
   comm->magic = kDestroyedMagic;
   comm->lastError.clear();

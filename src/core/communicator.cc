@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -847,9 +848,16 @@ tpcResult_t Communicator::releaseResources() {
   return result;
 }
 
+bool Communicator::failed() const {
+  return stickyError_ != tpcSuccess || (failure_.host() != nullptr && failure_.host()->ready);
+}
+
 tpcResult_t Communicator::destroy() {
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
+  // After a failure NCCL's kernels may wait for a peer that is gone: the device synchronization
+  // below would wait with them.
+  if (failed()) nccl_.release();
   // Kernels still in flight may read or signal these buffers; peers' kernels that read this
   // rank's memory finish before this rank's own kernels pass their last barrier.
   const cudaError_t syncError = cudaDeviceSynchronize();
@@ -883,9 +891,29 @@ tpcResult_t Communicator::abort() {
       cudaGetLastError();
     }
   }
-  // NCCL's kernels in flight would otherwise keep the device synchronization below waiting.
+  // NCCL's kernels in flight would otherwise keep the device busy.
   nccl_.release();
-  return destroy();
+  // This rank's kernels now end within a poll, but the device may also run work nothing here can
+  // stop: the kernels of a borrowed NCCL communicator waiting for a dead peer, or anyone's. Both a
+  // device synchronization and cudaFree would wait for it, so the wait is bounded like a wait for
+  // a peer, and past it the rank's memory stays allocated.
+  cudaError_t syncError = cudaSuccess;
+  if (!synchronizeDeviceWithin(device_, std::chrono::milliseconds(config_.timeoutMs), &syncError)) {
+    TPC_WARN(
+        "rank %d: device %d still runs work %d ms after the abort (another library's kernels "
+        "waiting for a peer?); the rank's device memory stays allocated, as freeing it would wait "
+        "for that work",
+        rank_, device_, config_.timeoutMs);
+    bootstrap_.reset();
+    leftAllocated_ = true;
+    return tpcSuccess;
+  }
+  if (syncError != cudaSuccess) {
+    TPC_WARN("rank %d: device %d reported %s while aborting the communicator", rank_, device_,
+             cudaGetErrorString(syncError));
+    cudaGetLastError();
+  }
+  return releaseResources();
 }
 
 }  // namespace tpcomm

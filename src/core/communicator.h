@@ -33,8 +33,13 @@ class Communicator {
 
   // Waits for the device's outstanding work, then frees every resource; reports what failed.
   tpcResult_t destroy();
-  // Stops this rank's kernels and tells its peers, then frees every resource (tpcCommAbort).
+  // Stops this rank's kernels and tells its peers, then frees every resource (tpcCommAbort), or
+  // leaves them allocated (leftAllocated) where the device still runs work after the timeout.
   tpcResult_t abort();
+  // After abort: the device was still busy, maybe with kernels that read this rank's memory and
+  // never end (another library's, waiting for a dead peer). Freeing would wait for them, so the
+  // communicator must not be deleted.
+  bool leftAllocated() const { return leftAllocated_; }
 
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
@@ -125,6 +130,8 @@ class Communicator {
   tpcResult_t launchNorm(const NormCall& call, const void* sum, size_t first, size_t rows,
                          cudaStream_t stream, bool capturing);
   tpcResult_t releaseResources();
+  // A failure recorded, by a call on the host or by a kernel.
+  bool failed() const;
 
   int rank_;
   int nranks_;
@@ -165,6 +172,7 @@ class Communicator {
   bool warnedBlockingStream_ = false;
   tpcResult_t stickyError_ = tpcSuccess;
   std::string stickyMessage_;
+  bool leftAllocated_ = false;
 };
 
 }  // namespace tpcomm

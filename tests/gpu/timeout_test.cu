@@ -1,8 +1,9 @@
 // Failure that stops everyone: a rank that never calls makes its peers fail with tpcTimeout in the
 // configured time, with the rank, peer and block named; a failed rank's queued kernels and graph
 // replays do nothing, so a late peer never pairs them with another call and fails naming it;
-// tpcCommAbort stops a rank and its peers; ranks that make different calls fail instead of mixing
-// them. Every kernel algorithm, on one GPU or several.
+// tpcCommAbort stops a rank and its peers, and returns while other work keeps the device busy;
+// ranks that make different calls fail instead of mixing them. Every kernel algorithm, on one GPU
+// or several.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -224,6 +225,57 @@ TEST_P(Failure, AbortStopsThePeersNamingTheRank) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, kSlack) << "not the 60 s timeout";
   std::string message;
   EXPECT_EQ(tpcRemoteError, asyncError(ranks, 1, &message));
+  EXPECT_TRUE(contains(message, "rank 0 failed or was aborted")) << message;
+}
+
+// Spins until *release is set, or for `boundNs` at most: another library's kernel that waits for
+// a peer that is gone.
+__global__ void spinUntilReleased(const volatile int* release, unsigned long long boundNs) {
+  unsigned long long start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (*release == 0 && now - start < boundNs);
+}
+
+// tpcCommAbort returns within the timeout while work it cannot stop keeps the rank's device busy
+// (a device synchronization would wait for it), and the rank's peer still fails naming it.
+TEST(Abort, ReturnsWhileOtherWorkKeepsTheDeviceBusy) {
+  if (gpuCount() == 0) GTEST_SKIP() << "no CUDA device";
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.timeoutMs = kTimeoutMs;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  int* release = nullptr;
+  CUDA_OK(cudaHostAlloc(&release, sizeof(int), cudaHostAllocMapped));
+  *release = 0;
+  ranks.use(0);
+  cudaStream_t other;
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  spinUntilReleased<<<1, 1, 0, other>>>(release, 30000000000ull);
+  CUDA_OK(cudaGetLastError());
+
+  const auto start = std::chrono::steady_clock::now();
+  const tpcResult_t aborted = tpcCommAbort(ranks.comms[0]);
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  ranks.comms[0] = nullptr;
+  *static_cast<volatile int*>(release) = 1;
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamDestroy(other));
+  CUDA_OK(cudaFreeHost(release));
+  EXPECT_EQ(tpcSuccess, aborted);
+  EXPECT_LT(elapsed, std::chrono::milliseconds(kTimeoutMs) + kSlack)
+      << "waited " << seconds(elapsed) << " s for work that was not the rank's";
+
+  ranks.use(1);
+  DeviceBuffer buf(1000 * sizeof(float));
+  ASSERT_EQ(tpcSuccess, tpcAllReduce(buf.get(), buf.get(), 1000, tpcFloat32, tpcSum, ranks.comms[1],
+                                     ranks.streams[1]));
+  CUDA_OK(cudaStreamSynchronize(ranks.streams[1]));
+  tpcResult_t async = tpcSuccess;
+  EXPECT_EQ(tpcSuccess, tpcCommGetAsyncError(ranks.comms[1], &async));
+  const std::string message = tpcCommGetLastError(ranks.comms[1]);
+  EXPECT_EQ(tpcRemoteError, async) << message;
   EXPECT_TRUE(contains(message, "rank 0 failed or was aborted")) << message;
 }
 
