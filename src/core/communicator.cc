@@ -94,8 +94,6 @@ tpcResult_t Communicator::setup(const tpcUniqueId& id) {
                      config_.zeroCopyGraphs ? config_.graphSlots : kRegistrationSlots, sameProcess,
                      sameDevice),
       "allocating its zero-copy slots"));
-  TPC_CUDA_CHECK(cudaStreamCreateWithFlags(&controlStream_, cudaStreamNonBlocking));
-  TPC_CUDA_CHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
   if (topology_.decision.custom) {
     chooseBlockCaps(all);
     buildParams();
@@ -160,6 +158,10 @@ tpcResult_t Communicator::prepareLocal(RankInfo* mine) {
                cudaGetErrorString(err));
     }
   }
+  // Created here, their failure reaches the peers through the exchange that follows; after the
+  // last exchange it would reach them only as a timeout in their first call.
+  TPC_CUDA_CHECK(cudaStreamCreateWithFlags(&controlStream_, cudaStreamNonBlocking));
+  TPC_CUDA_CHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
   local_ = std::make_shared<LocalBuffer>();
   TPC_CHECK(local_->allocate(layout_));
   publishLocalBuffer(key_, rank_, local_);
