@@ -37,8 +37,8 @@ tpcResult_t groupEnd() {
   if (s.openNccl != nullptr) {
     const nccl::Library* lib = s.openNccl;
     s.openNccl = nullptr;
-    if (lib->groupEnd() != nccl::kSuccess) {
-      return fail(tpcRemoteError, "tpcGroupEnd: ncclGroupEnd failed: %s",
+    if (const nccl::Result res = lib->groupEnd(); res != nccl::kSuccess) {
+      return fail(fromNccl(res), "tpcGroupEnd: ncclGroupEnd failed: %s",
                   lib->getLastError(nullptr));
     }
   }

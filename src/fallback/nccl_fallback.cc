@@ -6,14 +6,6 @@
 #include "common/error.h"
 
 namespace tpcomm {
-namespace {
-
-// NCCL's result codes 1 to 6 mean what tpcomm's do.
-tpcResult_t fromNccl(nccl::Result result) {
-  return result >= 1 && result <= 6 ? static_cast<tpcResult_t>(result) : tpcInternalError;
-}
-
-}  // namespace
 
 tpcResult_t NcclFallback::borrow(void* comm, int rank, int nranks) {
   std::string why;

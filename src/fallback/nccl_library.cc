@@ -108,4 +108,9 @@ const Library* library(std::string* whyNot) {
 }
 
 }  // namespace nccl
+
+tpcResult_t fromNccl(nccl::Result result) {
+  return result >= 1 && result <= 6 ? static_cast<tpcResult_t>(result) : tpcInternalError;
+}
+
 }  // namespace tpcomm

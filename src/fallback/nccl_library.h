@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "tpcomm/tpcomm.h"
+
 namespace tpcomm {
 namespace nccl {
 
@@ -51,4 +53,8 @@ constexpr int kWindowSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 const Library* library(std::string* whyNot);
 
 }  // namespace nccl
+
+// tpcomm's result for one of NCCL's: codes 1 to 6 mean what tpcomm's do.
+tpcResult_t fromNccl(nccl::Result result);
+
 }  // namespace tpcomm

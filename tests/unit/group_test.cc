@@ -1,0 +1,113 @@
+// Groups and NCCL's group inside them, against a stand-in NCCL whose ncclGroupEnd fails as told:
+// tpcGroupEnd passes NCCL's reason on, runs no work that waited for NCCL's calls, and leaves the
+// thread ready for the next group.
+#include "core/group.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "common/error.h"
+#include "fallback/nccl_library.h"
+
+namespace tpcomm {
+namespace {
+
+nccl::Result groupEndResult = nccl::kSuccess;
+int groupStarts = 0;
+int groupEnds = 0;
+
+nccl::Library standIn() {
+  nccl::Library lib;
+  lib.groupStart = [] {
+    ++groupStarts;
+    return nccl::kSuccess;
+  };
+  lib.groupEnd = [] {
+    ++groupEnds;
+    return groupEndResult;
+  };
+  lib.getLastError = [](nccl::Comm) { return "what NCCL said"; };
+  return lib;
+}
+
+class Group : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    groupEndResult = nccl::kSuccess;
+    groupStarts = 0;
+    groupEnds = 0;
+  }
+  const nccl::Library lib_ = standIn();
+};
+
+TEST_F(Group, TheOutermostEndIssuesNcclsGroupThenTheWorkThatWaitedForIt) {
+  int ran = 0;
+  ASSERT_EQ(tpcSuccess, groupStart());
+  ASSERT_EQ(tpcSuccess, groupStart());
+  ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
+  ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
+  ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([&] {
+              EXPECT_EQ(1, groupEnds) << "after NCCL issued the group's calls";
+              ++ran;
+              return tpcSuccess;
+            }));
+  EXPECT_EQ(1, groupStarts) << "NCCL's group opens once";
+  ASSERT_EQ(tpcSuccess, groupEnd());
+  EXPECT_EQ(0, groupEnds) << "an inner end issues nothing";
+  EXPECT_EQ(0, ran);
+  ASSERT_EQ(tpcSuccess, groupEnd());
+  EXPECT_EQ(1, groupEnds);
+  EXPECT_EQ(1, ran);
+  EXPECT_FALSE(inGroup());
+}
+
+TEST_F(Group, AFailedNcclGroupEndSaysWhy) {
+  const struct {
+    nccl::Result nccl;
+    tpcResult_t expected;
+  } cases[] = {{static_cast<nccl::Result>(1), tpcUnhandledCudaError},
+               {static_cast<nccl::Result>(2), tpcSystemError},
+               {static_cast<nccl::Result>(4), tpcInvalidArgument},
+               {static_cast<nccl::Result>(5), tpcInvalidUsage},
+               {static_cast<nccl::Result>(6), tpcRemoteError},
+               {nccl::kInProgress, tpcInternalError}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE("ncclGroupEnd returned " + std::to_string(c.nccl));
+    groupEndResult = c.nccl;
+    bool ran = false;
+    ASSERT_EQ(tpcSuccess, groupStart());
+    ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
+    ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([&] {
+                ran = true;
+                return tpcSuccess;
+              }));
+    EXPECT_EQ(c.expected, groupEnd());
+    const std::string message = threadLastError();
+    EXPECT_NE(std::string::npos, message.find("ncclGroupEnd failed: what NCCL said")) << message;
+    EXPECT_FALSE(ran) << "work that reads what NCCL did not write";
+    EXPECT_FALSE(inGroup());
+  }
+
+  // The next group starts afresh.
+  groupEndResult = nccl::kSuccess;
+  const int endsBefore = groupEnds;
+  bool ran = false;
+  ASSERT_EQ(tpcSuccess, groupStart());
+  ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
+  ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([&] {
+              ran = true;
+              return tpcSuccess;
+            }));
+  EXPECT_EQ(tpcSuccess, groupEnd());
+  EXPECT_EQ(endsBefore + 1, groupEnds);
+  EXPECT_TRUE(ran);
+}
+
+TEST_F(Group, AnEndWithoutAStartIsRefused) {
+  EXPECT_EQ(tpcInvalidUsage, groupEnd());
+  EXPECT_EQ(tpcInternalError, deferUntilGroupEnd([] { return tpcSuccess; }));
+}
+
+}  // namespace
+}  // namespace tpcomm
