@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_util.cuh"
@@ -281,21 +282,24 @@ TEST(Abort, ReturnsWhileOtherWorkKeepsTheDeviceBusy) {
 
 // Ranks that call with different sizes at the same point both fail, saying so, instead of
 // reducing mismatched data or waiting for vectors that never come: messages whose tags one thread
-// checks in push one-shot (at two ranks, every launch that gives a thread one vector at most), and
-// one of 2.4 MB, which gives a thread more and whose tags every thread checks.
+// checks in push one-shot (at two ranks, every launch that gives a thread one vector at most), one
+// of 2.4 MB, which gives a thread more and whose tags every thread checks, and one vector, which
+// leaves rank 1 no slice of its own to reduce in a two-shot call.
 TEST_P(Failure, RanksMakingDifferentCallsFailClearly) {
   config_.timeoutMs = 60000;
-  for (const size_t count : {size_t{1000}, size_t{20000}, size_t{600000}}) {
-    SCOPED_TRACE("count " + std::to_string(count));
+  const std::pair<size_t, size_t> counts[] = {
+      {1000, 1008}, {20000, 20008}, {600000, 600008}, {1, 2}};
+  for (const auto& [count, other] : counts) {
+    SCOPED_TRACE("count " + std::to_string(count) + " against " + std::to_string(other));
     Ranks ranks(2, config_);
     ASSERT_TRUE(ranks.ok()) << ranks.message;
-    std::vector<DeviceBuffer> buf = buffers(ranks, count + 8);
+    std::vector<DeviceBuffer> buf = buffers(ranks, other);
     const auto start = std::chrono::steady_clock::now();
     ASSERT_EQ(tpcSuccess, allReduceAll(ranks, {buf[0].get(), buf[1].get()},
                                        {buf[0].get(), buf[1].get()}, count, tpcFloat32));
     // Rank 1 calls again with another count: the two calls meet.
     for (int r = 0; r < 2; ++r) {
-      ASSERT_EQ(tpcSuccess, tpcAllReduce(buf[r].get(), buf[r].get(), r == 0 ? count : count + 8,
+      ASSERT_EQ(tpcSuccess, tpcAllReduce(buf[r].get(), buf[r].get(), r == 0 ? count : other,
                                          tpcFloat32, tpcSum, ranks.comms[r], ranks.streams[r]));
     }
     CUDA_OK(ranks.syncAll());

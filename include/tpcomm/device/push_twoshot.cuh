@@ -159,6 +159,13 @@ __global__ void __launch_bounds__(kBlockThreads, pushTwoShotMinBlocksPerSm<kRank
     if (!ok) break;
     sendReducedBatch<T, kRanks, kBatch>(p, round, slices, in, from, s.step);
   }
+  // A rank whose slice is empty (a launch of fewer vectors than ranks, or a few more) gathers
+  // nothing, so no thread has checked its peers' tags: one does, before the reduced slices are
+  // taken as this call's. That also leaves no peer's tag store of this launch in flight once the
+  // rank has moved on, where a later launch's reset could not empty it.
+  if (ok && slices.length(p.rank) == 0 && checksTags()) {
+    ok = checkTagsApart<kRanks>(p, round, &patience, kPushTwoShot);
+  }
   ok = ok && receiveReducedSlices<T, kBatch>(p, round, slices, s);
   endRound(p, round, static_cast<uint32_t>(kSlotDataVector + slices.perRank), ok);
 }
