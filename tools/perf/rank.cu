@@ -519,6 +519,19 @@ class Bench {
     });
   }
 
+  // The call a check looks at, on slot 0 of the pools (where the check filled its inputs): what is
+  // timed, so in graph mode a captured call (with --zero-copy, reading its peers' inputs in
+  // place), which may take another kernel than an eager call of the same size.
+  void checkedCall(size_t count, bool inPlace, Carrier carrier) {
+    if (o_.graphLaunches > 0 && carrier == Carrier::kTpcomm) {
+      captureCalls(1, count, inPlace, carrier);
+      forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
+      dropGraphs();
+    } else {
+      callAll(0, count, inPlace, carrier);
+    }
+  }
+
   // Elements of one exactly verifiable all-reduce that differ from the exact sum, per rank.
   std::vector<uint64_t> verify(size_t count, bool inPlace, Carrier carrier) {
     const uint32_t seed = ++seed_;
@@ -532,15 +545,7 @@ class Bench {
         verifiable::fillExact<<<verifiable::grid(count), 256, 0, r.stream>>>(in, count, r.id.rank,
                                                                              seed);
       });
-      if (o_.graphLaunches > 0 && carrier == Carrier::kTpcomm) {
-        // Check what is timed: a captured call (with --zero-copy, reading its peers' inputs in
-        // place), which may take another kernel than an eager call of the same size.
-        captureCalls(1, count, inPlace, carrier);
-        forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
-        dropGraphs();
-      } else {
-        callAll(0, count, inPlace, carrier);  // slot 0 of the pools: the buffers filled above
-      }
+      checkedCall(count, inPlace, carrier);
       forEach([&](Rank& r) {
         verifiable::checkExact<<<verifiable::grid(count), 256, 0, r.stream>>>(
             static_cast<T*>(r.recv), count, g_.nranks, seed, r.wrong);
@@ -582,7 +587,7 @@ class Bench {
       forEach([&](Rank& r) { allReduce(r, r.send, region(r, 2), count, Carrier::kTpcomm); });
     });
     forEach([&](Rank& r) { normAfterAllReduce(r, region(r, 2), region(r, 1), count); });
-    callAll(0, count, inPlace, Carrier::kTpcomm);  // slot 0 of the pools: the buffers filled above
+    checkedCall(count, inPlace, Carrier::kTpcomm);
     forEach([&](Rank& r) {
       dispatch([&](auto zero) {
         using T = decltype(zero);
@@ -596,7 +601,7 @@ class Bench {
     return readWrong();
   }
 
-  // Every rank's count of wrong elements, once its checks have run; the graphs they ran go.
+  // Every rank's count of wrong elements, once its checks have run.
   std::vector<uint64_t> readWrong() {
     std::vector<uint64_t> wrong;
     forEach([&](Rank& r) {
@@ -604,8 +609,6 @@ class Bench {
       cudaTry(cudaMemcpyAsync(&w, r.wrong, sizeof(w), cudaMemcpyDeviceToHost, r.stream),
               "reading the check");
       cudaTry(cudaStreamSynchronize(r.stream), "checking the result");
-      if (r.exec != nullptr) cudaTry(cudaGraphExecDestroy(r.exec), "cudaGraphExecDestroy");
-      r.exec = nullptr;
       wrong.push_back(w);
     });
     return wrong;
