@@ -254,19 +254,37 @@ tpcResult_t Bootstrap::joinRoot(const RendezvousId& id, const Options& options,
   return tpcSuccess;
 }
 
-tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what) const {
+tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what) {
+  tpcResult_t res;
   switch (st.result) {
     case Io::kTimeout:
-      return fail(tpcTimeout, "rank %d: timed out after %lld ms %s rank %d", rank_,
-                  millis(timeout_), what, peer);
+      res = fail(tpcTimeout, "rank %d: timed out after %lld ms %s rank %d", rank_, millis(timeout_),
+                 what, peer);
+      break;
     case Io::kClosed:
-      return fail(tpcRemoteError,
-                  "rank %d: rank %d closed its connection while %s it (did it fail?)", rank_, peer,
-                  what);
+      res =
+          fail(tpcRemoteError, "rank %d: rank %d closed its connection while %s it (did it fail?)",
+               rank_, peer, what);
+      break;
     default:
-      return fail(tpcSystemError, "rank %d: %s rank %d: %s", rank_, what, peer,
-                  st.describe().c_str());
+      res =
+          fail(tpcSystemError, "rank %d: %s rank %d: %s", rank_, what, peer, st.describe().c_str());
   }
+  if (broken_ == tpcSuccess) {
+    broken_ = res;
+    brokenBy_ = threadLastError();
+  }
+  root_.close();
+  for (Socket& s : peers_) s.close();
+  return res;
+}
+
+tpcResult_t Bootstrap::inStep() const {
+  if (broken_ == tpcSuccess) return tpcSuccess;
+  return fail(broken_,
+              "rank %d: an earlier exchange among the ranks failed (%s), so their host exchanges "
+              "are out of step and this communicator can make no more collective host calls",
+              rank_, brokenBy_.c_str());
 }
 
 tpcResult_t Bootstrap::send(const Socket& s, int peer, const std::string& blob, Deadline deadline) {
@@ -280,6 +298,7 @@ tpcResult_t Bootstrap::recv(const Socket& s, int peer, std::string* blob, Deadli
 }
 
 tpcResult_t Bootstrap::allGather(const std::string& mine, std::vector<std::string>* all) {
+  TPC_CHECK(inStep());
   const Deadline dl = deadline();
   all->assign(nranks_, std::string());
   (*all)[rank_] = mine;
@@ -326,6 +345,7 @@ tpcResult_t Bootstrap::agree(tpcResult_t mine, const char* step) {
 }
 
 tpcResult_t Bootstrap::allGatherFd(int fd, std::vector<int>* fds) {
+  TPC_CHECK(inStep());
   const Deadline dl = deadline();
   fds->assign(nranks_, -1);
   auto closeAll = [fds] {

@@ -49,6 +49,9 @@ class Bootstrap {
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
 
+  // Once one of these collectives fails in sending or receiving (a timeout, a closed
+  // connection), every later one fails at once on this rank, saying why.
+  //
   // all[r] is rank r's blob; blobs may differ in size.
   tpcResult_t allGather(const std::string& mine, std::vector<std::string>* all);
   // Rank `root`'s data ends up in *data on every rank.
@@ -75,15 +78,21 @@ class Bootstrap {
                               std::unique_ptr<Bootstrap>* out);
 
   Deadline deadline() const { return Clock::now() + timeout_; }
-  tpcResult_t ioFailure(const IoStatus& st, int peer, const char* what) const;
+  // Explains a failed send or receive. The ranks' exchanges are then out of step (a frame may
+  // be half read, a peer's reply to this exchange may still come), so every later collective
+  // fails at once (inStep), and the connections close so that peers blocked in one learn it now.
+  tpcResult_t ioFailure(const IoStatus& st, int peer, const char* what);
+  tpcResult_t inStep() const;
   tpcResult_t send(const Socket& s, int peer, const std::string& blob, Deadline deadline);
   tpcResult_t recv(const Socket& s, int peer, std::string* blob, Deadline deadline);
 
   int rank_;
   int nranks_;
   std::chrono::milliseconds timeout_;
-  Socket root_;                // on ranks > 0: the connection to rank 0
-  std::vector<Socket> peers_;  // on rank 0: peers_[r] is the connection to rank r
+  Socket root_;                      // on ranks > 0: the connection to rank 0
+  std::vector<Socket> peers_;        // on rank 0: peers_[r] is the connection to rank r
+  tpcResult_t broken_ = tpcSuccess;  // the failure that put the exchanges out of step
+  std::string brokenBy_;
 };
 
 }  // namespace tpcomm

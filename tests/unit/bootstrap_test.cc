@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/error.h"
+
 namespace tpcomm {
 namespace {
 
@@ -176,6 +178,31 @@ TEST(Bootstrap, MissingRootEndsInTimeout) {
     return static_cast<int>(Bootstrap::connect(id, options(r, 2, 300), &boot));
   });
   EXPECT_EQ(tpcTimeout, codes[1]);
+}
+
+// Rank 1's first exchange times out while rank 0 comes late: rank 0's reply to it must never pass
+// for the reply to a later exchange. The failed exchange fails on rank 0 too (rank 1 closed its
+// connection), and every later one fails at once on both, saying why.
+TEST(Bootstrap, AFailedExchangeLeavesNoStaleReplyBehind) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(2, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    tpcResult_t res = Bootstrap::connect(id, options(r, 2, 300), &boot);
+    if (res != tpcSuccess) return 50 + static_cast<int>(res);
+    if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    std::vector<std::string> all;
+    const tpcResult_t first = boot->allGather("first from " + std::to_string(r), &all);
+    // Rank 1 goes on once rank 0 has answered the first exchange, as it would have.
+    if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    res = boot->allGather("second from " + std::to_string(r), &all);
+    if (first != (r == 0 ? tpcRemoteError : tpcTimeout)) return 60 + static_cast<int>(first);
+    if (res == tpcSuccess) return all[0] == "second from 0" ? kDataMismatch : kDataMismatch + 1;
+    if (threadLastError().find("out of step") == std::string::npos) return kDataMismatch + 2;
+    return 0;
+  });
+  EXPECT_EQ(0, codes[0]);
+  EXPECT_EQ(0, codes[1]) << kDataMismatch + 1
+                         << ": the first exchange's reply taken for the second";
 }
 
 TEST(Bootstrap, RanksMustAgreeOnWorldSize) {
