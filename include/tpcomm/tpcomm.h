@@ -278,8 +278,9 @@ tpcResult_t tpcCommRegisterGraphBuffers(tpcComm_t comm);
 
 /* Registers `size` bytes at `buff` for eager zero-copy calls: an out-of-place all-reduce whose
  * input lies inside a registered buffer reads every rank's registered buffer at the same offset,
- * so every rank must register its own buffer and call with the same offsets into it. Collective;
- * *handle names the registration until tpcCommDeregister. */
+ * so every rank must register its own buffer and call with the same offsets into it. A buffer
+ * that overlaps one the rank registered before is refused (tpcInvalidUsage) on every rank.
+ * Collective; *handle names the registration until tpcCommDeregister. */
 tpcResult_t tpcCommRegister(tpcComm_t comm, void* buff, size_t size, void** handle);
 
 /* Waits for this rank's work on its device, then, with every rank, forgets a registration and

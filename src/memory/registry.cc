@@ -281,13 +281,28 @@ tpcResult_t Registry::registerGraphBuffers(Bootstrap& bootstrap) {
 
 tpcResult_t Registry::registerBuffer(Bootstrap& bootstrap, void* ptr, size_t bytes,
                                      uint64_t* handle) {
-  const int slot = takeSlot();
-  // Every rank must take part in the exchange, even one without a free slot.
+  // A call finds the registration that holds its input, the first if several did: ranks whose
+  // registrations overlap differently would read their peers' buffers through different ones.
+  const char* begin = static_cast<const char*>(ptr);
+  bool overlaps = false;
+  for (const Registration& reg : registrations_) {
+    overlaps = overlaps || (begin < reg.base + reg.bytes && reg.base < begin + bytes);
+  }
+  const int slot = overlaps ? -1 : takeSlot();
+  // Every rank must take part in the exchange, even one that refuses the buffer.
   std::vector<std::string> offers;
-  TPC_CHECK(bootstrap.allGather(slot >= 0 ? std::to_string(bytes) : std::string("-"), &offers));
+  TPC_CHECK(bootstrap.allGather(overlaps    ? std::string("overlap")
+                                : slot >= 0 ? std::to_string(bytes)
+                                            : std::string("-"),
+                                &offers));
   for (int r = 0; r < nranks_; ++r) {
     tpcResult_t res = tpcSuccess;
-    if (offers[r] == "-") {
+    if (offers[r] == "overlap") {
+      res = fail(tpcInvalidUsage,
+                 "rank %d: rank %d registers a buffer that overlaps one it registered before; "
+                 "deregister that one first",
+                 rank_, r);
+    } else if (offers[r] == "-") {
       res = fail(tpcInvalidUsage, "rank %d: rank %d has no free slot for another registration",
                  rank_, r);
     } else if (offers[r] != std::to_string(bytes)) {
@@ -325,8 +340,11 @@ tpcResult_t Registry::deregister(Bootstrap& bootstrap, uint64_t handle) {
   // No kernel of this rank may still read through the slot, and no peer may still read this
   // rank's buffer through its mapping: wait for the device, then for every rank.
   TPC_CHECK(bootstrap.agree(known, "deregistering"));
-  TPC_CUDA_CHECK(cudaDeviceSynchronize());
-  TPC_CHECK(bootstrap.barrier());
+  const cudaError_t idle = cudaDeviceSynchronize();
+  TPC_CHECK(bootstrap.agree(idle == cudaSuccess
+                                ? tpcSuccess
+                                : failCuda(idle, "cudaDeviceSynchronize", __FILE__, __LINE__),
+                            "waiting for its device before deregistering"));
   Registration& reg = registrations_[i];
   for (uint64_t ref : reg.refs) peers_.release(ref);
   TPC_CUDA_CHECK(cudaMemset(slots_ + reg.slot, 0, sizeof(device::SourceSlot)));

@@ -458,6 +458,43 @@ TEST(ZeroCopyEager, RegistrationsOfDifferentSizesAreRefused) {
   }
 }
 
+// A call uses the first registration that holds its input, so a buffer that overlaps a registered
+// one is refused on every rank: rank 0's calls into it would read rank 1's first buffer, rank 1's
+// its second. A buffer right after a registered one is not refused.
+TEST(ZeroCopyEager, OverlappingRegistrationsAreRefused) {
+  SKIP_WITHOUT_GPU();
+  Ranks ranks(2, pullConfig());
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  constexpr size_t kMiB = size_t{1} << 20;
+  std::vector<DeviceBuffer> bufs;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    bufs.emplace_back(2 * kMiB);
+  }
+  auto at = [&](int r, size_t offset) { return bufs[r].get<char>() + offset; };
+  std::vector<void*> first, next;
+  ASSERT_EQ(tpcSuccess, registerOnEveryRank(ranks, {at(0, 0), at(1, 0)}, kMiB, &first));
+
+  std::vector<void*> handles(2, nullptr);
+  const tpcResult_t res = onEveryRank(ranks, [&](int r) {
+    // Rank 0's lies inside its first buffer; rank 1's after it.
+    return tpcCommRegister(ranks.comms[r], at(r, r == 0 ? kMiB / 2 : kMiB), kMiB / 4, &handles[r]);
+  });
+  EXPECT_EQ(tpcInvalidUsage, res);
+  for (int r = 0; r < 2; ++r) {
+    const std::string message = tpcCommGetLastError(ranks.comms[r]);
+    EXPECT_NE(std::string::npos, message.find("rank 0 registers a buffer that overlaps"))
+        << "rank " << r << ": " << message;
+    tpcMemoryInfo_t info;
+    TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
+    EXPECT_EQ(1, info.slotsUsed) << "rank " << r;
+  }
+
+  ASSERT_EQ(tpcSuccess, registerOnEveryRank(ranks, {at(0, kMiB), at(1, kMiB)}, kMiB / 4, &next));
+  EXPECT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, next));
+  EXPECT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, first));
+}
+
 // A graph captured while a buffer was registered, replayed after the registration was replaced
 // by another in the same slot, fails instead of reading the other buffer.
 TEST(ZeroCopyEager, GraphOfAReplacedRegistrationFails) {
