@@ -209,10 +209,9 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
 
 /* The algorithm tpcAllReduceAddRmsNorm would use, eager or captured, for `rows` rows of `hidden`
  * elements of `datatype` on this communicator: tpcAlgoPushOneShot or tpcAlgoPushTwoShot (the fused
- * kernel), or tpcAlgoNccl (NCCL, then the norm kernel). Its one-shot kernel may take larger
- * messages than tpcAllReduce's; in place (normOut == sendbuff), rows that no one-shot grid sends
- * from the threads that normalise them take the two-shot kernel instead. Rows the call refuses get
- * the call's error (tpcNotSupported for a type or hidden size it lacks). */
+ * kernel), or tpcAlgoNccl (NCCL, then the norm kernel), in place (normOut == sendbuff) or not.
+ * Its one-shot kernel may take larger messages than tpcAllReduce's. Rows the call refuses get the
+ * call's error (tpcNotSupported for a type or hidden size it lacks). */
 tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hidden,
                                           tpcDataType_t datatype, tpcAlgorithm_t* algorithm);
 

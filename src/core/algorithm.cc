@@ -152,7 +152,8 @@ FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClust
   const int c = largestRowCluster(rows, hiddenVectors, clusters, blockCap, inPlace);
   if (c == 1 && inPlace &&
       static_cast<uint32_t>(device::rowThreads(hiddenVectors)) != hiddenVectors) {
-    return FusedShape{0, 0};
+    const size_t blocks = std::max(rows, kPushMinBlocks);
+    return FusedShape{static_cast<int>(std::clamp<size_t>(blocks, 1, blockCap)), 1, true};
   }
   if (c > 1) {
     const size_t cluster = static_cast<size_t>(c);

@@ -91,7 +91,8 @@ using RowClusters = std::array<int, device::kMaxRowBlocks + 1>;
 
 struct FusedShape {
   int blocks;
-  int clusterBlocks;  // blocks of the cluster that holds a row; 1: a block holds a row
+  int clusterBlocks;        // blocks of the cluster that holds a row; 1: a block holds a row
+  bool ownerSends = false;  // each block sends the rows it normalises (fused one-shot, in place)
 };
 
 // The fused one-shot kernel's grid for `rows` rows of `hiddenVectors` vectors. A row is spread over
@@ -107,10 +108,12 @@ struct FusedShape {
 // took the same time.
 //
 // In place (the output over the input), only a shape in which every vector is sent by the thread
-// that normalises it: clusters whose threads hold exactly a row, or blocks of a vector a thread;
-// {0, 0} where none fits, and the call takes the two-shot kernel. The grid sends by its stride,
-// and a vector sent by another thread could be read after its row's owner had normalised it over
-// the input, whenever the sender's block started late: the peers would add the output.
+// that normalises it: clusters whose threads hold exactly a row, or blocks of a vector a thread,
+// or else a block a row that sends the rows it normalises (ownerSends). The grid sends by its
+// stride otherwise, and a vector sent by another thread could be read after its row's owner had
+// normalised it over the input, whenever the sender's block started late: the peers would add the
+// output. Whatever the shape, every vector goes to the same slots: ranks whose calls differ in
+// being in place still meet in the same kernel.
 FusedShape fusedOneShotShape(size_t rows, uint32_t hiddenVectors, const RowClusters& clusters,
                              int cap, bool inPlace = false);
 

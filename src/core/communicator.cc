@@ -581,24 +581,10 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, 
   const size_t chunkRows = launchShare(call.rows, mostRows, 1);
   for (size_t first = 0; first < call.rows; first += chunkRows) {
     const size_t rows = std::min(chunkRows, call.rows - first);
-    bool twoShot = route == Route::kPushTwoShot;
-    FusedShape shape{};
-    if (!twoShot) {
-      // In place, rows that no one-shot grid sends from the threads that normalise them go
-      // two-shot (fusedOneShotShape says why).
-      shape = fusedOneShotShape(rows, hiddenVectors, fusedClusters_, pushBlockCap_, inPlace);
-      twoShot = shape.blocks == 0;
-      if (twoShot && rows > fusedLaunchRows(Route::kPushTwoShot, call.rowBytes())) {
-        return fail(tpcInvalidUsage,
-                    "rank %d: %zu rows of %zu elements in place need the push two-shot kernel, "
-                    "whose receive buffers (pushBytes %zu) hold fewer; raise pushBytes or write "
-                    "the output elsewhere",
-                    rank_, rows, call.hidden, config_.pushBytes);
-      }
-    }
-    if (twoShot) {
-      shape = fusedTwoShotShape(rows, nranks_, hiddenVectors, fusedClusters_, pushBlockCap_);
-    }
+    const bool twoShot = route == Route::kPushTwoShot;
+    const FusedShape shape =
+        twoShot ? fusedTwoShotShape(rows, nranks_, hiddenVectors, fusedClusters_, pushBlockCap_)
+                : fusedOneShotShape(rows, hiddenVectors, fusedClusters_, pushBlockCap_, inPlace);
     const device::Algorithm protocol = twoShot ? device::kPushTwoShot : device::kPushOneShot;
     const device::Algorithm algorithm =
         twoShot ? device::kPushTwoShotNorm : device::kPushOneShotNorm;
@@ -611,7 +597,8 @@ tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, 
     p.norm = normParams(call, first, rows);
     p.tag = callTag(algorithm, call.type, p.count, call.hidden, p.norm.outType);
     TPC_CUDA_CHECK(launchFused(call.type, algorithm, p, shape.blocks, shape.clusterBlocks,
-                               dependentLaunch_, stream, completionEvent(capturing)));
+                               shape.ownerSends, dependentLaunch_, stream,
+                               completionEvent(capturing)));
   }
   return tpcSuccess;
 }

@@ -8,10 +8,11 @@ namespace tpcomm {
 
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, int clusterBlocks,
-                        bool dependent, cudaStream_t stream, cudaEvent_t completion) {
+                        bool ownerSends, bool dependent, cudaStream_t stream,
+                        cudaEvent_t completion) {
   return byRowType(type, [&](auto zero) {
-    return device::launchFused<decltype(zero)>(algorithm, params, blocks, clusterBlocks, dependent,
-                                               stream, completion);
+    return device::launchFused<decltype(zero)>(algorithm, params, blocks, clusterBlocks, ownerSends,
+                                               dependent, stream, completion);
   });
 }
 

@@ -14,7 +14,8 @@ namespace tpcomm {
 // `dependent` and `completion` as device::launchKernel.
 cudaError_t launchFused(tpcDataType_t type, device::Algorithm algorithm,
                         const device::FusedParams& params, int blocks, int clusterBlocks,
-                        bool dependent, cudaStream_t stream, cudaEvent_t completion);
+                        bool ownerSends, bool dependent, cudaStream_t stream,
+                        cudaEvent_t completion);
 cudaError_t launchAddRmsNorm(tpcDataType_t type, const device::AddNormParams& params, int blocks,
                              bool dependent, cudaStream_t stream, cudaEvent_t completion);
 

@@ -572,15 +572,16 @@ __global__ void holdMultiprocessor(const volatile int* release, volatile int* ru
 }
 
 // In place (the output over the input), a row's output must not reach the peers in its stead,
-// however late the block that sends part of it starts. 30 rows of 8192 in 48 blocks take no
-// clusters, and a block of 512 threads holds a row: one-shot's grid, which sends by its stride,
-// would send the vectors of rows 15-23 from blocks 30-47, and such calls take two-shot
-// (fusedOneShotShape). Rank 1's device is held but for 30 free multiprocessors (and those rank 0's
-// rows hold, where the ranks share a GPU) when rank 1 calls: its blocks beyond the 30th start only
-// once one of the first 30 has ended.
+// however late the block that sends part of it starts. 30 rows of 8192 in at most 48 blocks take
+// no clusters, and a block of 512 threads holds a row: one-shot's grid, which sends by its stride,
+// would send the vectors of rows 15-23 from blocks 30-47, so such calls have each block send the
+// rows it normalises (fusedOneShotShape). Rank 1's device is held but for 20 free multiprocessors
+// (and those rank 0's rows hold, where the ranks share a GPU) when rank 1 calls: its blocks beyond
+// the 20th start only once one of the first 20 has ended.
 TEST(FusedNorm, InPlaceWhileBlocksStartLate) {
   SKIP_WITHOUT_GPU();
   constexpr int kRows = 30;
+  constexpr int kFree = 20;
   tpcConfig_t config = configFor(tpcAlgoPushOneShot);
   config.maxBlocks = 48;
   Ranks ranks(2, config);
@@ -591,7 +592,7 @@ TEST(FusedNorm, InPlaceWhileBlocksStartLate) {
   CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ranks.devices[1]));
   CUDA_OK(cudaDeviceGetAttribute(&sharedMemory, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                  ranks.devices[1]));
-  const int held = sms - kRows - (shared ? kRows : 0);
+  const int held = sms - kFree - (shared ? kRows : 0);
   if (held < 1) GTEST_SKIP() << sms << " multiprocessors: too few to hold some";
   CUDA_OK(cudaFuncSetAttribute(holdMultiprocessor, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                sharedMemory));
@@ -630,6 +631,56 @@ TEST(FusedNorm, InPlaceWhileBlocksStartLate) {
   ASSERT_TRUE(holding) << held << " blocks never all ran at once";
   ASSERT_EQ(tpcSuccess, second) << message;
   EXPECT_EQ("", verify(c, got, referenceResidual(c, c.residual)));
+}
+
+// Ranks whose calls differ only in being in place meet in the same kernel and agree bit for bit:
+// rank 0 writes its output over its input, rank 1 elsewhere. Row counts whose one-shot grids in
+// place differ from those out of place (smaller clusters; blocks that send the rows they
+// normalise, where no grid gives a thread exactly one vector of a row), and two-shot.
+TEST(FusedNorm, OnlySomeRanksInPlace) {
+  SKIP_WITHOUT_GPU();
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.timeoutMs = 5000;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const Shape shapes[] = {{17, 8192},  {34, 8192}, {67, 8192}, {80, 5120},
+                          {128, 5120}, {1, 1000},  {256, 8192}};
+  for (const Shape& shape : shapes) {
+    SCOPED_TRACE(std::to_string(shape.rows) + " rows of " + std::to_string(shape.hidden));
+    Call c;
+    c.shape = shape;
+    fillHost(&c, 2, 43);
+    allocate(&c, ranks);
+    upload(c, ranks);
+    auto outOn = [&](int r) { return r == 0 ? c.dInput[0].get() : c.dOut[1].get(); };
+    std::string message;
+    tpcResult_t res = tpcGroupStart();
+    for (int r = 0; r < 2 && res == tpcSuccess; ++r) {
+      ranks.use(r);
+      res = tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(), residualOutOf(c, r),
+                                   c.dWeight[r].get(), outOn(r), c.shape.rows, c.shape.hidden,
+                                   c.eps, c.type, c.outType, c.dScale[r].get<float>(),
+                                   ranks.comms[r], ranks.streams[r]);
+      if (res != tpcSuccess) message = tpcCommGetLastError(ranks.comms[r]);
+    }
+    const tpcResult_t ended = tpcGroupEnd();
+    ASSERT_EQ(tpcSuccess, res) << message;
+    ASSERT_EQ(tpcSuccess, ended) << tpcCommGetLastError(nullptr);
+    Results got;
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      CUDA_OK(cudaStreamSynchronize(ranks.streams[r]));
+      tpcResult_t async = tpcInternalError;
+      TPC_OK(tpcCommGetAsyncError(ranks.comms[r], &async));
+      ASSERT_EQ(tpcSuccess, async) << tpcCommGetLastError(ranks.comms[r]);
+      got.residual.emplace_back(c.bytes());
+      got.out.emplace_back(c.outBytes());
+      CUDA_OK(cudaMemcpy(got.residual.back().data(), residualOutOf(c, r), c.bytes(),
+                         cudaMemcpyDeviceToHost));
+      CUDA_OK(cudaMemcpy(got.out.back().data(), outOn(r), c.outBytes(), cudaMemcpyDeviceToHost));
+    }
+    EXPECT_EQ("", verify(c, got, referenceResidual(c, c.residual)));
+  }
 }
 
 // A model's layers in a graph: the residual flows from call to call in place; the graph is

@@ -244,12 +244,20 @@ TEST(Algorithm, FusedOneShotSpreadsFewRowsOverClusters) {
 }
 
 // In place, only grids in which the thread that sends a vector normalises it: clusters whose
-// threads hold exactly a row, or blocks of a vector a thread.
+// threads hold exactly a row, or blocks of a vector a thread, or else blocks that send the rows
+// they normalise.
 TEST(Algorithm, FusedOneShotInPlaceSendsEveryRowFromItsOwnThreads) {
   RowClusters clusters;
   clusters.fill(64);
   auto shape = [&](size_t rows, uint32_t hiddenVectors) {
     const FusedShape s = fusedOneShotShape(rows, hiddenVectors, clusters, 132, true);
+    EXPECT_FALSE(s.ownerSends) << rows << " rows of " << hiddenVectors << " vectors";
+    return std::make_pair(s.blocks, s.clusterBlocks);
+  };
+  auto ownerSends = [&](size_t rows, uint32_t hiddenVectors) {
+    const FusedShape s = fusedOneShotShape(rows, hiddenVectors, clusters, 132, true);
+    EXPECT_TRUE(s.ownerSends) << rows << " rows of " << hiddenVectors << " vectors";
+    EXPECT_FALSE(fusedOneShotShape(rows, hiddenVectors, clusters, 132).ownerSends);
     return std::make_pair(s.blocks, s.clusterBlocks);
   };
   // Rows of 8192: clusters of 8 x 128 and 4 x 256 as out of place; 7 x 160 and 3 x 352 threads
@@ -258,15 +266,17 @@ TEST(Algorithm, FusedOneShotInPlaceSendsEveryRowFromItsOwnThreads) {
   EXPECT_EQ(7, fusedOneShotShape(17, 1024, clusters, 132).clusterBlocks);
   EXPECT_EQ(std::make_pair(68, 4), shape(17, 1024));
   EXPECT_EQ(std::make_pair(68, 2), shape(34, 1024));
-  // A block of 512 threads holds two vectors of each row: none.
-  EXPECT_EQ(std::make_pair(0, 0), shape(67, 1024));
+  // A block of 512 threads holds two vectors of each row: a block a row, sending its own.
+  EXPECT_EQ(std::make_pair(67, 1), ownerSends(67, 1024));
+  EXPECT_EQ(std::make_pair(132, 1), ownerSends(200, 640));
   // Rows of 5120 over 3 x 224 threads out of place, 2 x 320 in place.
   EXPECT_EQ(3, fusedOneShotShape(34, 640, clusters, 132).clusterBlocks);
   EXPECT_EQ(std::make_pair(68, 2), shape(34, 640));
   // Rows of 2048 (256 vectors): a block of 256 threads, a vector each, once clusters run out.
   EXPECT_EQ(std::make_pair(132, 1), shape(132, 256));
-  // Rows of 1000 (125 vectors) fill no warp exactly: none.
-  EXPECT_EQ(std::make_pair(0, 0), shape(1, 125));
+  // Rows of 1000 (125 vectors) fill no warp exactly: at least kPushMinBlocks blocks, each
+  // sending the row it normalises.
+  EXPECT_EQ(std::make_pair(32, 1), ownerSends(1, 125));
 }
 
 TEST(Algorithm, FusedTwoShotSpreadsASlicesRowsOverClusters) {

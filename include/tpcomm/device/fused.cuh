@@ -34,9 +34,10 @@ __host__ __device__ constexpr bool everyThreadAddsRows(size_t rows) {
 // 2 or more (at most rowBlocks(hiddenVectors), dividing `blocks`), the kernel spreads each row over
 // a cluster of that many blocks, of which there must be one for each row it normalises (every row
 // one-shot, a rank's slice two-shot: RowSums says why); otherwise a block holds a row.
+// `ownerSends`: pushOneShotAddRmsNorm's kOwnerSends, one-shot where a block holds a row.
 template <typename T>
 inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, int clusterBlocks,
-                               bool dependent, cudaStream_t stream,
+                               bool ownerSends, bool dependent, cudaStream_t stream,
                                cudaEvent_t completion = nullptr) {
   if (clusterBlocks > 1) {
     const size_t ranks = p.nranks > 0 ? static_cast<size_t>(p.nranks) : 1;
@@ -58,7 +59,9 @@ inline cudaError_t launchFused(int algorithm, const FusedParams& p, int blocks, 
     const bool oneVector =
         oneVectorRows(hv, static_cast<uint32_t>(threads * cluster)) && (kRanks > 2 || cluster > 1);
     constexpr bool kTwo = kRanks == 2;
-    const auto kernel = !oneVector ? pushOneShotAddRmsNorm<T, kRanks, false>
+    if (ownerSends && cluster > 1) return cudaErrorInvalidValue;
+    const auto kernel = ownerSends   ? pushOneShotAddRmsNorm<T, kRanks, false, false, true>
+                        : !oneVector ? pushOneShotAddRmsNorm<T, kRanks, false>
                         : kTwo && everyThreadAddsRows(p.norm.rows)
                             ? pushOneShotAddRmsNorm<T, kRanks, true, kTwo>
                             : pushOneShotAddRmsNorm<T, kRanks, true>;
@@ -81,14 +84,17 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, true, true>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 2, false, false, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, false>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 2, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, true>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, 4, false, false, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4, false>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, 4, true>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks>),
       reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, true>),
+      reinterpret_cast<const void*>(pushOneShotAddRmsNorm<T, kMaxRanks, false, false, true>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks, false>),
       reinterpret_cast<const void*>(pushTwoShotAddRmsNorm<T, kMaxRanks, true>),
   };

@@ -1,6 +1,7 @@
 // Push one-shot fused with the residual add and RMSNorm, for few rows (decode). Every block stores
 // its share of the (scrubbed) input into this rank's slot of every peer's receive buffer, exactly
-// where push one-shot would put the same elements. Then group g of blocks gathers rows g,
+// where push one-shot would put the same elements (in some calls in place, the rows it normalises:
+// kOwnerSends). Then group g of blocks gathers rows g,
 // g + groups, ... from every rank, sums in rank order, adds the residual and normalises each row
 // before the next (groups beyond the last row only send). A group is one block, or for few rows a
 // thread block cluster (smaller as the rows get more) whose blocks share the row and sum its
@@ -120,6 +121,13 @@ __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size
 // kernel, 128 rows of 5120 took 8.91 -> 9.05 us, 2 H100s; at four ranks 2 to 8 rows of 8192 took
 // 0.2-0.37 us longer, 4 H200s).
 //
+// kOwnerSends: each block sends the vectors of the rows it normalises, each thread those it holds,
+// instead of the grid sending by its stride; for calls in place (the output over the input) where
+// a block holds a row (no cluster) and its threads do not hold exactly one vector each. Sent by the
+// stride, a vector could be sent by a block that started late, after the row's owner had
+// normalised it over the input: the peers would add the output. The slots a vector goes to are
+// the same either way, so ranks may differ in it.
+//
 // kEveryThreadAdds: every thread adds a row's warp sums itself (rowSum), where a lane each and a
 // butterfly do otherwise; only where a thread holds one vector, at two ranks (everyThreadAddsRows
 // says when). At eight ranks the 32 registers that takes would spill; at four the kernel took 128
@@ -127,10 +135,12 @@ __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size
 // of three A/B runs, us: rows of 8192, 1 row 3.97 against 4.12, 2 rows 4.30 against 4.50, 4 rows
 // 4.42 against 4.52, 8 rows 5.06 against 5.15; rows of 5120, 1 row 3.98 against 4.13, 2 rows 4.27
 // against 4.48, 4 rows 4.33 against 4.57; from 16 rows within 0.05).
-template <typename T, int kRanks, bool kOneVector = false, bool kEveryThreadAdds = false>
+template <typename T, int kRanks, bool kOneVector = false, bool kEveryThreadAdds = false,
+          bool kOwnerSends = false>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAddRmsNorm(const __grid_constant__ FusedParams p) {
   static_assert(!kEveryThreadAdds || (kOneVector && kRanks == 2), "see kEveryThreadAdds");
+  static_assert(!kOwnerSends || !kOneVector, "see kOwnerSends");
   __shared__ RowSums sums;
   __shared__ WeightRow weights;
   const unsigned blocks = RowBlocks::count();
@@ -157,19 +167,34 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // 3.14, 4 rows 3.61 -> 3.44, 8 rows 3.79 -> 3.75, 64 rows 6.84 -> 6.74; rows of 5120, 1 row
   // 3.07 -> 3.11, 4 rows 3.40 -> 3.17, 8 rows 3.65 -> 3.51, 64 rows 5.40 -> 5.31).
   uint4 x[kMaxRowVectors];
-  loadToSend<T>(p, s.first, s.step, nvec, x);
+  if constexpr (!kOwnerSends) loadToSend<T>(p, s.first, s.step, nvec, x);
   allowNextKernel();
   RowPrefetch next;
   if (ok) {
     sendTags(p, round);
-    for (size_t at = s.first; at < nvec; at += s.step * kMaxRowVectors) {
-      if (at != s.first) loadToSend<T>(p, at, s.step, nvec, x);
-      for (int j = 1; j < p.nranks; ++j) {
-        const int peer = rankAfter(p, j);
+    if constexpr (kOwnerSends) {
+      for (size_t row = group; row < n.rows; row += groups) {
+        const size_t first = row * hv;
+        loadToSend<T>(p, first + lane.thread, lane.threads, first + hv, x);
+        for (int j = 1; j < p.nranks; ++j) {
+          const int peer = rankAfter(p, j);
 #pragma unroll
-        for (int k = 0; k < kMaxRowVectors; ++k) {
-          const size_t i = at + k * s.step;
-          if (i < nvec) *sentSlotData(p, round, peer, i) = x[k];
+          for (int k = 0; k < kMaxRowVectors; ++k) {
+            const uint32_t v = lane.vector(k);
+            if (v < hv) *sentSlotData(p, round, peer, first + v) = x[k];
+          }
+        }
+      }
+    } else {
+      for (size_t at = s.first; at < nvec; at += s.step * kMaxRowVectors) {
+        if (at != s.first) loadToSend<T>(p, at, s.step, nvec, x);
+        for (int j = 1; j < p.nranks; ++j) {
+          const int peer = rankAfter(p, j);
+#pragma unroll
+          for (int k = 0; k < kMaxRowVectors; ++k) {
+            const size_t i = at + k * s.step;
+            if (i < nvec) *sentSlotData(p, round, peer, i) = x[k];
+          }
         }
       }
     }
