@@ -54,7 +54,8 @@ std::string IoStatus::describe() const {
     case Io::kClosed:
       return "connection closed by the peer";
     default:
-      return std::string("system error: ") + std::strerror(err);
+      return std::string("system error: ") + std::strerror(err) +
+             (err == EMFILE ? " (the process's limit on open descriptors, ulimit -n)" : "");
   }
 }
 
@@ -191,6 +192,8 @@ IoStatus recvFd(const Socket& s, int* fd, Deadline deadline) {
     IoStatus st = waitFor(s.fd(), POLLIN, deadline);
     if (!st.ok()) return st;
   }
+  // The kernel drops a descriptor this process has no room for, and says so only here.
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) return error(EMFILE);
   cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
   if (cmsg == nullptr || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
     return error(EBADMSG);

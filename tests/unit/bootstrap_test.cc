@@ -1,9 +1,11 @@
 // The rendezvous across real processes and real sockets: every rank is a forked child.
 #include "bootstrap/bootstrap.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -203,6 +205,42 @@ TEST(Bootstrap, AFailedExchangeLeavesNoStaleReplyBehind) {
   EXPECT_EQ(0, codes[0]);
   EXPECT_EQ(0, codes[1]) << kDataMismatch + 1
                          << ": the first exchange's reply taken for the second";
+}
+
+// The lowest descriptor number this process has free.
+int lowestFreeFd() {
+  const int fd = open("/dev/null", O_RDONLY);
+  close(fd);
+  return fd;
+}
+
+// A rank whose limit on open descriptors leaves no room for those its peer passes says so; the
+// kernel drops such a descriptor and reports it only in the message's flags.
+TEST(Bootstrap, RunningOutOfDescriptorsSaysSo) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(2, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    const tpcResult_t res = Bootstrap::connect(id, options(r, 2, 5000), &boot);
+    if (res != tpcSuccess) return 50 + static_cast<int>(res);
+    std::vector<int> mine;
+    if (r == 0) {
+      for (int i = 0; i < 64; ++i) mine.push_back(open("/dev/null", O_RDONLY));
+    } else {
+      rlimit limit{};
+      getrlimit(RLIMIT_NOFILE, &limit);
+      // Room for 8 more at most: a descriptor's number must stay below the limit.
+      limit.rlim_cur = static_cast<rlim_t>(lowestFreeFd() + 8);
+      if (setrlimit(RLIMIT_NOFILE, &limit) != 0) return 70;
+    }
+    std::vector<std::vector<int>> received;
+    const tpcResult_t gathered = boot->allGatherFds(mine, &received);
+    if (r == 0) return 0;
+    if (gathered != tpcSystemError) return 60 + static_cast<int>(gathered);
+    return threadLastError().find("limit on open descriptors") == std::string::npos ? kDataMismatch
+                                                                                    : 0;
+  });
+  EXPECT_EQ(0, codes[0]);
+  EXPECT_EQ(0, codes[1]);
 }
 
 TEST(Bootstrap, RanksMustAgreeOnWorldSize) {
