@@ -250,13 +250,15 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  *
  * Where tpcomm's kernels take the message, one kernel does it all (push one-shot for few rows,
  * push two-shot for many); elsewhere NCCL all-reduces and a norm kernel follows. Every rank gets
- * bitwise identical results, and the two ways differ only as their all-reduces do (the sign of a
- * zero sum; NCCL's summation order for more than two ranks). Ordered on `stream` and capturable,
- * like tpcAllReduce; with an FP8 output on a rank driven with others from one thread, NCCL's path
- * needs the rows of all such calls in one group to fit the staging buffer together. Where a small
- * pushBytes leaves a kernel's receive buffers no room for a row, NCCL carries the call, or else the
- * other push kernel if its buffers hold a row (tpcInvalidUsage if neither does). rows == 0 does
- * nothing. */
+ * bitwise identical results, given what tensor parallelism gives every rank alike: the same
+ * residualIn, weight, eps and scale (the two-shot kernel uses the values of the rank that sums a
+ * row for every rank's copy of it; nothing checks them). The two ways differ only as their
+ * all-reduces do (the sign of a zero sum; NCCL's summation order for more than two ranks). Ordered
+ * on `stream` and capturable, like tpcAllReduce; with an FP8 output on a rank driven with others
+ * from one thread, NCCL's path needs the rows of all such calls in one group to fit the staging
+ * buffer together. Where a small pushBytes leaves a kernel's receive buffers no room for a row,
+ * NCCL carries the call, or else the other push kernel if its buffers hold a row (tpcInvalidUsage
+ * if neither does). rows == 0 does nothing. */
 tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn, void* residualOut,
                                    const void* weight, void* normOut, size_t rows, size_t hidden,
                                    float eps, tpcDataType_t datatype, tpcDataType_t normType,
