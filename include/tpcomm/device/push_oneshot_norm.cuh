@@ -1,9 +1,9 @@
 // Push one-shot fused with the residual add and RMSNorm, for few rows (decode). Every block stores
 // its share of the (scrubbed) input into this rank's slot of every peer's receive buffer, exactly
-// where push one-shot would put the same elements (in some calls in place, the rows it normalises:
-// kOwnerSends). Then group g of blocks gathers rows g,
-// g + groups, ... from every rank, sums in rank order, adds the residual and normalises each row
-// before the next (groups beyond the last row only send). A group is one block, or for few rows a
+// where push one-shot would put the same elements (in some calls in place, the share is the rows
+// it normalises: kOwnerSends). Then group g of blocks gathers rows g, g + groups, ... from every
+// rank, sums in rank order, adds the residual and normalises each row before the next (groups
+// beyond the last row only send). A group is one block, or for few rows a
 // thread block cluster (smaller as the rows get more) whose blocks share the row and sum its
 // squares through distributed shared memory: each step of the row is a chain of dependent
 // instructions, and one multiprocessor alone runs the chains of a row of 16 KB 2.4 us longer than
