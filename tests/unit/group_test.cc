@@ -38,6 +38,17 @@ class Group : public ::testing::Test {
     groupStarts = 0;
     groupEnds = 0;
   }
+  // Opens a group with NCCL's group inside and work that waits for its end, which sets *ran.
+  void openGroupWithWork(bool* ran) {
+    *ran = false;
+    ASSERT_EQ(tpcSuccess, groupStart());
+    ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
+    ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([ran] {
+                *ran = true;
+                return tpcSuccess;
+              }));
+  }
+
   const nccl::Library lib_ = standIn();
 };
 
@@ -76,12 +87,7 @@ TEST_F(Group, AFailedNcclGroupEndSaysWhy) {
     SCOPED_TRACE("ncclGroupEnd returned " + std::to_string(c.nccl));
     groupEndResult = c.nccl;
     bool ran = false;
-    ASSERT_EQ(tpcSuccess, groupStart());
-    ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
-    ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([&] {
-                ran = true;
-                return tpcSuccess;
-              }));
+    openGroupWithWork(&ran);
     EXPECT_EQ(c.expected, groupEnd());
     const std::string message = threadLastError();
     EXPECT_NE(std::string::npos, message.find("ncclGroupEnd failed: what NCCL said")) << message;
@@ -93,12 +99,7 @@ TEST_F(Group, AFailedNcclGroupEndSaysWhy) {
   groupEndResult = nccl::kSuccess;
   const int endsBefore = groupEnds;
   bool ran = false;
-  ASSERT_EQ(tpcSuccess, groupStart());
-  ASSERT_EQ(tpcSuccess, joinNcclGroup(&lib_));
-  ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([&] {
-              ran = true;
-              return tpcSuccess;
-            }));
+  openGroupWithWork(&ran);
   EXPECT_EQ(tpcSuccess, groupEnd());
   EXPECT_EQ(endsBefore + 1, groupEnds);
   EXPECT_TRUE(ran);
