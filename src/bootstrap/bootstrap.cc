@@ -262,9 +262,12 @@ tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what)
                  what, peer);
       break;
     case Io::kClosed:
-      res =
-          fail(tpcRemoteError, "rank %d: rank %d closed its connection while %s it (did it fail?)",
-               rank_, peer, what);
+      // Rank 0 relays every exchange and closes every connection when one of them fails: the
+      // rank that failed first may be another, which rank 0's own error names.
+      res = fail(tpcRemoteError, "rank %d: rank %d closed its connection while %s it (%s)", rank_,
+                 peer, what,
+                 peer == 0 ? "rank 0 failed, or a rank it waited for did; rank 0's error says which"
+                           : "did it fail?");
       break;
     default:
       res =

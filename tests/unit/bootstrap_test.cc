@@ -207,6 +207,26 @@ TEST(Bootstrap, AFailedExchangeLeavesNoStaleReplyBehind) {
                          << ": the first exchange's reply taken for the second";
 }
 
+// A rank that dies between exchanges: rank 0, which relays every exchange, names it; the others
+// learn only that rank 0 closed its connection, and are told where the culprit is named.
+TEST(Bootstrap, ARankThatDiesIsNamedByRankZero) {
+  const tpcUniqueId id = freshId();
+  const std::vector<int> codes = runRanks(3, [&](int r) {
+    std::unique_ptr<Bootstrap> boot;
+    const tpcResult_t res = Bootstrap::connect(id, options(r, 3, 5000), &boot);
+    if (res != tpcSuccess) return 50 + static_cast<int>(res);
+    if (r == 2) return 0;  // exits, closing its connection
+    std::vector<std::string> all;
+    const tpcResult_t gathered = boot->allGather("blob", &all);
+    if (gathered != tpcRemoteError) return 60 + static_cast<int>(gathered);
+    const std::string expected =
+        r == 0 ? "rank 2 closed its connection" : "rank 0's error says which";
+    return threadLastError().find(expected) == std::string::npos ? kDataMismatch : 0;
+  });
+  EXPECT_EQ(0, codes[0]);
+  EXPECT_EQ(0, codes[1]);
+}
+
 // The lowest descriptor number this process has free.
 int lowestFreeFd() {
   const int fd = open("/dev/null", O_RDONLY);
