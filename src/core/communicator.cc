@@ -849,14 +849,16 @@ tpcResult_t Communicator::destroy() {
   if (failed()) nccl_.release();
   // Kernels still in flight may read or signal these buffers; peers' kernels that read this
   // rank's memory finish before this rank's own kernels pass their last barrier.
-  const cudaError_t syncError = cudaDeviceSynchronize();
+  return releaseAfter(cudaDeviceSynchronize(), "destroying");
+}
+
+tpcResult_t Communicator::releaseAfter(cudaError_t syncError, const char* doing) {
   if (syncError != cudaSuccess) {
-    TPC_WARN("rank %d: device %d reported %s while destroying the communicator", rank_, device_,
-             cudaGetErrorString(syncError));
+    TPC_WARN("rank %d: device %d reported %s while %s the communicator", rank_, device_,
+             cudaGetErrorString(syncError), doing);
     cudaGetLastError();
   }
-  TPC_CHECK(releaseResources());
-  return tpcSuccess;
+  return releaseResources();
 }
 
 tpcResult_t Communicator::abort() {
@@ -897,12 +899,7 @@ tpcResult_t Communicator::abort() {
     leftAllocated_ = true;
     return tpcSuccess;
   }
-  if (syncError != cudaSuccess) {
-    TPC_WARN("rank %d: device %d reported %s while aborting the communicator", rank_, device_,
-             cudaGetErrorString(syncError));
-    cudaGetLastError();
-  }
-  return releaseResources();
+  return releaseAfter(syncError, "aborting");
 }
 
 }  // namespace tpcomm

@@ -130,6 +130,9 @@ class Communicator {
   tpcResult_t launchNorm(const NormCall& call, const void* sum, size_t first, size_t rows,
                          cudaStream_t stream, bool capturing);
   tpcResult_t releaseResources();
+  // releaseResources once the device is idle, warning about what the device synchronization
+  // (`syncError`) reported while `doing` ("destroying", "aborting") the communicator.
+  tpcResult_t releaseAfter(cudaError_t syncError, const char* doing);
   // A failure recorded, by a call on the host or by a kernel.
   bool failed() const;
 
