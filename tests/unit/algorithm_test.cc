@@ -334,6 +334,21 @@ TEST(Algorithm, RowClustersHoldAVectorAThreadAtMost) {
   }
 }
 
+// The device is asked how many clusters of c blocks it holds in blocks of
+// largestRowClusterThreads(c) threads: no row may take more. (Asked at the largest row's, 352
+// threads over 3 blocks, it would count for rows of 1441-1536 vectors, which take 512.)
+TEST(Algorithm, RowClustersAreCountedAtTheirLargestBlocks) {
+  const uint32_t largest = device::kMaxRowVectors * device::kBlockThreads;
+  for (uint32_t hv = 1; hv <= largest; ++hv) {
+    for (int c = 2; c <= device::rowBlocks(hv); ++c) {
+      ASSERT_LE(device::rowClusterThreads(hv, c), device::largestRowClusterThreads(c))
+          << hv << " vectors over " << c << " blocks";
+    }
+  }
+  EXPECT_EQ(512, device::rowClusterThreads(1536, 3));
+  EXPECT_EQ(352, device::rowClusterThreads(largest, 3));
+}
+
 TEST(Algorithm, ResidentShareKeepsEveryRankResident) {
   EXPECT_EQ(device::kMaxBlocks, residentBlockShare(2, 132, 1));
   EXPECT_EQ(132, residentBlockShare(2, 132, 2));

@@ -102,9 +102,9 @@ inline cudaError_t fusedBlocksPerSm(int* blocks) {
 }
 
 // The fewest clusters of `clusterBlocks` blocks of any fused kernel for T that the device holds
-// at once, at the largest row (and so the most threads rowClusterThreads gives): a bound for every
-// smaller row. 0 where the kernels were compiled for a device without clusters (they would then
-// take each block of a cluster for a whole group).
+// at once, in blocks of the most threads any row takes over that many (largestRowClusterThreads):
+// a bound for every row. 0 where the kernels were compiled for a device without clusters (they
+// would then take each block of a cluster for a whole group).
 template <typename T>
 inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
   const void* kernels[] = {
@@ -133,7 +133,7 @@ inline cudaError_t fusedRowClusters(int clusterBlocks, int* clusters) {
     attribute.val.clusterDim = {static_cast<unsigned>(clusterBlocks), 1, 1};
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(static_cast<unsigned>(clusterBlocks));
-    config.blockDim = dim3(rowClusterThreads(kMaxRowVectors * kBlockThreads, clusterBlocks));
+    config.blockDim = dim3(largestRowClusterThreads(clusterBlocks));
     config.attrs = &attribute;
     config.numAttrs = 1;
     int n = 0;

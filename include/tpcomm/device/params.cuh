@@ -226,6 +226,22 @@ TPCOMM_PARAMS_HOST_DEVICE constexpr int rowClusterThreads(uint32_t hiddenVectors
                     static_cast<uint32_t>(blocks));
 }
 
+// The most threads a block of a cluster of `blocks` blocks takes for any row spread over it
+// (rowBlocks(hiddenVectors) >= blocks). Not always the largest row's: over 3 blocks, a row of 2048
+// vectors takes blocks of 352 threads (two vectors a thread), one of 1536 blocks of 512.
+TPCOMM_PARAMS_HOST_DEVICE constexpr int largestRowClusterThreads(int blocks) {
+  int most = 0;
+  for (uint32_t hv = 1; hv <= static_cast<uint32_t>(kMaxRowVectors * kBlockThreads); ++hv) {
+    const int threads = rowClusterThreads(hv, blocks);
+    if (rowBlocks(hv) >= blocks && threads > most) most = threads;
+  }
+  return most;
+}
+
+static_assert(largestRowClusterThreads(2) == 512 && largestRowClusterThreads(3) == 512 &&
+                  largestRowClusterThreads(8) == 256,
+              "over 2 to 4 blocks some row takes blocks of kBlockThreads");
+
 static_assert(rowBlocks(1024) == 8 && rowClusterThreads(1024, 8) == 128 && rowBlocks(640) == 5 &&
                   rowClusterThreads(640, 5) == 128 && rowBlocks(896) == 7 && rowBlocks(2048) == 8 &&
                   rowClusterThreads(2048, 8) == 256 && rowBlocks(1000) == 8 &&
