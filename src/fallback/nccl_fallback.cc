@@ -1,11 +1,69 @@
 #include "fallback/nccl_fallback.h"
 
+#include <condition_variable>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
 
 namespace tpcomm {
+namespace {
+
+// An ncclCommInitRank on a thread of its own. The thread aborts the communicator if the rank has
+// stopped waiting by the time it ends.
+struct PendingInit {
+  std::mutex mutex;
+  std::condition_variable ended;
+  bool finished = false;
+  bool abandoned = false;
+  nccl::Result result = nccl::kSuccess;
+  nccl::Comm comm = nullptr;
+  std::string error;
+};
+
+// ncclCommInitRank waits for every rank with no deadline of its own, and cannot be cancelled
+// (there is no communicator to abort until it returns): a peer that dies during it would leave
+// this rank there for ever. So it runs on a thread of its own, on the caller's device, waited for
+// up to `timeout`. Past that, *timedOut is set and the thread is left behind.
+nccl::Result initRankWithin(const nccl::Library* lib, int nranks, const nccl::UniqueId& id,
+                            int rank, std::chrono::milliseconds timeout, nccl::Comm* comm,
+                            std::string* error, bool* timedOut) {
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    device = -1;
+  }
+  auto pending = std::make_shared<PendingInit>();
+  std::thread([pending, lib, nranks, id, rank, device] {
+    if (device >= 0) cudaSetDevice(device);
+    nccl::Comm c = nullptr;
+    const nccl::Result res = lib->commInitRank(&c, nranks, id, rank);
+    std::lock_guard<std::mutex> lock(pending->mutex);
+    if (pending->abandoned) {
+      if (res == nccl::kSuccess && c != nullptr) lib->commAbort(c);
+      return;
+    }
+    pending->result = res;
+    pending->comm = res == nccl::kSuccess ? c : nullptr;
+    if (res != nccl::kSuccess) pending->error = lib->getLastError(nullptr);
+    pending->finished = true;
+    pending->ended.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(pending->mutex);
+  *timedOut = !pending->ended.wait_for(lock, timeout, [&] { return pending->finished; });
+  if (*timedOut) {
+    pending->abandoned = true;
+    return nccl::kInProgress;
+  }
+  *comm = pending->comm;
+  *error = pending->error;
+  return pending->result;
+}
+
+}  // namespace
 
 tpcResult_t NcclFallback::borrow(void* comm, int rank, int nranks) {
   std::string why;
@@ -42,11 +100,18 @@ tpcResult_t NcclFallback::setUp(const ResolvedConfig& config, Bootstrap& bootstr
     description_ = "none: ranks share a GPU, which NCCL refuses";
     return tpcSuccess;
   }
-  // Every rank must have NCCL, or none uses it.
   std::string why;
-  lib_ = nccl::library(&why);
+  const nccl::Library* lib = nccl::library(&why);
+  return createOwn(lib, why, bootstrap, std::chrono::milliseconds(config.timeoutMs));
+}
+
+tpcResult_t NcclFallback::createOwn(const nccl::Library* lib, const std::string& whyNot,
+                                    Bootstrap& bootstrap, std::chrono::milliseconds timeout) {
+  const int rank = bootstrap.rank(), nranks = bootstrap.nranks();
+  // Every rank must have NCCL, or none uses it.
+  lib_ = lib;
   std::vector<std::string> have;
-  TPC_CHECK(bootstrap.allGather(lib_ != nullptr ? std::string() : "!" + why, &have));
+  TPC_CHECK(bootstrap.allGather(lib_ != nullptr ? std::string() : "!" + whyNot, &have));
   for (int r = 0; r < nranks; ++r) {
     if (!have[r].empty()) {
       description_ =
@@ -70,11 +135,19 @@ tpcResult_t NcclFallback::setUp(const ResolvedConfig& config, Bootstrap& bootstr
   }
   nccl::UniqueId ncclId;
   std::memcpy(&ncclId, id.data(), sizeof(ncclId));
-  res = lib_->commInitRank(&comm_, nranks, ncclId, rank);
+  std::string error;
+  bool timedOut = false;
+  res = initRankWithin(lib_, nranks, ncclId, rank, timeout, &comm_, &error, &timedOut);
+  if (timedOut) {
+    comm_ = nullptr;
+    return fail(tpcTimeout,
+                "rank %d: ncclCommInitRank did not end within %lld ms; a peer may have failed "
+                "during it (its own error would say why)",
+                rank, static_cast<long long>(timeout.count()));
+  }
   if (res != nccl::kSuccess) {
     comm_ = nullptr;
-    return fail(fromNccl(res), "rank %d: ncclCommInitRank failed: %s", rank,
-                lib_->getLastError(nullptr));
+    return fail(fromNccl(res), "rank %d: ncclCommInitRank failed: %s", rank, error.c_str());
   }
   owned_ = true;
   description_ =

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <string>
 
 #include "bootstrap/bootstrap.h"
@@ -23,6 +24,10 @@ class NcclFallback {
 
   // Collective over the bootstrap. Without NCCL it succeeds with available() false and says why.
   tpcResult_t setUp(const ResolvedConfig& config, Bootstrap& bootstrap, bool ranksShareDevice);
+  // setUp's part that creates tpcomm's own communicator with `lib` (null where this rank has no
+  // NCCL, `whyNot` saying why): every rank must have one. NCCL's init waits up to `timeout`.
+  tpcResult_t createOwn(const nccl::Library* lib, const std::string& whyNot, Bootstrap& bootstrap,
+                        std::chrono::milliseconds timeout);
 
   bool available() const { return comm_ != nullptr; }
   // Which NCCL and whose communicator, or why there is none.
