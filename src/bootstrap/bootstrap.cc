@@ -15,6 +15,12 @@ namespace {
 
 constexpr uint32_t kIdMagic = 0x54504944;     // "TPID"
 constexpr uint32_t kFrameMagic = 0x54504346;  // "TPCF"
+// A notice from rank 0 that it gave up on the exchanges, with its error: a frame of its own
+// magic, whose first byte (kNoticeByte) recvFd tells from a descriptor's.
+constexpr uint32_t kNoticeMagic = 0x54504358;  // "TPCX"
+static_assert(static_cast<char>(kNoticeMagic & 0xff) == kNoticeByte, "little-endian first byte");
+constexpr uint64_t kMaxNoticeBytes = 4096;
+constexpr std::chrono::milliseconds kNoticeTimeout{1000};
 // A greeting comes from a process that has not proven anything yet: keep it small and quick.
 constexpr size_t kMaxGreetingBytes = 4096;
 constexpr std::chrono::milliseconds kGreetingTimeout{5000};
@@ -55,13 +61,25 @@ IoStatus sendFrame(const Socket& s, const std::string& payload, Deadline deadlin
   return sendAll(s, payload.data(), payload.size(), deadline);
 }
 
+// The rest of a frame whose header is in `header`: Io::kNotice, with the notice in *payload, where
+// it is a notice.
+IoStatus recvPayload(const Socket& s, const FrameHeader& header, std::string* payload,
+                     uint64_t maxBytes, Deadline deadline) {
+  const bool notice = header.magic == kNoticeMagic;
+  if ((header.magic != kFrameMagic && !notice) ||
+      header.bytes > (notice ? kMaxNoticeBytes : maxBytes)) {
+    return IoStatus{Io::kError, EBADMSG};
+  }
+  payload->resize(header.bytes);
+  const IoStatus st = recvAll(s, payload->data(), header.bytes, deadline);
+  return st.ok() && notice ? IoStatus{Io::kNotice, 0} : st;
+}
+
 IoStatus recvFrame(const Socket& s, std::string* payload, uint64_t maxBytes, Deadline deadline) {
   FrameHeader header;
   IoStatus st = recvAll(s, &header, sizeof(header), deadline);
   if (!st.ok()) return st;
-  if (header.magic != kFrameMagic || header.bytes > maxBytes) return IoStatus{Io::kError, EBADMSG};
-  payload->resize(header.bytes);
-  return recvAll(s, payload->data(), header.bytes, deadline);
+  return recvPayload(s, header, payload, maxBytes, deadline);
 }
 
 std::string verdict(tpcResult_t result, const std::string& reason) {
@@ -254,9 +272,14 @@ tpcResult_t Bootstrap::joinRoot(const RendezvousId& id, const Options& options,
   return tpcSuccess;
 }
 
-tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what) {
+tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what,
+                                 const std::string& notice) {
   tpcResult_t res;
   switch (st.result) {
+    case Io::kNotice:
+      res = fail(tpcRemoteError, "rank %d: rank 0 gave up on the exchanges: %s", rank_,
+                 notice.c_str());
+      break;
     case Io::kTimeout:
       res = fail(tpcTimeout, "rank %d: timed out after %lld ms %s rank %d", rank_, millis(timeout_),
                  what, peer);
@@ -276,6 +299,19 @@ tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what)
   if (broken_ == tpcSuccess) {
     broken_ = res;
     brokenBy_ = threadLastError();
+  }
+  if (rank_ == 0) {
+    const std::string message = threadLastError().substr(0, kMaxNoticeBytes);
+    const FrameHeader header{kNoticeMagic, 0, message.size()};
+    const Deadline dl = Clock::now() + std::min(timeout_, kNoticeTimeout);
+    for (size_t r = 1; r < peers_.size(); ++r) {
+      if (!peers_[r].valid()) continue;
+      // At a frame's boundary: a send that stopped halfway failed, and that peer's connection
+      // is the one that broke.
+      if (sendAll(peers_[r], &header, sizeof(header), dl).ok()) {
+        sendAll(peers_[r], message.data(), message.size(), dl);
+      }
+    }
   }
   root_.close();
   for (Socket& s : peers_) s.close();
@@ -297,7 +333,19 @@ tpcResult_t Bootstrap::send(const Socket& s, int peer, const std::string& blob, 
 
 tpcResult_t Bootstrap::recv(const Socket& s, int peer, std::string* blob, Deadline deadline) {
   const IoStatus st = recvFrame(s, blob, kMaxFrameBytes, deadline);
-  return st.ok() ? tpcSuccess : ioFailure(st, peer, "waiting for");
+  return st.ok() ? tpcSuccess : ioFailure(st, peer, "waiting for", *blob);
+}
+
+IoStatus Bootstrap::receiveFd(const Socket& s, int* fd, Deadline deadline, std::string* notice) {
+  const IoStatus st = recvFd(s, fd, deadline);
+  if (st.result != Io::kNotice) return st;
+  FrameHeader header;
+  header.magic = kNoticeMagic;
+  // recvFd took the header's first byte.
+  char* rest = reinterpret_cast<char*>(&header) + 1;
+  const IoStatus more = recvAll(s, rest, sizeof(header) - 1, deadline);
+  if (!more.ok()) return more;
+  return recvPayload(s, header, notice, 0, deadline);
 }
 
 tpcResult_t Bootstrap::allGather(const std::string& mine, std::vector<std::string>* all) {
@@ -363,10 +411,11 @@ tpcResult_t Bootstrap::allGatherFd(int fd, std::vector<int>* fds) {
     if (!st.ok()) return ioFailure(st, 0, "passing a file descriptor to");
     for (int q = 0; q < nranks_; ++q) {
       if (q == rank_) continue;
-      st = recvFd(root_, &(*fds)[q], dl);
+      std::string notice;
+      st = receiveFd(root_, &(*fds)[q], dl, &notice);
       if (!st.ok()) {
         closeAll();
-        return ioFailure(st, 0, "waiting for file descriptors from");
+        return ioFailure(st, 0, "waiting for file descriptors from", notice);
       }
     }
     return tpcSuccess;
@@ -407,10 +456,11 @@ tpcResult_t Bootstrap::allGatherFds(const std::vector<int>& mine,
     const size_t n = std::stoul(counts[owner]);
     for (size_t i = 0; i < n; ++i) {
       int fd = -1;
-      const IoStatus st = recvFd(s, &fd, dl);
+      std::string notice;
+      const IoStatus st = receiveFd(s, &fd, dl, &notice);
       if (!st.ok()) {
         closeAll();
-        return ioFailure(st, from, "waiting for file descriptors from");
+        return ioFailure(st, from, "waiting for file descriptors from", notice);
       }
       (*all)[owner].push_back(fd);
     }

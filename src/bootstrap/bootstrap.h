@@ -81,7 +81,12 @@ class Bootstrap {
   // Explains a failed send or receive. The ranks' exchanges are then out of step (a frame may
   // be half read, a peer's reply to this exchange may still come), so every later collective
   // fails at once (inStep), and the connections close so that peers blocked in one learn it now.
-  tpcResult_t ioFailure(const IoStatus& st, int peer, const char* what);
+  // Rank 0 first sends every other rank a notice with its error, which names the rank that
+  // failed: a rank that reads one (`notice`, Io::kNotice) fails with it.
+  tpcResult_t ioFailure(const IoStatus& st, int peer, const char* what,
+                        const std::string& notice = std::string());
+  // recvFd, reading the rest of a notice that came instead of a descriptor.
+  IoStatus receiveFd(const Socket& s, int* fd, Deadline deadline, std::string* notice);
   tpcResult_t inStep() const;
   tpcResult_t send(const Socket& s, int peer, const std::string& blob, Deadline deadline);
   tpcResult_t recv(const Socket& s, int peer, std::string* blob, Deadline deadline);

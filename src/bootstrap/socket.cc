@@ -53,6 +53,8 @@ std::string IoStatus::describe() const {
       return "timed out";
     case Io::kClosed:
       return "connection closed by the peer";
+    case Io::kNotice:
+      return "a notice instead of a descriptor";
     default:
       return std::string("system error: ") + std::strerror(err) +
              (err == EMFILE ? " (the process's limit on open descriptors, ulimit -n)" : "");
@@ -195,6 +197,7 @@ IoStatus recvFd(const Socket& s, int* fd, Deadline deadline) {
   // The kernel drops a descriptor this process has no room for, and says so only here.
   if ((msg.msg_flags & MSG_CTRUNC) != 0) return error(EMFILE);
   cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  if (cmsg == nullptr && byte == kNoticeByte) return IoStatus{Io::kNotice, 0};
   if (cmsg == nullptr || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
     return error(EBADMSG);
   }

@@ -12,7 +12,11 @@ namespace tpcomm {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 
-enum class Io { kOk, kTimeout, kClosed, kError };
+// kNotice: where a descriptor was expected, the first byte of a notice came instead (kNoticeByte;
+// Bootstrap reads the rest).
+enum class Io { kOk, kTimeout, kClosed, kError, kNotice };
+
+constexpr char kNoticeByte = 'X';
 
 struct IoStatus {
   Io result = Io::kOk;
@@ -54,7 +58,7 @@ IoStatus sendAll(const Socket& s, const void* data, size_t bytes, Deadline deadl
 IoStatus recvAll(const Socket& s, void* data, size_t bytes, Deadline deadline);
 
 // Passes an open file descriptor to the peer (SCM_RIGHTS). The receiver gets a new descriptor
-// for the same open file and owns it.
+// for the same open file and owns it, or Io::kNotice where kNoticeByte came without one.
 IoStatus sendFd(const Socket& s, int fd, Deadline deadline);
 IoStatus recvFd(const Socket& s, int* fd, Deadline deadline);
 

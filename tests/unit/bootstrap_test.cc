@@ -207,24 +207,36 @@ TEST(Bootstrap, AFailedExchangeLeavesNoStaleReplyBehind) {
                          << ": the first exchange's reply taken for the second";
 }
 
-// A rank that dies between exchanges: rank 0, which relays every exchange, names it; the others
-// learn only that rank 0 closed its connection, and are told where the culprit is named.
-TEST(Bootstrap, ARankThatDiesIsNamedByRankZero) {
-  const tpcUniqueId id = freshId();
-  const std::vector<int> codes = runRanks(3, [&](int r) {
-    std::unique_ptr<Bootstrap> boot;
-    const tpcResult_t res = Bootstrap::connect(id, options(r, 3, 5000), &boot);
-    if (res != tpcSuccess) return 50 + static_cast<int>(res);
-    if (r == 2) return 0;  // exits, closing its connection
-    std::vector<std::string> all;
-    const tpcResult_t gathered = boot->allGather("blob", &all);
-    if (gathered != tpcRemoteError) return 60 + static_cast<int>(gathered);
-    const std::string expected =
-        r == 0 ? "rank 2 closed its connection" : "rank 0's error says which";
-    return threadLastError().find(expected) == std::string::npos ? kDataMismatch : 0;
-  });
-  EXPECT_EQ(0, codes[0]);
-  EXPECT_EQ(0, codes[1]);
+// A rank that dies between exchanges: rank 0, which relays every exchange, names it, and sends
+// its error to the other ranks before it closes their connections, in an exchange of blobs and in
+// one of descriptors alike.
+TEST(Bootstrap, ARankThatDiesIsNamedToEveryRank) {
+  for (const bool descriptors : {false, true}) {
+    const tpcUniqueId id = freshId();
+    const std::vector<int> codes = runRanks(3, [&](int r) {
+      std::unique_ptr<Bootstrap> boot;
+      const tpcResult_t res = Bootstrap::connect(id, options(r, 3, 5000), &boot);
+      if (res != tpcSuccess) return 50 + static_cast<int>(res);
+      if (r == 2) return 0;  // exits, closing its connection
+      tpcResult_t exchanged;
+      if (descriptors) {
+        std::vector<int> fds;
+        exchanged = boot->allGatherFd(STDIN_FILENO, &fds);
+      } else {
+        std::vector<std::string> all;
+        exchanged = boot->allGather("blob", &all);
+      }
+      if (exchanged != tpcRemoteError) return 60 + static_cast<int>(exchanged);
+      const std::string error = threadLastError();
+      if (error.find("rank 2 closed its connection") == std::string::npos) return kDataMismatch;
+      return r == 1 && error.find("rank 0 gave up on the exchanges") == std::string::npos
+                 ? kDataMismatch + 1
+                 : 0;
+    });
+    EXPECT_EQ(0, codes[0]) << (descriptors ? "descriptors" : "blobs");
+    EXPECT_EQ(0, codes[1]) << (descriptors ? "descriptors" : "blobs")
+                           << ": the previous library told rank 1 only that rank 0 had closed";
+  }
 }
 
 // The lowest descriptor number this process has free.
