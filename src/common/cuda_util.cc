@@ -1,10 +1,7 @@
 #include "common/cuda_util.h"
 
-#include <future>
-#include <memory>
-#include <thread>
-
 #include "common/error.h"
+#include "common/within.h"
 
 namespace tpcomm {
 
@@ -18,16 +15,12 @@ tpcResult_t DeviceScope::enter(int device) {
 }
 
 bool synchronizeDeviceWithin(int device, std::chrono::milliseconds bound, cudaError_t* error) {
-  auto result = std::make_shared<std::promise<cudaError_t>>();
-  std::future<cudaError_t> done = result->get_future();
-  std::thread([device, result] {
-    cudaError_t err = cudaSetDevice(device);
-    if (err == cudaSuccess) err = cudaDeviceSynchronize();
-    result->set_value(err);
-  }).detach();
-  if (done.wait_for(bound) != std::future_status::ready) return false;
-  *error = done.get();
-  return true;
+  auto synchronize = [device] {
+    const cudaError_t err = cudaSetDevice(device);
+    return err == cudaSuccess ? cudaDeviceSynchronize() : err;
+  };
+  return runWithin(
+      bound, synchronize, [](cudaError_t) {}, error);
 }
 
 size_t typeSize(tpcDataType_t type) {

@@ -1,24 +1,16 @@
 #include "fallback/nccl_fallback.h"
 
-#include <condition_variable>
 #include <cstring>
-#include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "common/error.h"
+#include "common/within.h"
 
 namespace tpcomm {
 namespace {
 
-// An ncclCommInitRank on a thread of its own. The thread aborts the communicator if the rank has
-// stopped waiting by the time it ends.
-struct PendingInit {
-  std::mutex mutex;
-  std::condition_variable ended;
-  bool finished = false;
-  bool abandoned = false;
+// What ncclCommInitRank gave: the communicator where it succeeded, NCCL's reason where not.
+struct InitOutcome {
   nccl::Result result = nccl::kSuccess;
   nccl::Comm comm = nullptr;
   std::string error;
@@ -27,40 +19,28 @@ struct PendingInit {
 // ncclCommInitRank waits for every rank with no deadline of its own, and cannot be cancelled
 // (there is no communicator to abort until it returns): a peer that dies during it would leave
 // this rank there for ever. So it runs on a thread of its own, on the caller's device, waited for
-// up to `timeout`. Past that, *timedOut is set and the thread is left behind.
-nccl::Result initRankWithin(const nccl::Library* lib, int nranks, const nccl::UniqueId& id,
-                            int rank, std::chrono::milliseconds timeout, nccl::Comm* comm,
-                            std::string* error, bool* timedOut) {
+// up to `timeout` (false past that); a communicator it returns later is aborted.
+bool initRankWithin(const nccl::Library* lib, int nranks, const nccl::UniqueId& id, int rank,
+                    std::chrono::milliseconds timeout, InitOutcome* outcome) {
   int device = -1;
   if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
     device = -1;
   }
-  auto pending = std::make_shared<PendingInit>();
-  std::thread([pending, lib, nranks, id, rank, device] {
+  auto init = [lib, nranks, id, rank, device] {
     if (device >= 0) cudaSetDevice(device);
-    nccl::Comm c = nullptr;
-    const nccl::Result res = lib->commInitRank(&c, nranks, id, rank);
-    std::lock_guard<std::mutex> lock(pending->mutex);
-    if (pending->abandoned) {
-      if (res == nccl::kSuccess && c != nullptr) lib->commAbort(c);
-      return;
+    InitOutcome o;
+    o.result = lib->commInitRank(&o.comm, nranks, id, rank);
+    if (o.result != nccl::kSuccess) {
+      o.comm = nullptr;
+      o.error = lib->getLastError(nullptr);
     }
-    pending->result = res;
-    pending->comm = res == nccl::kSuccess ? c : nullptr;
-    if (res != nccl::kSuccess) pending->error = lib->getLastError(nullptr);
-    pending->finished = true;
-    pending->ended.notify_all();
-  }).detach();
-  std::unique_lock<std::mutex> lock(pending->mutex);
-  *timedOut = !pending->ended.wait_for(lock, timeout, [&] { return pending->finished; });
-  if (*timedOut) {
-    pending->abandoned = true;
-    return nccl::kInProgress;
-  }
-  *comm = pending->comm;
-  *error = pending->error;
-  return pending->result;
+    return o;
+  };
+  auto abortLate = [lib](InitOutcome o) {
+    if (o.comm != nullptr) lib->commAbort(o.comm);
+  };
+  return runWithin(timeout, init, abortLate, outcome);
 }
 
 }  // namespace
@@ -135,20 +115,18 @@ tpcResult_t NcclFallback::createOwn(const nccl::Library* lib, const std::string&
   }
   nccl::UniqueId ncclId;
   std::memcpy(&ncclId, id.data(), sizeof(ncclId));
-  std::string error;
-  bool timedOut = false;
-  res = initRankWithin(lib_, nranks, ncclId, rank, timeout, &comm_, &error, &timedOut);
-  if (timedOut) {
-    comm_ = nullptr;
+  InitOutcome init;
+  if (!initRankWithin(lib_, nranks, ncclId, rank, timeout, &init)) {
     return fail(tpcTimeout,
                 "rank %d: ncclCommInitRank did not end within %lld ms; a peer may have failed "
                 "during it (its own error would say why)",
                 rank, static_cast<long long>(timeout.count()));
   }
-  if (res != nccl::kSuccess) {
-    comm_ = nullptr;
-    return fail(fromNccl(res), "rank %d: ncclCommInitRank failed: %s", rank, error.c_str());
+  if (init.result != nccl::kSuccess) {
+    return fail(fromNccl(init.result), "rank %d: ncclCommInitRank failed: %s", rank,
+                init.error.c_str());
   }
+  comm_ = init.comm;
   owned_ = true;
   description_ =
       "NCCL " + std::to_string(lib_->version) + " (" + lib_->origin + "), created by tpcomm";
