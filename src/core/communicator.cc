@@ -436,7 +436,7 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
     TPC_CHECK(ncclAllReduce(sendbuff, recvbuff, count, type, op, stream));
     if (capturing) return tpcSuccess;
     // Inside a group NCCL issues its work at tpcGroupEnd: the call ends after that.
-    if (ranksInProcess_ > 1) return deferUntilGroupEnd([this, stream] { return noteCall(stream); });
+    if (ranksInProcess_ > 1) return deferOnDevice([this, stream] { return noteCall(stream); });
     return noteCall(stream);
   }
   if (nranks_ == 1) {
@@ -474,6 +474,14 @@ tpcResult_t Communicator::noteEagerCall(cudaStream_t stream) {
     return tpcSuccess;
   }
   return noteCall(stream);
+}
+
+tpcResult_t Communicator::deferOnDevice(std::function<tpcResult_t()> work) {
+  return deferUntilGroupEnd([this, work = std::move(work)] {
+    DeviceScope scope;
+    TPC_CHECK(scope.enter(device_));
+    return work();
+  });
 }
 
 tpcResult_t Communicator::noteCall(cudaStream_t stream) {
@@ -525,7 +533,7 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
   auto normAfterNccl = [this, call, stream, capturing, deferred](const void* sum, size_t first,
                                                                  size_t rows) -> tpcResult_t {
     if (!deferred) return launchNorm(call, sum, first, rows, stream, capturing);
-    return deferUntilGroupEnd([this, call, sum, first, rows, stream, capturing] {
+    return deferOnDevice([this, call, sum, first, rows, stream, capturing] {
       TPC_CHECK(launchNorm(call, sum, first, rows, stream, capturing));
       return capturing ? tpcSuccess : noteEagerCall(stream);
     });

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -107,6 +108,10 @@ class Communicator {
   }
   tpcResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                             tpcRedOp_t op, cudaStream_t stream);
+  // Inside a group: runs `work` at the group's end on this rank's device. The thread that ends
+  // the group may have made any device current, and a stream handle such as 0 means the current
+  // device's.
+  tpcResult_t deferOnDevice(std::function<tpcResult_t()> work);
   void chooseBlockCaps(const std::vector<RankInfo>& all);
   void buildParams();
   char* bufferOf(int rank) const;

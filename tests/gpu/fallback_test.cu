@@ -293,6 +293,52 @@ TEST(NcclFallback, CallsOnSeveralStreamsAreOrdered) {
   }
 }
 
+// A thread driving ranks on several GPUs calls each on its device's default stream, as the loop
+// `cudaSetDevice(r); tpcAllReduce(..., comms[r], 0)` of an engine does, and ends the group with
+// the last rank's device current. What waits for NCCL's calls until the group's end runs on each
+// rank's device, on that device's default stream, and the caller's device stays current.
+TEST(NcclFallback, GroupOfRanksOnTheirDefaultStreams) {
+  SKIP_WITHOUT_GPU();
+  if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
+  Ranks ranks(2);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  tpcPathInfo_t info;
+  TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
+  if (!info.ncclAvailable) GTEST_SKIP() << "no NCCL here (" << info.nccl << ")";
+  constexpr uint32_t kSeed = 83;
+  const size_t count = 4099;
+  std::vector<DeviceBuffer> in, out;
+  std::vector<Counter> wrong;
+  for (int r = 0; r < 2; ++r) {
+    ranks.comms[r]->impl->forceAlgorithm(tpcAlgoNccl);
+    ranks.use(r);
+    in.emplace_back(count * sizeof(float));
+    out.emplace_back(count * sizeof(float));
+    wrong.emplace_back();
+    fillExact<<<checkGrid(count), 256>>>(in[r].get<float>(), count, r, kSeed);
+    CUDA_OK(cudaDeviceSynchronize());
+  }
+  for (int call = 0; call < 2; ++call) {  // the second orders itself after the first's end
+    TPC_OK(tpcGroupStart());
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r].get(), out[r].get(), count, tpcFloat32, tpcSum,
+                                         ranks.comms[r], 0))
+          << tpcCommGetLastError(ranks.comms[r]);
+    }
+    ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
+    int current = -1;
+    CUDA_OK(cudaGetDevice(&current));
+    EXPECT_EQ(ranks.devices[1], current);
+  }
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    checkExact<<<checkGrid(count), 256>>>(out[r].get<float>(), count, 2, kSeed, wrong[r].get());
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+  }
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace tpcomm

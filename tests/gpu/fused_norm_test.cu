@@ -508,6 +508,49 @@ TEST(FusedNorm, Fp8CallsThroughNcclShareAGroup) {
   EXPECT_EQ("", verify(large, download(large, ranks), referenceResidual(large, large.residual)));
 }
 
+// Ranks on several GPUs called by one thread, each on its device's default stream, with the last
+// rank's device current at the group's end: each norm that waited for NCCL's sums runs on its
+// rank's device, after those sums (as a norm kernel on another device, it raced them or failed).
+TEST(FusedNorm, NcclCallsOnEachDevicesDefaultStream) {
+  SKIP_WITHOUT_GPU();
+  if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
+  Ranks ranks(2, configFor(tpcAlgoNccl));
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  if (!ncclAvailable(ranks)) GTEST_SKIP() << "no NCCL here";
+  Call calls[2];
+  calls[1].outType = tpcFloat8e4m3;
+  calls[1].scale = 0.5f;
+  for (int k = 0; k < 2; ++k) {
+    calls[k].shape = {64, 5120};
+    fillHost(&calls[k], 2, 90 + k);
+    allocate(&calls[k], ranks);
+    upload(calls[k], ranks);
+  }
+  ASSERT_EQ(tpcSuccess, tpcGroupStart());
+  for (const Call& c : calls) {
+    for (int r = 0; r < 2; ++r) {
+      ranks.use(r);
+      EXPECT_EQ(tpcSuccess,
+                tpcAllReduceAddRmsNorm(c.dInput[r].get(), c.dResidualIn[r].get(),
+                                       residualOutOf(c, r), c.dWeight[r].get(), outOf(c, r),
+                                       c.shape.rows, c.shape.hidden, c.eps, c.type, c.outType,
+                                       c.dScale[r].get<float>(), ranks.comms[r], 0))
+          << tpcCommGetLastError(ranks.comms[r]);
+    }
+  }
+  ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
+  int current = -1;
+  CUDA_OK(cudaGetDevice(&current));
+  EXPECT_EQ(ranks.devices[1], current);
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaDeviceSynchronize());
+  }
+  for (const Call& c : calls) {
+    EXPECT_EQ("", verify(c, download(c, ranks), referenceResidual(c, c.residual)));
+  }
+}
+
 // NaN, infinities, sums that overflow, zero rows where eps alone keeps the norm finite (and eps = 0
 // where it does not), and subnormals (with eps: float32 squares of bfloat16's smallest subnormals
 // are 0, where float64's are not).
