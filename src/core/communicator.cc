@@ -705,8 +705,10 @@ tpcResult_t Communicator::launchPushKernels(Route route, const void* sendbuff, v
   return tpcSuccess;
 }
 
+// A rank that refuses a collective host call still takes part in its first exchange, so that its
+// peers fail at once, naming it, instead of waiting for it until the timeout.
 tpcResult_t Communicator::registerGraphBuffers() {
-  TPC_CHECK(checkHealthy());
+  TPC_CHECK(bootstrap_->agree(checkHealthy(), "registering graph buffers"));
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
   TPC_INFO("rank %d: registering the buffers of %zu captured calls", rank_,
@@ -715,11 +717,12 @@ tpcResult_t Communicator::registerGraphBuffers() {
 }
 
 tpcResult_t Communicator::registerBuffer(void* buff, size_t bytes, void** handle) {
-  TPC_CHECK(checkHealthy());
-  if (buff == nullptr || bytes == 0 || handle == nullptr) {
-    return fail(tpcInvalidArgument, "rank %d: tpcCommRegister needs a buffer, a size and a handle",
-                rank_);
+  tpcResult_t usable = checkHealthy();
+  if (usable == tpcSuccess && (buff == nullptr || bytes == 0 || handle == nullptr)) {
+    usable = fail(tpcInvalidArgument,
+                  "rank %d: tpcCommRegister needs a buffer, a size and a handle", rank_);
   }
+  TPC_CHECK(bootstrap_->agree(usable, "registering a buffer"));
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
   uint64_t id = 0;

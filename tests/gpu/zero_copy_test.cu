@@ -3,6 +3,7 @@
 // registrations. (The push kernels read only their own rank's input and need no registration.)
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -456,6 +457,48 @@ TEST(ZeroCopyEager, RegistrationsOfDifferentSizesAreRefused) {
     TPC_OK(tpcCommGetMemoryInfo(ranks.comms[r], &info));
     EXPECT_EQ(0, info.slotsUsed);
   }
+}
+
+// Registration is collective: a rank that refuses its call (no buffer, no size) still tells its
+// peers, which fail at once naming it instead of waiting for it until the timeout (a minute here),
+// and every rank stays in step for the next registration.
+TEST(ZeroCopyEager, ARankThatRefusesItsRegistrationIsNamedAtOnce) {
+  SKIP_WITHOUT_GPU();
+  tpcConfig_t config = pullConfig();
+  config.timeoutMs = 60000;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  constexpr size_t kBytes = 1 << 20;
+  std::vector<DeviceBuffer> bufs;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    bufs.emplace_back(kBytes);
+  }
+  for (bool noBuffer : {true, false}) {
+    std::vector<void*> handles(2, nullptr);
+    std::vector<tpcResult_t> results(2, tpcSuccess);
+    const auto start = std::chrono::steady_clock::now();
+    onEveryRank(ranks, [&](int r) {
+      const bool refuses = r == 0;
+      results[r] = tpcCommRegister(ranks.comms[r], refuses && noBuffer ? nullptr : bufs[r].get(),
+                                   refuses && !noBuffer ? 0 : kBytes, &handles[r]);
+      return results[r];
+    });
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_LT(seconds, 10.0) << "rank 1 waited for rank 0";
+    EXPECT_EQ(tpcInvalidArgument, results[0]);
+    EXPECT_EQ(tpcRemoteError, results[1]);
+    const std::string message = tpcCommGetLastError(ranks.comms[1]);
+    EXPECT_NE(std::string::npos, message.find("rank 0 failed while registering a buffer"))
+        << message;
+    EXPECT_NE(std::string::npos, message.find("needs a buffer, a size and a handle")) << message;
+  }
+  std::vector<void*> handles;
+  ASSERT_EQ(tpcSuccess,
+            registerOnEveryRank(ranks, {bufs[0].get(), bufs[1].get()}, kBytes, &handles))
+      << tpcCommGetLastError(ranks.comms[0]) << " / " << tpcCommGetLastError(ranks.comms[1]);
+  EXPECT_EQ(tpcSuccess, deregisterOnEveryRank(ranks, handles));
 }
 
 // A call uses the first registration that holds its input, so a buffer that overlaps a registered
