@@ -1,5 +1,6 @@
 #include "core/group.h"
 
+#include <atomic>
 #include <utility>
 #include <vector>
 
@@ -20,11 +21,15 @@ GroupState& state() {
   return s;
 }
 
+// Serials are counted over the process: a communicator may be used by one thread after another,
+// and what it keeps for a group must not carry over to another thread's group.
+std::atomic<uint64_t> lastSerial{0};
+
 }  // namespace
 
 tpcResult_t groupStart() {
   GroupState& s = state();
-  if (s.depth++ == 0) ++s.serial;
+  if (s.depth++ == 0) s.serial = lastSerial.fetch_add(1, std::memory_order_relaxed) + 1;
   return tpcSuccess;
 }
 

@@ -15,7 +15,7 @@ namespace tpcomm {
 tpcResult_t groupStart();
 tpcResult_t groupEnd();
 bool inGroup();
-// The outermost group this thread has open: a number no earlier group of the thread had; 0
+// The outermost group this thread has open: a number no other group of the process had; 0
 // outside a group.
 uint64_t groupSerial();
 

@@ -5,7 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/error.h"
 #include "fallback/nccl_library.h"
@@ -103,6 +107,29 @@ TEST_F(Group, AFailedNcclGroupEndSaysWhy) {
   EXPECT_EQ(tpcSuccess, groupEnd());
   EXPECT_EQ(endsBefore + 1, groupEnds);
   EXPECT_TRUE(ran);
+}
+
+// A communicator keeps what a group's calls took by the group's serial (the staging of FP8 calls
+// NCCL carries), and may be used by one thread after another: no two groups share a serial,
+// whichever threads open them.
+TEST_F(Group, GroupsOfDifferentThreadsHaveDifferentSerials) {
+  EXPECT_EQ(0u, groupSerial());
+  std::vector<uint64_t> serials;
+  for (int t = 0; t < 3; ++t) {
+    std::thread([&serials] {
+      for (int g = 0; g < 2; ++g) {
+        ASSERT_EQ(tpcSuccess, groupStart());
+        ASSERT_EQ(tpcSuccess, groupStart());
+        serials.push_back(groupSerial());
+        ASSERT_EQ(tpcSuccess, groupEnd());
+        EXPECT_EQ(serials.back(), groupSerial()) << "an inner end keeps the outermost's serial";
+        ASSERT_EQ(tpcSuccess, groupEnd());
+      }
+    }).join();
+  }
+  ASSERT_EQ(6u, serials.size());
+  EXPECT_EQ(serials.size(), std::set<uint64_t>(serials.begin(), serials.end()).size());
+  EXPECT_EQ(0u, std::count(serials.begin(), serials.end(), 0u));
 }
 
 TEST_F(Group, AnEndWithoutAStartIsRefused) {
