@@ -189,7 +189,7 @@ IoStatus recvFd(const Socket& s, int* fd, Deadline deadline) {
   for (;;) {
     const ssize_t n = recvmsg(s.fd(), &msg, MSG_CMSG_CLOEXEC);
     if (n == 1) break;
-    if (n == 0) return closed();
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) return closed();
     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return error(errno);
     IoStatus st = waitFor(s.fd(), POLLIN, deadline);
     if (!st.ok()) return st;

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "bootstrap/socket.h"
 #include "common/error.h"
 
 namespace tpcomm {
@@ -273,6 +275,25 @@ TEST(Bootstrap, RunningOutOfDescriptorsSaysSo) {
   });
   EXPECT_EQ(0, codes[0]);
   EXPECT_EQ(0, codes[1]);
+}
+
+// A peer that dies with bytes it never read makes the next read fail with ECONNRESET, not end of
+// file: waiting for a descriptor, as waiting for a blob, that is a closed connection, which the
+// bootstrap reports as the peer's failure.
+TEST(Socket, APeerThatClosesWithUnreadBytesHasClosed) {
+  const Deadline deadline = Clock::now() + std::chrono::seconds(5);
+  for (bool descriptor : {true, false}) {
+    int fds[2];
+    ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_STREAM, 0, fds));
+    Socket mine(fds[0]), peer(fds[1]);
+    const char byte = 'x';
+    ASSERT_TRUE(sendAll(mine, &byte, 1, deadline).ok());
+    peer.close();  // the byte unread
+    int fd = -1;
+    char got = 0;
+    const IoStatus st = descriptor ? recvFd(mine, &fd, deadline) : recvAll(mine, &got, 1, deadline);
+    EXPECT_EQ(Io::kClosed, st.result) << (descriptor ? "recvFd: " : "recvAll: ") << st.describe();
+  }
 }
 
 TEST(Bootstrap, RanksMustAgreeOnWorldSize) {
