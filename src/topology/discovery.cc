@@ -127,7 +127,7 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
   }
   TPC_CHECK(bootstrap.broadcast(0, &cached));
   const bool hit = !cached.empty();
-  if (hit && !cache.parse(cached)) {
+  if (hit && !cache.parse(cached, /*anyMachine=*/true)) {
     return fail(tpcInternalError, "rank %d: rank 0's topology cache did not parse", rank);
   }
 

@@ -177,11 +177,16 @@ bool nextLine(const std::string& text, size_t* at, std::string* line) {
 
 }  // namespace
 
-bool TopologyCache::parse(const std::string& text) {
+bool TopologyCache::parse(const std::string& text, bool anyMachine) {
   size_t at = 0;
   std::string line;
   if (!nextLine(text, &at, &line) || line != kCacheMagic) return false;
-  if (!nextLine(text, &at, &line) || line != "machine " + machine) return false;
+  const std::string machineLine = "machine ";
+  if (!nextLine(text, &at, &line) || line.compare(0, machineLine.size(), machineLine) != 0) {
+    return false;
+  }
+  const std::string textMachine = line.substr(machineLine.size());
+  if (!anyMachine && textMachine != machine) return false;
   Words in(text, at);
   std::string word;
   long long n = 0;
@@ -210,6 +215,7 @@ bool TopologyCache::parse(const std::string& text) {
   }
   if (in.next(&word)) return false;
   pairs = std::move(parsed);
+  machine = textMachine;
   return true;
 }
 

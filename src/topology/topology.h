@@ -64,8 +64,10 @@ struct TopologyCache {
   // The cache file for this machine and set of GPUs in `directory`.
   std::string path(const std::string& directory) const;
   std::string serialize() const;
-  // False when `text` is not a cache of exactly this machine and set of GPUs.
-  bool parse(const std::string& text);
+  // False when `text` is not a cache of exactly this machine and set of GPUs. anyMachine: the
+  // text's machine is taken for this one's (a cache rank 0 read, whose process may see another
+  // driver string or host name than this rank's).
+  bool parse(const std::string& text, bool anyMachine = false);
   LinkFacts& pair(size_t i, size_t j);
   // Stores what may be cached of `facts` for the pair.
   void record(size_t i, size_t j, const LinkFacts& facts);

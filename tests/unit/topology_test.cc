@@ -184,6 +184,23 @@ TEST_F(TopologyCacheTest, AnotherHostOrBootMisses) {
   EXPECT_FALSE(loadTopologyCache(directory_, &rebooted));
 }
 
+// Rank 0 reads the cache and sends it to every rank, whose process may see another driver string
+// (NVML not loaded there) or host name: every rank takes rank 0's facts, and rank 0's machine.
+TEST_F(TopologyCacheTest, AnotherRankTakesRankZerosCache) {
+  const std::string text = sample("580.159.04").serialize();
+  TopologyCache other = sample("cuda-13000");
+  other.pairs.assign(3, LinkFacts{});
+  EXPECT_FALSE(other.parse(text)) << "a file of another driver misses";
+  ASSERT_TRUE(other.parse(text, /*anyMachine=*/true));
+  EXPECT_EQ(sample("580.159.04").machine, other.machine);
+  EXPECT_EQ(Fact::kYes, other.pair(0, 1).nvlink);
+  EXPECT_EQ(Fact::kNo, other.pair(0, 2).nvlink);
+  TopologyCache fewer = sample("cuda-13000");
+  fewer.devices.pop_back();
+  fewer.pairs.resize(1);
+  EXPECT_FALSE(fewer.parse(text, /*anyMachine=*/true)) << "the GPUs must still be the same";
+}
+
 TEST_F(TopologyCacheTest, MissWhenNothingIsStored) {
   TopologyCache c = sample("580.159.04");
   EXPECT_FALSE(loadTopologyCache(directory_, &c));
