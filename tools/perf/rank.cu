@@ -39,6 +39,8 @@ void cudaTry(cudaError_t err, const char* what) {
 // all-reduce alone.
 enum class Carrier { kTpcomm, kNccl, kNcclSymmetric, kTpcommAllReduce };
 
+bool tpcommCarries(Carrier c) { return c == Carrier::kTpcomm || c == Carrier::kTpcommAllReduce; }
+
 // Everything one rank owns.
 struct Rank {
   LocalRank id;
@@ -114,8 +116,8 @@ class Bench {
     });
     initCommunicators();
 
-    // Enough memory to rotate several buffers even at the largest size, and to spread small
-    // ones over more than the L2 cache holds.
+    // Room for a buffer per call of a timed loop (64 at most) up to a sixteenth of the L2 cache
+    // and beyond, and for two at the largest size.
     poolBytes_ = std::max(2 * o_.maxBytes, 4 * l2);
     poolBytes_ = (poolBytes_ + 4095) / 4096 * 4096;
     forEach([&](Rank& r) {
@@ -189,6 +191,12 @@ class Bench {
       if (o_.check) {
         wrongOut = fused_ ? verifyFused(count, false) : verify(count, false, primary);
         wrongIn = fused_ ? verifyFused(count, true) : verify(count, true, primary);
+        // The fused call is checked against tpcomm's own all-reduce and norm, which a wrong sum in
+        // code they share would pass: the all-reduce timed beside it is checked against exact sums.
+        if (fused_) {
+          const std::vector<uint64_t> wrongSums = verify(count, false, Carrier::kTpcommAllReduce);
+          for (size_t i = 0; i < wrongOut.size(); ++i) wrongOut[i] += wrongSums[i];
+        }
       }
       std::vector<double> ncclTimes(ranks_.size(), -1), symTimes(ranks_.size(), -1);
       std::vector<double> allReduceTimes(ranks_.size(), -1);
@@ -406,9 +414,10 @@ class Bench {
     }
   }
 
-  // Call `i` of a timed loop on every rank: buffers rotate so that small messages do not stay
-  // in L2. Calls of several ranks go out as a group, as a thread driving them all must issue
-  // whatever NCCL carries.
+  // Call `i` of a timed loop on every rank, on the i-th buffer of the pools: no two calls of a
+  // loop share bytes, but the loop's buffers (iters of them) stay in L2 up to about L2 / iters
+  // bytes a message, as an engine's activations do, written by the kernel before the call. Calls of
+  // several ranks go out as a group, as a thread driving them all must issue whatever NCCL carries.
   void callAll(int i, size_t count, bool inPlace, Carrier carrier) {
     const size_t stride = (count * elemBytes_ + 255) / 256 * 256;
     const size_t slots = std::max<size_t>(1, std::min<size_t>(64, poolBytes_ / stride));
@@ -438,9 +447,12 @@ class Bench {
     }
   }
 
-  // Lines every rank up before a timed section: a late start must not be timed.
+  // Lines every rank up before a timed section: a late start must not be timed. A group, as for
+  // every call this thread makes for several ranks: NCCL may carry this one.
   void barrier() {
-    forEach([&](Rank& r) { allReduce(r, r.barrierBuf, r.barrierBuf, 1, Carrier::kTpcomm); });
+    grouped([&] {
+      forEach([&](Rank& r) { allReduce(r, r.barrierBuf, r.barrierBuf, 1, Carrier::kTpcomm); });
+    });
     forEach([&](Rank& r) { cudaTry(cudaStreamSynchronize(r.stream), "barrier"); });
   }
 
@@ -462,7 +474,7 @@ class Bench {
       cudaTry(cudaGraphInstantiate(&r.exec, graphs[next], 0), "cudaGraphInstantiate");
       cudaTry(cudaGraphDestroy(graphs[next++]), "cudaGraphDestroy");
     });
-    if (o_.zeroCopy && carrier == Carrier::kTpcomm) {
+    if (o_.zeroCopy && tpcommCarries(carrier)) {
       collective("tpcCommRegisterGraphBuffers",
                  [](Rank& r) { return tpcCommRegisterGraphBuffers(r.comm); });
     }
@@ -523,7 +535,7 @@ class Bench {
   // timed, so in graph mode a captured call (with --zero-copy, reading its peers' inputs in
   // place), which may take another kernel than an eager call of the same size.
   void checkedCall(size_t count, bool inPlace, Carrier carrier) {
-    if (o_.graphLaunches > 0 && carrier == Carrier::kTpcomm) {
+    if (o_.graphLaunches > 0 && tpcommCarries(carrier)) {
       captureCalls(1, count, inPlace, carrier);
       forEach([&](Rank& r) { cudaTry(cudaGraphLaunch(r.exec, r.stream), "cudaGraphLaunch"); });
       dropGraphs();
