@@ -112,8 +112,8 @@ typedef struct {
                            never destroys it; NULL: see ncclFallback */
   int ncclFallback;     /* TPC_NCCL_AUTO or TPC_NCCL_OFF */
   size_t maxBytes;      /* larger messages always go to NCCL when it is there; 0: table only */
-  int zeroCopyGraphs;   /* 1: captured all-reduces read their peers' inputs in place; the graph
-                           may run only after tpcCommRegisterGraphBuffers */
+  int zeroCopyGraphs;   /* 1: captured all-reduces of the pull kernels read their peers' inputs
+                           in place; the graph may run only after tpcCommRegisterGraphBuffers */
   int graphSlots;       /* captured zero-copy calls a communicator can hold; 0: 65536 */
   size_t pushBytes;     /* the largest message push two-shot carries in one launch (push one-shot:
                            min(pushBytes, 4 MiB) / (nranks - 1)); larger ones go in chunks. Each
@@ -264,17 +264,21 @@ tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn,
                                    float eps, tpcDataType_t datatype, tpcDataType_t normType,
                                    const float* normScale, tpcComm_t comm, cudaStream_t stream);
 
-/* Zero-copy all-reduces: the kernels read every rank's input where it lies instead of copying it
- * into a staging buffer first (out-of-place calls only; an in-place call always stages).
+/* Zero-copy all-reduces: the pull kernels (tpcAlgoOneShot, tpcAlgoTwoShot) read every rank's
+ * input where it lies instead of copying it into a staging buffer first (out-of-place calls only;
+ * an in-place call always stages). The push kernels, which the default algorithm table chooses,
+ * read only the rank's own input and need no registration.
  *
- * With config.zeroCopyGraphs set, every all-reduce captured into a CUDA graph records its input
- * and reads its peers' inputs through a slot of its own. After capturing (one or several graphs,
- * on one or several streams), every rank calls tpcCommRegisterGraphBuffers, which exchanges the
- * recorded inputs in call order (ranks may allocate differently) and maps each peer allocation
- * once. A graph launched before that fails: its kernels stop at once and the communicator
- * reports tpcInvalidUsage. Inputs in cudaMalloc memory and in cuMem memory exported as POSIX file
- * descriptors (PyTorch's expandable segments) are read in place; other memory is copied through
- * staging for that call, with an INFO line. Collective. */
+ * With config.zeroCopyGraphs set, every all-reduce a pull kernel carries that is captured into a
+ * CUDA graph records its input and reads its peers' inputs through a slot of its own. After
+ * capturing (one or several graphs, on one or several streams), every rank calls
+ * tpcCommRegisterGraphBuffers, which exchanges the recorded inputs in call order (ranks may
+ * allocate differently) and maps each peer allocation once. A graph launched before that fails:
+ * its kernels stop at once and the communicator reports tpcInvalidUsage. Inputs in cudaMalloc
+ * memory and in cuMem memory exported as POSIX file descriptors (PyTorch's expandable segments)
+ * are read in place; other memory is copied through staging for that call, with an INFO line.
+ * The slots and the peer mappings are kept until tpcCommDestroy, also after the graphs are
+ * destroyed: the peers keep a captured input's memory mapped until then. Collective. */
 tpcResult_t tpcCommRegisterGraphBuffers(tpcComm_t comm);
 
 /* Registers `size` bytes at `buff` for eager zero-copy calls: an out-of-place all-reduce whose
