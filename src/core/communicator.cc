@@ -802,6 +802,14 @@ tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {
                 rank_);
   }
   if (err != cudaSuccess) return failCuda(err, "cudaStreamIsCapturing", __FILE__, __LINE__);
+  // Nothing can join such a capture; a zero-copy call would take a slot that its peers' calls
+  // never pair.
+  if (capture == cudaStreamCaptureStatusInvalidated) {
+    return fail(tpcInvalidUsage,
+                "rank %d: an earlier operation invalidated the stream's graph capture; end the "
+                "capture (cudaStreamEndCapture) and capture again",
+                rank_);
+  }
   *capturing = capture != cudaStreamCaptureStatusNone;
   // A capturing stream cannot be asked for its device; the check waits for its next eager use.
   if (capture != cudaStreamCaptureStatusNone || (streamChecked_ && stream == checkedStream_)) {

@@ -263,6 +263,45 @@ TEST_P(ZeroCopyGraph, RanksMustCaptureTheSameNumberOfCalls) {
   EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(ranks_->comms[0])).find("disagree"));
 }
 
+// A call into a capture that an earlier operation invalidated is refused with a sentence and takes
+// no slot: after the ranks capture again, their captured calls still pair up at registration.
+TEST_P(ZeroCopyGraph, AnInvalidatedCaptureTakesNoSlot) {
+  ranks_->use(0);
+  DeviceBuffer buf(1024 * sizeof(T));
+  cudaStream_t stream = ranks_->streams[0];
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  EXPECT_NE(cudaSuccess, cudaStreamSynchronize(stream)) << "illegal while capturing";
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_OK(cudaStreamIsCapturing(stream, &status));
+  ASSERT_EQ(cudaStreamCaptureStatusInvalidated, status);
+  EXPECT_EQ(tpcInvalidUsage, tpcAllReduce(buf.get<T>(), buf.get<T>() + 512, 512, tpcBfloat16,
+                                          tpcSum, ranks_->comms[0], stream));
+  const std::string message = tpcCommGetLastError(ranks_->comms[0]);
+  EXPECT_NE(std::string::npos, message.find("invalidated the stream's graph capture")) << message;
+  cudaGraph_t graph = nullptr;
+  EXPECT_NE(cudaSuccess, cudaStreamEndCapture(stream, &graph));
+  cudaGetLastError();
+  tpcMemoryInfo_t info;
+  TPC_OK(tpcCommGetMemoryInfo(ranks_->comms[0], &info));
+  EXPECT_EQ(0, info.slotsUsed);
+
+  std::vector<cudaGraphExec_t> execs;
+  std::vector<std::vector<Call>> layouts;
+  capture(3, ranks_->streams, &execs, &layouts);
+  ASSERT_EQ(tpcSuccess, registerGraphs(*ranks_)) << tpcCommGetLastError(ranks_->comms[0]);
+  std::vector<Counter> wrong;
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    wrong.emplace_back();
+  }
+  replayAndCheck(execs, layouts, 0, 500, wrong);
+  for (int r = 0; r < n_; ++r) {
+    ranks_->use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+    CUDA_OK(cudaGraphExecDestroy(execs[r]));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(WorldSizesAndPullKernels, ZeroCopyGraph,
                          ::testing::Combine(::testing::Values(2, 4, 8),
                                             ::testing::Values(tpcAlgoOneShot, tpcAlgoTwoShot)),
