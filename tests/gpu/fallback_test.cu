@@ -6,6 +6,7 @@
 
 #include <climits>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -241,18 +242,27 @@ TEST(Routes, OneThreadDrivesEveryRouteInGroups) {
   }
 }
 
+// Two ranks on two GPUs whose communicators carry calls through NCCL.
+class NcclOnTwoGpus : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_GPU();
+    if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
+    ranks_ = std::make_unique<Ranks>(2);
+    ASSERT_TRUE(ranks_->ok()) << ranks_->message;
+    tpcPathInfo_t info;
+    TPC_OK(tpcCommGetPathInfo(ranks_->comms[0], &info));
+    if (!info.ncclAvailable) GTEST_SKIP() << "no NCCL here (" << info.nccl << ")";
+  }
+  std::unique_ptr<Ranks> ranks_;
+};
+
 // A call NCCL carries waits for the rank's previous call on another stream, and the next call
 // waits for it, as calls of tpcomm's kernels do: each call here all-reduces the previous call's
 // output, on the other stream than the previous call, with nothing else between the streams.
 // Calls alternate between NCCL and push one-shot; every one doubles the sum.
-TEST(NcclFallback, CallsOnSeveralStreamsAreOrdered) {
-  SKIP_WITHOUT_GPU();
-  if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
-  Ranks ranks(2);
-  ASSERT_TRUE(ranks.ok()) << ranks.message;
-  tpcPathInfo_t info;
-  TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
-  if (!info.ncclAvailable) GTEST_SKIP() << "no NCCL here (" << info.nccl << ")";
+TEST_F(NcclOnTwoGpus, CallsOnSeveralStreamsAreOrdered) {
+  Ranks& ranks = *ranks_;
   constexpr int kCalls = 24;
   constexpr uint32_t kSeed = 61;
   const size_t count = 1 << 18;
@@ -297,14 +307,8 @@ TEST(NcclFallback, CallsOnSeveralStreamsAreOrdered) {
 // `cudaSetDevice(r); tpcAllReduce(..., comms[r], 0)` of an engine does, and ends the group with
 // the last rank's device current. What waits for NCCL's calls until the group's end runs on each
 // rank's device, on that device's default stream, and the caller's device stays current.
-TEST(NcclFallback, GroupOfRanksOnTheirDefaultStreams) {
-  SKIP_WITHOUT_GPU();
-  if (gpuCount() < 2) GTEST_SKIP() << "NCCL needs a GPU per rank";
-  Ranks ranks(2);
-  ASSERT_TRUE(ranks.ok()) << ranks.message;
-  tpcPathInfo_t info;
-  TPC_OK(tpcCommGetPathInfo(ranks.comms[0], &info));
-  if (!info.ncclAvailable) GTEST_SKIP() << "no NCCL here (" << info.nccl << ")";
+TEST_F(NcclOnTwoGpus, GroupOfRanksOnTheirDefaultStreams) {
+  Ranks& ranks = *ranks_;
   constexpr uint32_t kSeed = 83;
   const size_t count = 4099;
   std::vector<DeviceBuffer> in, out;
