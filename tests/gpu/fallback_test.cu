@@ -331,9 +331,7 @@ TEST_F(NcclOnTwoGpus, GroupOfRanksOnTheirDefaultStreams) {
           << tpcCommGetLastError(ranks.comms[r]);
     }
     ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
-    int current = -1;
-    CUDA_OK(cudaGetDevice(&current));
-    EXPECT_EQ(ranks.devices[1], current);
+    EXPECT_EQ(ranks.devices[1], currentDevice());
   }
   for (int r = 0; r < 2; ++r) {
     ranks.use(r);

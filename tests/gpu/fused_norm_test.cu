@@ -539,9 +539,7 @@ TEST(FusedNorm, NcclCallsOnEachDevicesDefaultStream) {
     }
   }
   ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
-  int current = -1;
-  CUDA_OK(cudaGetDevice(&current));
-  EXPECT_EQ(ranks.devices[1], current);
+  EXPECT_EQ(ranks.devices[1], currentDevice());
   for (int r = 0; r < 2; ++r) {
     ranks.use(r);
     CUDA_OK(cudaDeviceSynchronize());

@@ -60,6 +60,12 @@ inline int gpuCount() {
   return n;
 }
 
+// The device current on the calling thread; -1 if CUDA cannot say.
+inline int currentDevice() {
+  int device = -1;
+  return cudaGetDevice(&device) == cudaSuccess ? device : -1;
+}
+
 #define SKIP_WITHOUT_GPU() \
   if (::tpcomm::testing::gpuCount() == 0) GTEST_SKIP() << "no CUDA device"
 
