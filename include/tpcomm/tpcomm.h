@@ -165,7 +165,10 @@ tpcResult_t tpcGroupEnd(void);
  * frees every resource of the rank. Where the communicator has failed, the NCCL communicator
  * tpcomm created is aborted first, as its kernels may wait for a peer that is gone. Not
  * collective: ranks may be destroyed one after another from one thread. The handle must not be
- * used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. */
+ * used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. Inside a
+ * group of the calling thread that holds calls of the rank for NCCL to issue, the rank ends at
+ * tpcGroupEnd, after those calls are issued, and tpcGroupEnd reports how that went; the handle is
+ * done with at once. tpcCommAbort does the same. */
 tpcResult_t tpcCommDestroy(tpcComm_t comm);
 
 /* Stops this rank at once, for engines that tear down on error: the rank's queued and running

@@ -61,14 +61,20 @@ tpcResult_t initRank(tpcComm_t* out, int nranks, const tpcUniqueId& id, int rank
 tpcResult_t endComm(tpcComm* comm, tpcResult_t (Communicator::*end)(), const char* call) {
   clearThreadLastError();
   TPC_CHECK(checkComm(comm, call));
-  const tpcResult_t result = (comm->impl.get()->*end)();
-  // Kernels that never end may still use what an aborted rank left allocated: deleting it would
-  // free that memory, and wait for them first.
-  if (comm->impl->leftAllocated()) static_cast<void>(comm->impl.release());
-  comm->impl.reset();
+  Communicator* impl = comm->impl.release();
   comm->magic = kDestroyedMagic;
   comm->lastError.clear();
-  return result;
+  auto finish = [impl, end] {
+    const tpcResult_t result = (impl->*end)();
+    // Kernels that never end may still use what an aborted rank left allocated: deleting it
+    // would free that memory, and wait for them first.
+    if (!impl->leftAllocated()) delete impl;
+    return result;
+  };
+  // NCCL issues the group's calls of this rank at tpcGroupEnd, and work that waits for them runs
+  // then on this communicator: it ends after them.
+  if (impl->inOpenGroup()) return deferEndUntilGroupEnd(finish);
+  return finish();
 }
 
 }  // namespace

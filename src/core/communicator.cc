@@ -476,7 +476,13 @@ tpcResult_t Communicator::noteEagerCall(cudaStream_t stream) {
   return noteCall(stream);
 }
 
+tpcResult_t Communicator::joinNcclGroup() {
+  groupWithCalls_ = groupSerial();
+  return tpcomm::joinNcclGroup(nccl_.library());
+}
+
 tpcResult_t Communicator::deferOnDevice(std::function<tpcResult_t()> work) {
+  groupWithCalls_ = groupSerial();
   return deferUntilGroupEnd([this, work = std::move(work)] {
     DeviceScope scope;
     TPC_CHECK(scope.enter(device_));
@@ -622,7 +628,7 @@ tpcResult_t Communicator::ncclAllReduce(const void* sendbuff, void* recvbuff, si
                   "bracket the ranks' calls with tpcGroupStart and tpcGroupEnd",
                   rank_, ranksInProcess_, count, typeName(type), opName(op));
     }
-    TPC_CHECK(joinNcclGroup(nccl_.library()));
+    TPC_CHECK(joinNcclGroup());
   }
   return nccl_.allReduce(sendbuff, recvbuff, count, type, op, stream, rank_);
 }

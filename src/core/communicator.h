@@ -15,6 +15,7 @@
 #include "bootstrap/bootstrap.h"
 #include "core/algorithm.h"
 #include "core/config.h"
+#include "core/group.h"
 #include "core/norm_call.h"
 #include "fallback/nccl_fallback.h"
 #include "memory/registry.h"
@@ -41,6 +42,9 @@ class Communicator {
   // never end (another library's, waiting for a dead peer). Freeing would wait for them, so the
   // communicator must not be deleted.
   bool leftAllocated() const { return leftAllocated_; }
+  // The calling thread's open group holds calls of this rank: NCCL issues them, and the work that
+  // waits for them runs, at tpcGroupEnd, so the rank must not end before.
+  bool inOpenGroup() const { return groupWithCalls_ != 0 && groupWithCalls_ == groupSerial(); }
 
   int rank() const { return rank_; }
   int nranks() const { return nranks_; }
@@ -108,6 +112,8 @@ class Communicator {
   }
   tpcResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpcDataType_t type,
                             tpcRedOp_t op, cudaStream_t stream);
+  // Inside a group: NCCL's group takes this rank's next NCCL call.
+  tpcResult_t joinNcclGroup();
   // Inside a group: runs `work` at the group's end on this rank's device. The thread that ends
   // the group may have made any device current, and a stream handle such as 0 means the current
   // device's.
@@ -171,6 +177,7 @@ class Communicator {
   // their norms read the sums there only at the group's end.
   uint64_t stagingGroup_ = 0;
   size_t stagingTaken_ = 0;
+  uint64_t groupWithCalls_ = 0;  // the group that last took a call of this rank (inOpenGroup)
   cudaStream_t controlStream_ = nullptr;  // the copy engine's way to this rank's failure word
   cudaEvent_t lastCall_ = nullptr;        // the end of the rank's previous eager call
   cudaStream_t lastStream_ = nullptr;

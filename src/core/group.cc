@@ -1,6 +1,7 @@
 #include "core/group.h"
 
 #include <atomic>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -14,6 +15,7 @@ struct GroupState {
   uint64_t serial = 0;                      // of the outermost group opened last
   const nccl::Library* openNccl = nullptr;  // NCCL whose group this thread has opened
   std::vector<std::function<tpcResult_t()>> deferred;
+  std::vector<std::function<tpcResult_t()>> ends;
 };
 
 GroupState& state() {
@@ -38,21 +40,27 @@ tpcResult_t groupEnd() {
   if (s.depth == 0) return fail(tpcInvalidUsage, "tpcGroupEnd without a tpcGroupStart");
   if (--s.depth > 0) return tpcSuccess;
   std::vector<std::function<tpcResult_t()>> deferred = std::move(s.deferred);
+  std::vector<std::function<tpcResult_t()>> ends = std::move(s.ends);
   s.deferred.clear();
+  s.ends.clear();
+  tpcResult_t first = tpcSuccess;
+  std::string why;  // the first failure's explanation, which later ones must not replace
+  auto note = [&first, &why](tpcResult_t res) {
+    if (res == tpcSuccess || first != tpcSuccess) return;
+    first = res;
+    why = threadLastError();
+  };
   if (s.openNccl != nullptr) {
     const nccl::Library* lib = s.openNccl;
     s.openNccl = nullptr;
     if (const nccl::Result res = lib->groupEnd(); res != nccl::kSuccess) {
-      return fail(fromNccl(res), "tpcGroupEnd: ncclGroupEnd failed: %s",
-                  lib->getLastError(nullptr));
+      note(fail(fromNccl(res), "tpcGroupEnd: ncclGroupEnd failed: %s", lib->getLastError(nullptr)));
+      deferred.clear();  // it reads what NCCL did not write
     }
   }
-  tpcResult_t first = tpcSuccess;
-  for (auto& work : deferred) {
-    const tpcResult_t res = work();
-    if (first == tpcSuccess) first = res;
-  }
-  return first;
+  for (auto& work : deferred) note(work());
+  for (auto& end : ends) note(end());
+  return first == tpcSuccess ? tpcSuccess : repeatFailure(first, why);
 }
 
 bool inGroup() { return state().depth > 0; }
@@ -75,6 +83,14 @@ tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work) {
     return fail(tpcInternalError, "work deferred to the end of a group outside one");
   }
   s.deferred.push_back(std::move(work));
+  return tpcSuccess;
+}
+
+tpcResult_t deferEndUntilGroupEnd(std::function<tpcResult_t()> end) {
+  GroupState& s = state();
+  if (s.depth == 0)
+    return fail(tpcInternalError, "an end deferred to the end of a group outside one");
+  s.ends.push_back(std::move(end));
   return tpcSuccess;
 }
 

@@ -26,4 +26,9 @@ tpcResult_t joinNcclGroup(const nccl::Library* lib);
 // calls (a kernel that reads what NCCL writes), in the order the work was deferred.
 tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work);
 
+// Inside a group: runs `end` at the outermost tpcGroupEnd after all deferred work, also where
+// NCCL's group end failed: the end of a communicator whose calls the group still holds, which
+// must outlive them.
+tpcResult_t deferEndUntilGroupEnd(std::function<tpcResult_t()> end);
+
 }  // namespace tpcomm

@@ -341,6 +341,74 @@ TEST_F(NcclOnTwoGpus, GroupOfRanksOnTheirDefaultStreams) {
   }
 }
 
+// A thread driving ranks on several GPUs may end a rank inside the group that holds the rank's
+// call for NCCL: the rank ends at tpcGroupEnd, after NCCL has issued that call and what waits for
+// it has run, and its handle is done with at once.
+TEST_F(NcclOnTwoGpus, ARankDestroyedInsideTheGroupOfItsCallEndsAtTheGroupsEnd) {
+  Ranks& ranks = *ranks_;
+  constexpr uint32_t kSeed = 89;
+  const size_t count = 1 << 16;
+  std::vector<DeviceBuffer> in, out;
+  std::vector<Counter> wrong;
+  for (int r = 0; r < 2; ++r) {
+    ranks.comms[r]->impl->forceAlgorithm(tpcAlgoNccl);
+    ranks.use(r);
+    in.emplace_back(count * sizeof(float));
+    out.emplace_back(count * sizeof(float));
+    wrong.emplace_back();
+    fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(in[r].get<float>(), count, r, kSeed);
+  }
+  TPC_OK(tpcGroupStart());
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r].get(), out[r].get(), count, tpcFloat32, tpcSum,
+                                       ranks.comms[r], ranks.streams[r]))
+        << tpcCommGetLastError(ranks.comms[r]);
+  }
+  const tpcComm_t ended = ranks.comms[0];
+  ranks.comms[0] = nullptr;
+  ASSERT_EQ(tpcSuccess, tpcCommDestroy(ended)) << tpcCommGetLastError(nullptr);
+  EXPECT_EQ(tpcInvalidUsage, tpcAllReduce(in[0].get(), out[0].get(), count, tpcFloat32, tpcSum,
+                                          ended, ranks.streams[0]));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(ended)).find("destroyed"));
+  ASSERT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    checkExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(out[r].get<float>(), count, 2, kSeed,
+                                                               wrong[r].get());
+    CUDA_OK(cudaStreamSynchronize(ranks.streams[r]));
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+  }
+}
+
+// The same for tpcCommAbort, every rank aborted inside the group: the group's end issues the
+// calls, then stops the ranks, and leaves the devices idle and usable.
+TEST_F(NcclOnTwoGpus, RanksAbortedInsideTheGroupOfTheirCallsEndAtTheGroupsEnd) {
+  Ranks& ranks = *ranks_;
+  const size_t count = 1 << 16;
+  std::vector<DeviceBuffer> bufs;
+  for (int r = 0; r < 2; ++r) {
+    ranks.comms[r]->impl->forceAlgorithm(tpcAlgoNccl);
+    ranks.use(r);
+    bufs.emplace_back(count * sizeof(float));
+    CUDA_OK(cudaMemset(bufs[r].get(), 0, count * sizeof(float)));
+  }
+  TPC_OK(tpcGroupStart());
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(tpcSuccess, tpcAllReduce(bufs[r].get(), bufs[r].get(), count, tpcFloat32, tpcSum,
+                                       ranks.comms[r], ranks.streams[r]))
+        << tpcCommGetLastError(ranks.comms[r]);
+  }
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(tpcSuccess, tpcCommAbort(ranks.comms[r])) << tpcCommGetLastError(nullptr);
+    ranks.comms[r] = nullptr;
+  }
+  EXPECT_EQ(tpcSuccess, tpcGroupEnd()) << tpcCommGetLastError(nullptr);
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    CUDA_OK(cudaDeviceSynchronize());
+  }
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace tpcomm

@@ -132,9 +132,53 @@ TEST_F(Group, GroupsOfDifferentThreadsHaveDifferentSerials) {
   EXPECT_EQ(0u, std::count(serials.begin(), serials.end(), 0u));
 }
 
+// A communicator ended inside a group that holds its calls ends after the work that waits for
+// NCCL, which uses it, and ends also where NCCL's group end failed: it is gone from the caller's
+// hands already.
+TEST_F(Group, EndsRunAfterTheWorkAndAlsoAfterAFailedNcclGroupEnd) {
+  for (const nccl::Result result : {nccl::kSuccess, static_cast<nccl::Result>(5)}) {
+    SCOPED_TRACE("ncclGroupEnd returned " + std::to_string(result));
+    groupEndResult = result;
+    bool ran = false;
+    openGroupWithWork(&ran);
+    std::vector<std::string> order;
+    ASSERT_EQ(tpcSuccess, deferEndUntilGroupEnd([&] {
+                order.push_back(ran ? "end after the work" : "end");
+                return tpcSuccess;
+              }));
+    ASSERT_EQ(tpcSuccess, deferUntilGroupEnd([&] {
+                order.push_back("work deferred after the end");
+                return tpcSuccess;
+              }));
+    ASSERT_EQ(tpcSuccess, deferEndUntilGroupEnd([&] {
+                order.push_back("a failing end");
+                return fail(tpcUnhandledCudaError, "the end failed");
+              }));
+    const tpcResult_t res = groupEnd();
+    if (result == nccl::kSuccess) {
+      EXPECT_EQ(tpcUnhandledCudaError, res) << "an end's failure is the group's";
+      EXPECT_EQ("the end failed", threadLastError());
+      EXPECT_EQ((std::vector<std::string>{"work deferred after the end", "end after the work",
+                                          "a failing end"}),
+                order);
+    } else {
+      EXPECT_EQ(tpcInvalidUsage, res) << "NCCL's failure comes first";
+      EXPECT_NE(std::string::npos, threadLastError().find("ncclGroupEnd failed"))
+          << threadLastError();
+      EXPECT_EQ((std::vector<std::string>{"end", "a failing end"}), order);
+    }
+    EXPECT_FALSE(inGroup());
+  }
+  groupEndResult = nccl::kSuccess;
+  bool ran = false;
+  openGroupWithWork(&ran);
+  EXPECT_EQ(tpcSuccess, groupEnd()) << "the next group has no ends left over";
+}
+
 TEST_F(Group, AnEndWithoutAStartIsRefused) {
   EXPECT_EQ(tpcInvalidUsage, groupEnd());
   EXPECT_EQ(tpcInternalError, deferUntilGroupEnd([] { return tpcSuccess; }));
+  EXPECT_EQ(tpcInternalError, deferEndUntilGroupEnd([] { return tpcSuccess; }));
 }
 
 }  // namespace
