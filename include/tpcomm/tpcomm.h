@@ -243,8 +243,9 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  * float32, and O is T or, for a quantised output, tpcFloat8e4m3 or tpcFloat8e5m2 (round to
  * nearest, saturated to the largest finite value; NaN stays NaN), in which case `normScale` points
  * to one float32 in device memory (read by the kernel, so a graph sees its current value; it must
- * be finite and nonzero, which the kernel does not check: a zero scale saturates every nonzero
- * output and turns zeros into NaN). `weight` has `hidden` elements of T; residualIn, residualOut
+ * be finite and at least 2^-126 in magnitude (a normal float32), which the kernel does not check:
+ * a zero scale, or one so small that its reciprocal overflows, saturates every nonzero output and
+ * turns zeros into NaN). `weight` has `hidden` elements of T; residualIn, residualOut
  * and sendbuff have rows x hidden of T, normOut rows x hidden of O. In place: residualOut may be
  * residualIn, and normOut may be sendbuff when O is T; no other buffers may overlap
  * (tpcInvalidArgument otherwise). Every pointer must be 16-byte aligned (tpcInvalidArgument
