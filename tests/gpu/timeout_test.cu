@@ -36,6 +36,9 @@ class Failure : public ::testing::TestWithParam<tpcAlgorithm_t> {
   void SetUp() override {
     if (gpuCount() == 0) GTEST_SKIP() << "no CUDA device";
     config_.timeoutMs = kTimeoutMs;
+    // The bound covers NCCL's init too, which takes longer than kTimeoutMs the first time in a
+    // process; these calls go to tpcomm's kernels.
+    config_.ncclFallback = TPC_NCCL_OFF;
     config_.algorithm = GetParam();
   }
 
@@ -245,6 +248,7 @@ TEST(Abort, ReturnsWhileOtherWorkKeepsTheDeviceBusy) {
   if (gpuCount() == 0) GTEST_SKIP() << "no CUDA device";
   tpcConfig_t config = TPC_CONFIG_INITIALIZER;
   config.timeoutMs = kTimeoutMs;
+  config.ncclFallback = TPC_NCCL_OFF;  // as in Failure
   Ranks ranks(2, config);
   ASSERT_TRUE(ranks.ok()) << ranks.message;
   int* release = nullptr;
