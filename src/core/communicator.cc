@@ -365,19 +365,12 @@ std::string Communicator::describeFailure(const device::FailureRecord& record) c
                     "be used",
                     record.rank, device_);
       break;
-    case device::kFailurePeerFailed: {
-      // Where ranks stop one after another, the peer this rank saw fail may itself have stopped
-      // for another rank.
-      char blame[64] = "";
-      if (record.blamed != record.peer) {
-        std::snprintf(blame, sizeof(blame), " (the first failure blamed rank %d)", record.blamed);
-      }
+    case device::kFailurePeerFailed:
       std::snprintf(text, sizeof(text),
-                    "rank %d (device %d): rank %d failed or was aborted%s while this rank's %s "
+                    "rank %d (device %d): rank %d failed or was aborted while this rank's %s "
                     "all-reduce waited for it in block %d; the communicator can no longer be used",
-                    record.rank, device_, record.peer, blame, algorithm, record.block);
+                    record.rank, device_, record.peer, algorithm, record.block);
       break;
-    }
     case device::kFailureMismatch:
       std::snprintf(text, sizeof(text),
                     "rank %d (device %d): rank %d made a different call at the same point as this "
@@ -904,8 +897,8 @@ tpcResult_t Communicator::abort() {
   // The failure word stops this rank's kernels at their next check and tells its peers. The copy
   // engine sets it: every multiprocessor may be busy with a kernel that waits.
   if (local_ != nullptr && controlStream_ != nullptr) {
-    const uint32_t claim = static_cast<uint32_t>(rank_) + 1;  // an aborted rank blames itself
-    cudaError_t err = cudaMemcpyAsync(&controlOf(rank_)->failureClaim, &claim, sizeof(claim),
+    static const uint32_t kFailed = 1;
+    cudaError_t err = cudaMemcpyAsync(&controlOf(rank_)->failureClaim, &kFailed, sizeof(kFailed),
                                       cudaMemcpyHostToDevice, controlStream_);
     if (err == cudaSuccess) err = cudaStreamSynchronize(controlStream_);
     if (err != cudaSuccess) {

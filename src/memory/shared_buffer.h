@@ -24,7 +24,7 @@ struct ControlBlock {
   uint32_t tags[device::kNumPullAlgorithms][device::kInboxWords];
   uint32_t epochs[device::kNumPullAlgorithms][device::kMaxBlocks];
   device::PushState push[device::kNumPushAlgorithms][device::kMaxPushBlocks];
-  uint32_t failureClaim;                 // once this rank failed: the rank blamed + 1
+  uint32_t failureClaim;                 // nonzero once this rank failed; peers read it
   uint32_t p2pCheck[device::kMaxRanks];  // rank q's check pattern lands in word q
 };
 

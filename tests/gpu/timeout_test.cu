@@ -346,47 +346,6 @@ TEST_P(Failure, TheRankMakingAnotherCallIsNamedByEveryOther) {
   }
 }
 
-// At four ranks, where one rank never calls: the others stop one after another, each as it times
-// out waiting for that rank or as it sees a peer stop before it, and every one of them blames the
-// rank that never called.
-TEST_P(Failure, EveryRankBlamesTheRankThatNeverCalls) {
-  constexpr int kRanks = 4;
-  constexpr int kAbsent = 3;
-  Ranks ranks(kRanks, config_);
-  ASSERT_TRUE(ranks.ok()) << ranks.message;
-  const size_t count = 100000;
-  std::vector<DeviceBuffer> buf = buffers(ranks, count);
-  const auto start = std::chrono::steady_clock::now();
-  for (int r = 0; r < kRanks; ++r) {
-    if (r == kAbsent) continue;
-    ASSERT_EQ(tpcSuccess, tpcAllReduce(buf[r].get(), buf[r].get(), count, tpcFloat32, tpcSum,
-                                       ranks.comms[r], ranks.streams[r]))
-        << tpcCommGetLastError(ranks.comms[r]);
-  }
-  for (int r = 0; r < kRanks; ++r) {
-    if (r == kAbsent) continue;
-    ranks.use(r);
-    CUDA_OK(cudaStreamSynchronize(ranks.streams[r]));
-  }
-  EXPECT_LT(std::chrono::steady_clock::now() - start,
-            std::chrono::milliseconds(kTimeoutMs) + kSlack);
-  int timedOut = 0;
-  for (int r = 0; r < kRanks; ++r) {
-    if (r == kAbsent) continue;
-    std::string message;
-    const tpcResult_t async = asyncError(ranks, r, &message);
-    SCOPED_TRACE("rank " + std::to_string(r) + ": " + message);
-    if (async == tpcTimeout) {
-      ++timedOut;
-      EXPECT_TRUE(contains(message, "waiting for rank 3"));
-    } else {
-      EXPECT_EQ(tpcRemoteError, async);
-      EXPECT_TRUE(contains(message, "failed or was aborted (the first failure blamed rank 3)"));
-    }
-  }
-  EXPECT_GE(timedOut, 1) << "some rank timed out first";
-}
-
 INSTANTIATE_TEST_SUITE_P(Algorithms, Failure, ::testing::ValuesIn(kKernelAlgorithms),
                          [](const ::testing::TestParamInfo<tpcAlgorithm_t>& info) {
                            return algorithmTestName(info.param);

@@ -82,7 +82,6 @@ struct FailureRecord {
   int kind;
   int rank;
   int peer;
-  int blamed;  // the rank the first failure of a chain blamed (recordFailure)
   int block;
   int phase;
   int algorithm;
@@ -90,10 +89,9 @@ struct FailureRecord {
   volatile int ready;
 };
 
-// A rank's failure word is nonzero once any of its kernels failed (or the host aborted it): the
-// rank its failure blames, plus one (recordFailure; an aborted rank blames itself). It lives in the
-// rank's shared buffer: the rank's own kernels stop at once when it is set, and its peers read it
-// while they wait, so that one rank's failure stops every rank.
+// A rank's failure word is nonzero once any of its kernels failed (or the host aborted it). It
+// lives in the rank's shared buffer: the rank's own kernels stop at once when it is set, and its
+// peers read it while they wait, so that one rank's failure stops every rank.
 struct FailureContext {
   unsigned int* claims[kMaxRanks];  // every rank's failure word, mapped into this rank
   FailureRecord* record;            // host-mapped

@@ -56,23 +56,17 @@ struct WaitSite {
   int peer;
   int phase;
   int algorithm;
-  int blamed = -1;  // the rank a peer's failure blames (kFailurePeerFailed)
 };
 
 // Fills the rank's failure record unless another thread of the rank already did. Setting the
-// failure word is what stops the rank's later kernels and tells its peers. The word holds the
-// rank the failure blames, plus one: the peer it waited for or met another call from, or, for a
-// failure passed on from a peer, the rank that peer's failure blames. So where ranks stop one
-// after another, each names the rank the first failure blamed, not only the peer it saw fail.
+// failure word is what stops the rank's later kernels and tells its peers.
 __device__ inline void recordFailure(const FailureContext& failure, int kind, const WaitSite& site,
                                      unsigned long long waitedNs) {
-  const int blamed = site.blamed >= 0 ? site.blamed : site.peer >= 0 ? site.peer : site.rank;
-  if (atomicCAS(failure.claims[site.rank], 0u, static_cast<unsigned>(blamed) + 1u) != 0u) return;
+  if (atomicCAS(failure.claims[site.rank], 0u, 1u) != 0u) return;
   FailureRecord* record = failure.record;
   record->kind = kind;
   record->rank = site.rank;
   record->peer = site.peer;
-  record->blamed = blamed;
   record->block = static_cast<int>(blockIdx.x);
   record->phase = site.phase;
   record->algorithm = site.algorithm;
@@ -106,10 +100,8 @@ class Patience {
   __device__ bool check(int peer) {
     if (rankFailed(p_)) return false;
     for (int r = 0; r < p_.nranks; ++r) {
-      const unsigned int claim = r != p_.rank ? loadVolatile(p_.failure.claims[r]) : 0u;
-      if (claim != 0u) {
-        recordFailure(p_.failure, kFailurePeerFailed,
-                      WaitSite{p_.rank, r, phase_, algorithm_, static_cast<int>(claim) - 1}, 0);
+      if (r != p_.rank && loadVolatile(p_.failure.claims[r]) != 0u) {
+        recordFailure(p_.failure, kFailurePeerFailed, WaitSite{p_.rank, r, phase_, algorithm_}, 0);
         return false;
       }
     }
