@@ -88,8 +88,9 @@ tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work) {
 
 tpcResult_t deferEndUntilGroupEnd(std::function<tpcResult_t()> end) {
   GroupState& s = state();
-  if (s.depth == 0)
+  if (s.depth == 0) {
     return fail(tpcInternalError, "an end deferred to the end of a group outside one");
+  }
   s.ends.push_back(std::move(end));
   return tpcSuccess;
 }
