@@ -168,7 +168,7 @@ tpcResult_t tpcGroupEnd(void);
  * used afterwards; tpcomm recognises a destroyed handle and rejects it with an error. Inside a
  * group of the calling thread that holds calls of the rank for NCCL to issue, the rank ends at
  * tpcGroupEnd, after those calls are issued, and tpcGroupEnd reports how that went; the handle is
- * done with at once. tpcCommAbort does the same. */
+ * done with at once. */
 tpcResult_t tpcCommDestroy(tpcComm_t comm);
 
 /* Stops this rank at once, for engines that tear down on error: the rank's queued and running
@@ -178,7 +178,9 @@ tpcResult_t tpcCommDestroy(tpcComm_t comm);
  * Not collective; never waits for a peer: where the device still runs other work after the
  * timeout (a borrowed NCCL communicator's kernels waiting for a dead peer), it returns then and
  * leaves the rank's device memory allocated, since freeing it would wait for that work. The
- * handle must not be used afterwards. */
+ * handle must not be used afterwards. Inside a group of the calling thread that holds calls of
+ * the rank for NCCL to issue, the rank stops at tpcGroupEnd instead, after those calls are issued
+ * (as tpcCommDestroy). */
 tpcResult_t tpcCommAbort(tpcComm_t comm);
 
 /* Number of ranks, this rank's index, and this rank's CUDA device. */
