@@ -21,6 +21,9 @@ constexpr uint32_t kNoticeMagic = 0x54504358;  // "TPCX"
 static_assert(static_cast<char>(kNoticeMagic & 0xff) == kNoticeByte, "little-endian first byte");
 constexpr uint64_t kMaxNoticeBytes = 4096;
 constexpr std::chrono::milliseconds kNoticeTimeout{1000};
+// What the other ranks wait for rank 0 beyond the timeout: the time its notice may take, and as
+// much again for rank 0 entering an exchange after them.
+constexpr std::chrono::milliseconds kRootGrace = 2 * kNoticeTimeout;
 // A greeting comes from a process that has not proven anything yet: keep it small and quick.
 constexpr size_t kMaxGreetingBytes = 4096;
 constexpr std::chrono::milliseconds kGreetingTimeout{5000};
@@ -250,13 +253,14 @@ tpcResult_t Bootstrap::joinRoot(const RendezvousId& id, const Options& options,
   std::string greeting(reinterpret_cast<const char*>(&g), sizeof(g));
   greeting += options.configDigest;
   st = sendFrame(boot->root_, greeting, deadline);
+  // Rank 0's verdict names the ranks that did not come: wait for it as for any exchange.
   std::string reply;
-  if (st.ok()) st = recvFrame(boot->root_, &reply, kMaxFrameBytes, deadline);
+  if (st.ok()) st = recvFrame(boot->root_, &reply, kMaxFrameBytes, deadline + kRootGrace);
   if (st.result == Io::kTimeout) {
     return fail(tpcTimeout,
                 "rank %d: rank 0 did not complete rendezvous @%s within %lld ms (are all %d ranks "
                 "starting?)",
-                rank, id.name, millis(options.timeout), options.nranks);
+                rank, id.name, millis(options.timeout + kRootGrace), options.nranks);
   }
   if (!st.ok() || reply.size() < sizeof(Verdict)) {
     return fail(tpcRemoteError, "rank %d: rendezvous @%s with rank 0 broke off: %s", rank, id.name,
@@ -281,8 +285,8 @@ tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what,
                  notice.c_str());
       break;
     case Io::kTimeout:
-      res = fail(tpcTimeout, "rank %d: timed out after %lld ms %s rank %d", rank_, millis(timeout_),
-                 what, peer);
+      res = fail(tpcTimeout, "rank %d: timed out after %lld ms %s rank %d", rank_,
+                 millis(waitLimit()), what, peer);
       break;
     case Io::kClosed:
       // Rank 0 relays every exchange and closes every connection when one of them fails: the
@@ -316,6 +320,10 @@ tpcResult_t Bootstrap::ioFailure(const IoStatus& st, int peer, const char* what,
   root_.close();
   for (Socket& s : peers_) s.close();
   return res;
+}
+
+std::chrono::milliseconds Bootstrap::waitLimit() const {
+  return rank_ == 0 ? timeout_ : timeout_ + kRootGrace;
 }
 
 tpcResult_t Bootstrap::inStep() const {

@@ -77,7 +77,11 @@ class Bootstrap {
   static tpcResult_t joinRoot(const RendezvousId& id, const Options& options,
                               std::unique_ptr<Bootstrap>* out);
 
-  Deadline deadline() const { return Clock::now() + timeout_; }
+  // How long an exchange waits. Rank 0 waits the timeout for the other ranks; they wait longer
+  // for rank 0, so that where a third rank never comes, rank 0's notice naming it reaches them
+  // before they give up on rank 0 itself, also where rank 0 entered the exchange a little later.
+  std::chrono::milliseconds waitLimit() const;
+  Deadline deadline() const { return Clock::now() + waitLimit(); }
   // Explains a failed send or receive. The ranks' exchanges are then out of step (a frame may
   // be half read, a peer's reply to this exchange may still come), so every later collective
   // fails at once (inStep), and the connections close so that peers blocked in one learn it now.

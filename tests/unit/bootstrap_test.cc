@@ -193,7 +193,8 @@ TEST(Bootstrap, AFailedExchangeLeavesNoStaleReplyBehind) {
     std::unique_ptr<Bootstrap> boot;
     tpcResult_t res = Bootstrap::connect(id, options(r, 2, 300), &boot);
     if (res != tpcSuccess) return 50 + static_cast<int>(res);
-    if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    // Later than rank 1 waits for rank 0: its 300 ms and the 2 s it allows rank 0 beyond them.
+    if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2600));
     std::vector<std::string> all;
     const tpcResult_t first = boot->allGather("first from " + std::to_string(r), &all);
     // Rank 1 goes on once rank 0 has answered the first exchange, as it would have.
@@ -238,6 +239,38 @@ TEST(Bootstrap, ARankThatDiesIsNamedToEveryRank) {
     EXPECT_EQ(0, codes[0]) << (descriptors ? "descriptors" : "blobs");
     EXPECT_EQ(0, codes[1]) << (descriptors ? "descriptors" : "blobs")
                            << ": the previous library told rank 1 only that rank 0 had closed";
+  }
+}
+
+// Rank 2 never comes to an exchange, and rank 0 comes to it after rank 1: rank 1 still learns
+// that rank 2 is the one missing, from rank 0's notice, rather than timing out on rank 0 first.
+// The same at the rendezvous, where rank 2 never connects and rank 0 listens late.
+TEST(Bootstrap, AMissingRankIsNamedToRanksThatCameBeforeRankZero) {
+  for (const bool atRendezvous : {false, true}) {
+    const tpcUniqueId id = freshId();
+    const auto rankZeroLate = [] { std::this_thread::sleep_for(std::chrono::milliseconds(200)); };
+    const std::vector<int> codes = runRanks(3, [&](int r) {
+      if (atRendezvous && r == 2) return 0;
+      if (atRendezvous && r == 0) rankZeroLate();
+      std::unique_ptr<Bootstrap> boot;
+      tpcResult_t res = Bootstrap::connect(id, options(r, 3, 500), &boot);
+      if (!atRendezvous) {
+        if (res != tpcSuccess) return 50 + static_cast<int>(res);
+        if (r == 2) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+          return 0;
+        }
+        if (r == 0) rankZeroLate();
+        std::vector<std::string> all;
+        res = boot->allGather("blob", &all);
+      }
+      if (res == tpcSuccess) return 70;
+      const char* names = atRendezvous ? "ranks 2 did not join" : "waiting for rank 2";
+      return threadLastError().find(names) == std::string::npos ? kDataMismatch : 0;
+    });
+    EXPECT_EQ(0, codes[0]) << (atRendezvous ? "rendezvous" : "exchange");
+    EXPECT_EQ(0, codes[1]) << (atRendezvous ? "rendezvous" : "exchange") << ": " << kDataMismatch
+                           << " is an error that does not name rank 2";
   }
 }
 
