@@ -55,24 +55,36 @@ size_t indexOf(const TopologyCache& cache, const std::string& gpu) {
 }
 
 // Writes this rank's pattern into every peer it has mapped, then, once every rank has written,
-// reads which peers' patterns arrived in its own memory.
+// reads which peers' patterns arrived in its own memory. This rank's own failure, before the check
+// (`*mine` on entry) or in it, goes into *mine, and every rank takes part in the exchange all the
+// same (Bootstrap::agree), so that a failure reaches every rank at once; the result is the
+// exchange's.
 tpcResult_t runCheck(Bootstrap& bootstrap, const std::vector<PeerView>& peers,
-                     const uint32_t* myCheckWords, std::vector<LinkFacts>* row) {
+                     const uint32_t* myCheckWords, tpcResult_t* mine, std::vector<LinkFacts>* row) {
   const int rank = bootstrap.rank(), n = bootstrap.nranks();
-  cudaStream_t stream;
-  TPC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaError_t err = cudaSuccess;
-  for (int p = 0; p < n && err == cudaSuccess; ++p) {
-    if (p != rank && peers[p].checkWord != nullptr) {
-      err = storeWordThroughMapping(peers[p].checkWord, checkPattern(rank, p), stream);
+  if (*mine == tpcSuccess) {
+    cudaStream_t stream;
+    cudaError_t err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    if (err == cudaSuccess) {
+      for (int p = 0; p < n && err == cudaSuccess; ++p) {
+        if (p != rank && peers[p].checkWord != nullptr) {
+          err = storeWordThroughMapping(peers[p].checkWord, checkPattern(rank, p), stream);
+        }
+      }
+      if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+    if (err != cudaSuccess) {
+      *mine = failCuda(err, "a store of the peer mapping check", __FILE__, __LINE__);
     }
   }
-  if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
-  cudaStreamDestroy(stream);
-  if (err != cudaSuccess) return failCuda(err, "the peer mapping check", __FILE__, __LINE__);
-  TPC_CHECK(bootstrap.barrier());
+  TPC_CHECK(bootstrap.agree(*mine, "writing through the peer mappings"));
   uint32_t words[device::kMaxRanks] = {};
-  TPC_CUDA_CHECK(cudaMemcpy(words, myCheckWords, sizeof(words), cudaMemcpyDeviceToHost));
+  const cudaError_t err = cudaMemcpy(words, myCheckWords, sizeof(words), cudaMemcpyDeviceToHost);
+  if (err != cudaSuccess) {
+    *mine = failCuda(err, "cudaMemcpy", __FILE__, __LINE__);
+    return tpcSuccess;
+  }
   for (int q = 0; q < n; ++q) {
     if (q == rank) continue;
     const bool arrived = words[q] == checkPattern(q, rank);
@@ -134,17 +146,26 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
   // This rank's view of every peer, from this run's mappings and the driver's answers now, with
   // NVML's facts and the functional check from the cache where it has them; then everyone's
   // views merged.
+  // A rank whose own step fails (`mine`) still takes part in every exchange.
+  tpcResult_t mine = tpcSuccess;
   std::vector<LinkFacts> row(n);
-  for (int p = 0; p < n; ++p) {
+  for (int p = 0; p < n && mine == tpcSuccess; ++p) {
     if (p == rank) continue;
     if (peers[p].checkWord == nullptr) row[p].works = Fact::kNo;  // its mapping failed now
     if (t.sameDevice(rank, p)) continue;
     if (peers[p].visibleDevice >= 0) {
       // Both of the runtime's answers must agree that the pair can access each other.
       int can = 0, supported = 0;
-      TPC_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peers[p].visibleDevice));
-      TPC_CUDA_CHECK(cudaDeviceGetP2PAttribute(&supported, cudaDevP2PAttrAccessSupported, device,
-                                               peers[p].visibleDevice));
+      cudaError_t err = cudaDeviceCanAccessPeer(&can, device, peers[p].visibleDevice);
+      if (err == cudaSuccess) {
+        err = cudaDeviceGetP2PAttribute(&supported, cudaDevP2PAttrAccessSupported, device,
+                                        peers[p].visibleDevice);
+      }
+      if (err != cudaSuccess) {
+        mine = failCuda(err, "cudaDeviceCanAccessPeer or cudaDeviceGetP2PAttribute", __FILE__,
+                        __LINE__);
+        break;
+      }
       row[p].peerAccess = can && supported ? Fact::kYes : Fact::kNo;
     }
     if (hit) {
@@ -155,7 +176,8 @@ tpcResult_t discoverTopology(Bootstrap& bootstrap, int device, const std::vector
       row[p].nvlink = nvml::nvlinkBetween(lib, peers[rank].busId, peers[p].busId);
     }
   }
-  if (!hit && switches.p2pCheck) TPC_CHECK(runCheck(bootstrap, peers, myCheckWords, &row));
+  if (!hit && switches.p2pCheck) TPC_CHECK(runCheck(bootstrap, peers, myCheckWords, &mine, &row));
+  TPC_CHECK(bootstrap.agree(mine, "discovering the topology"));
   std::vector<std::string> rows;
   TPC_CHECK(bootstrap.allGather(encodeRow(hit || lib != nullptr, row), &rows));
   t.nvmlAvailable = true;
