@@ -256,9 +256,13 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
       stagedSlot_[requests[k].slot] = true;
       ++staged_;
     }
-    TPC_CUDA_CHECK(
-        cudaMemcpy(slots_ + requests[k].slot, &slot, sizeof(slot), cudaMemcpyHostToDevice));
+    TPC_CUDA_CHECK(cudaMemcpyAsync(slots_ + requests[k].slot, &slot, sizeof(slot),
+                                   cudaMemcpyHostToDevice, cudaStreamLegacy));
   }
+  // The slots are in place when this returns: a graph launched next on a non-blocking stream
+  // would not wait for the copies (nor would it for cudaMemcpy's, which may still be on their way
+  // from pageable memory when it returns).
+  TPC_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   if (staged > 0) {
     TPC_INFO("rank %d: %zu of %zu registered calls copy through staging%s%s", rank_, staged,
              requests.size(), mine.firstProblem.empty() ? "" : ": ", mine.firstProblem.c_str());
@@ -345,9 +349,13 @@ tpcResult_t Registry::deregister(Bootstrap& bootstrap, uint64_t handle) {
                                 ? tpcSuccess
                                 : failCuda(idle, "cudaDeviceSynchronize", __FILE__, __LINE__),
                             "waiting for its device before deregistering"));
+  // The slot is empty before the peers' buffers are unmapped: a kernel launched from now on (a
+  // graph that still holds the slot) finds it deregistered instead of reading an unmapped address.
   Registration& reg = registrations_[i];
+  TPC_CUDA_CHECK(
+      cudaMemsetAsync(slots_ + reg.slot, 0, sizeof(device::SourceSlot), cudaStreamLegacy));
+  TPC_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   for (uint64_t ref : reg.refs) peers_.release(ref);
-  TPC_CUDA_CHECK(cudaMemset(slots_ + reg.slot, 0, sizeof(device::SourceSlot)));
   if (stagedSlot_[reg.slot]) {
     stagedSlot_[reg.slot] = false;
     --staged_;
