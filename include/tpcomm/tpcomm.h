@@ -244,15 +244,16 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  * tpcBfloat16), the residual add, squares, mean (their sum times 1 / hidden) and products are
  * float32, and O is T or, for a quantised output, tpcFloat8e4m3 or tpcFloat8e5m2 (round to
  * nearest, saturated to the largest finite value; NaN stays NaN), in which case `normScale` points
- * to one float32 in device memory (read by the kernel, so a graph sees its current value; it must
- * be finite and at least 2^-126 in magnitude (a normal float32), which the kernel does not check:
- * a zero scale, or one so small that its reciprocal overflows, saturates every nonzero output and
- * turns zeros into NaN). `weight` has `hidden` elements of T; residualIn, residualOut
+ * to one float32 in device memory (read by the kernel, so a graph sees its current value; 4-byte
+ * aligned and outside residualOut and normOut, tpcInvalidArgument otherwise; it must be finite
+ * and at least 2^-126 in magnitude (a normal float32), which the kernel does not check: a zero
+ * scale, or one so small that its reciprocal overflows, saturates every nonzero output and turns
+ * zeros into NaN). `weight` has `hidden` elements of T; residualIn, residualOut
  * and sendbuff have rows x hidden of T, normOut rows x hidden of O. In place: residualOut may be
  * residualIn, and normOut may be sendbuff when O is T; no other buffers may overlap
- * (tpcInvalidArgument otherwise). Every pointer must be 16-byte aligned (tpcInvalidArgument
- * otherwise) and `hidden` a multiple of 8 up to 16384 (tpcNotSupported otherwise; every model's
- * hidden size is).
+ * (tpcInvalidArgument otherwise). Every other pointer must be 16-byte aligned (tpcInvalidArgument
+ * otherwise) and `hidden` a multiple of 8 up to 16384 (tpcNotSupported otherwise, for instance
+ * the 18432 of the largest models).
  *
  * Where tpcomm's kernels take the message, one kernel does it all (push one-shot for few rows,
  * push two-shot for many); elsewhere NCCL all-reduces and a norm kernel follows. Every rank gets

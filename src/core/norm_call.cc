@@ -107,6 +107,21 @@ tpcResult_t checkNormCall(const NormCall& call, int rank) {
                   rank, kCall, ranges[w].name, ranges[other].name);
     }
   }
+  if (!isFp8(call.outType)) return tpcSuccess;
+  // Every block reads the scale as it starts, some after others have stored rows: it must be a
+  // float of its own.
+  const Range scale{"normScale", reinterpret_cast<uintptr_t>(call.scale), sizeof(float)};
+  if (scale.begin % alignof(float) != 0) {
+    return fail(tpcInvalidArgument, "rank %d: %s: normScale (%p) is not 4-byte aligned", rank,
+                kCall, static_cast<const void*>(call.scale));
+  }
+  for (int w : {kResidualOut, kOut}) {
+    if (overlaps(scale, ranges[w])) {
+      return fail(tpcInvalidArgument,
+                  "rank %d: %s: normScale lies inside %s, which the call writes", rank, kCall,
+                  ranges[w].name);
+    }
+  }
   return tpcSuccess;
 }
 

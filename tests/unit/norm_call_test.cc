@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
+
+#include "common/error.h"
 
 namespace tpcomm {
 namespace {
@@ -102,6 +105,29 @@ TEST(NormCall, RefusesNullUnalignedAndOverlappingBuffers) {
   c = validCall();
   c.out = c.residualOut;
   EXPECT_EQ(tpcInvalidArgument, checkNormCall(c, 0));
+}
+
+// The scale is read by every block as it starts, some after others have written rows.
+TEST(NormCall, TheScaleIsAnAlignedFloatNoOutputCovers) {
+  NormCall c = validCall();
+  c.outType = tpcFloat8e4m3;
+  c.scale = reinterpret_cast<const float*>(base(4) + 4);
+  EXPECT_EQ(tpcSuccess, checkNormCall(c, 0)) << "a float needs 4-byte alignment, not 16";
+  c.scale = reinterpret_cast<const float*>(base(2) + 64);
+  EXPECT_EQ(tpcSuccess, checkNormCall(c, 0)) << "inside the weight, which no one writes";
+  c.scale = reinterpret_cast<const float*>(base(4) + 2);
+  EXPECT_EQ(tpcInvalidArgument, checkNormCall(c, 0));
+  EXPECT_NE(std::string::npos, threadLastError().find("normScale")) << threadLastError();
+  c.scale = reinterpret_cast<const float*>(base(3) + 64);
+  EXPECT_EQ(tpcInvalidArgument, checkNormCall(c, 0)) << "inside normOut";
+  EXPECT_NE(std::string::npos, threadLastError().find("normOut")) << threadLastError();
+  c.scale = reinterpret_cast<const float*>(base(1) + 4);
+  EXPECT_EQ(tpcInvalidArgument, checkNormCall(c, 0)) << "inside residualOut (= residualIn)";
+  // The last float of the output's rows (16 rows of 8192 one-byte elements), and the one after.
+  c.scale = reinterpret_cast<const float*>(base(3) + 16 * 8192 - 4);
+  EXPECT_EQ(tpcInvalidArgument, checkNormCall(c, 0));
+  c.scale = reinterpret_cast<const float*>(base(3) + 16 * 8192);
+  EXPECT_EQ(tpcSuccess, checkNormCall(c, 0));
 }
 
 TEST(NormCall, ParamsAddressEachChunk) {
