@@ -221,7 +221,8 @@ tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hi
                                           tpcDataType_t datatype, tpcAlgorithm_t* algorithm);
 
 /* Sums `count` elements of `sendbuff` over all ranks into `recvbuff` on every rank. In place when
- * sendbuff == recvbuff. Asynchronous and ordered on `stream`, which must belong to the
+ * sendbuff == recvbuff; buffers that overlap otherwise are refused (tpcInvalidArgument).
+ * Asynchronous and ordered on `stream`, which must belong to the
  * communicator's device; may be captured into a CUDA graph. Every rank gets bitwise identical
  * results: ranks are summed in rank order and 16-bit types are accumulated in float32.
  * tpcomm's kernels sum tpcFloat32, tpcFloat16 and tpcBfloat16 of any count (0 does nothing) and

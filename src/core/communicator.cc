@@ -419,12 +419,21 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
     return fail(tpcInvalidArgument, "rank %d: %s is NULL for a count of %zu", rank_,
                 sendbuff == nullptr ? "sendbuff" : "recvbuff", count);
   }
+  // The kernels write some of the output before they have read all of the input, and NCCL may.
+  const uintptr_t in = reinterpret_cast<uintptr_t>(sendbuff);
+  const uintptr_t out = reinterpret_cast<uintptr_t>(recvbuff);
+  const size_t bytes = count * elemBytes;
+  if (in != out && in < out + bytes && out < in + bytes) {
+    return fail(tpcInvalidArgument,
+                "rank %d: recvbuff (%p) overlaps sendbuff (%p) for %zu bytes; in place, recvbuff "
+                "must be sendbuff",
+                rank_, recvbuff, sendbuff, bytes);
+  }
 
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
   bool capturing = false;
   TPC_CHECK(checkStream(stream, &capturing));
-  const size_t bytes = count * elemBytes;
   const bool kernelsCan = kernelSupports(type) && op == tpcSum;
   const Route route = kernelsCan ? chooseRoute(table_, policy_, nranks_, bytes,
                                                capturing ? CallKind::kGraph : CallKind::kEager)

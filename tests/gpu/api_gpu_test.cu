@@ -62,6 +62,11 @@ TEST(ApiGpu, BadCallsGetCodesAndSentences) {
                                    .find(info.ncclAvailable ? "tpcGroupStart" : "max over float32"))
       << tpcCommGetLastError(comm);
   EXPECT_EQ(tpcInvalidUsage, tpcGroupEnd()) << "an end without a start";
+  char* bytes = static_cast<char*>(p);
+  EXPECT_EQ(tpcInvalidArgument, tpcAllReduce(p, bytes + 16, 8, tpcFloat32, tpcSum, comm, stream));
+  EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("overlaps sendbuff"))
+      << tpcCommGetLastError(comm);
+  EXPECT_EQ(tpcInvalidArgument, tpcAllReduce(bytes + 8, p, 8, tpcBfloat16, tpcSum, comm, stream));
   EXPECT_EQ(tpcInvalidArgument, tpcAllReduce(p, p, SIZE_MAX / 2, tpcFloat32, tpcSum, comm, stream));
   EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("overflows"));
   EXPECT_NE(std::string::npos, std::string(tpcCommGetLastError(comm)).find("rank 0"));
