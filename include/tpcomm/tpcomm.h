@@ -216,7 +216,8 @@ tpcResult_t tpcCommGetAlgorithm(tpcComm_t comm, size_t count, tpcDataType_t data
  * elements of `datatype` on this communicator: tpcAlgoPushOneShot or tpcAlgoPushTwoShot (the fused
  * kernel), or tpcAlgoNccl (NCCL, then the norm kernel), in place (normOut == sendbuff) or not.
  * Its one-shot kernel may take larger messages than tpcAllReduce's. Rows the call refuses get the
- * call's error (tpcNotSupported for a type or hidden size it lacks). */
+ * call's error (tpcNotSupported for a type or hidden size it lacks, tpcInvalidUsage where no
+ * kernel's receive buffers hold a row and no NCCL carries the call). */
 tpcResult_t tpcCommGetAddRmsNormAlgorithm(tpcComm_t comm, size_t rows, size_t hidden,
                                           tpcDataType_t datatype, tpcAlgorithm_t* algorithm);
 

@@ -514,7 +514,8 @@ tpcResult_t Communicator::allReduceAddRmsNorm(const NormCall& call, cudaStream_t
   TPC_CHECK(scope.enter(device_));
   bool capturing = false;
   TPC_CHECK(checkStream(stream, &capturing));
-  const Route route = fusedRoute(call.rows, call.rowBytes());
+  Route route = Route::kNccl;
+  TPC_CHECK(fusedRoute(call.rows, call.hidden, call.rowBytes(), &route));
   TPC_TRACE("rank %d: all-reduce + RMSNorm of %zu rows of %zu (%s%s) on stream %p", rank_,
             call.rows, call.hidden, routeName(route), capturing ? ", captured" : "",
             static_cast<void*>(stream));
@@ -591,13 +592,8 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
 
 tpcResult_t Communicator::launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,
                                              bool capturing) {
+  // fusedRoute chose a kernel whose slots hold a row.
   const size_t mostRows = fusedLaunchRows(route, call.rowBytes());
-  if (mostRows == 0) {
-    return fail(tpcInvalidUsage,
-                "rank %d: a row of %zu elements does not fit the push kernels' receive buffers "
-                "(pushBytes %zu), and no NCCL carries the call instead; raise pushBytes",
-                rank_, call.hidden, config_.pushBytes);
-  }
   const bool inPlace = call.out == call.input;
   const uint32_t hiddenVectors = static_cast<uint32_t>(call.rowBytes() / 16);
   device::FusedParams p{};
@@ -786,24 +782,35 @@ size_t Communicator::fusedLaunchRows(Route route, size_t rowBytes) const {
   return twoShot ? rowsPerSlot * static_cast<size_t>(nranks_) : rowsPerSlot;
 }
 
-Route Communicator::fusedRoute(size_t rows, size_t rowBytes) const {
-  Route route = chooseRoute(table_, policy_, nranks_, rows * rowBytes, CallKind::kAddRmsNorm);
+tpcResult_t Communicator::fusedRoute(size_t rows, size_t hidden, size_t rowBytes,
+                                     Route* route) const {
+  Route r = chooseRoute(table_, policy_, nranks_, rows * rowBytes, CallKind::kAddRmsNorm);
   // The fused kernels are push kernels: a forced pull route takes the one of its shape.
-  if (route == Route::kOneShot) route = Route::kPushOneShot;
-  if (route == Route::kTwoShot) route = Route::kPushTwoShot;
-  if (route == Route::kNccl || nranks_ == 1 || fusedLaunchRows(route, rowBytes) > 0) return route;
+  if (r == Route::kOneShot) r = Route::kPushOneShot;
+  if (r == Route::kTwoShot) r = Route::kPushTwoShot;
   // A small pushBytes leaves this kernel's slots without room for a row: NCCL then carries the
-  // call, or else the other kernel if its slots hold one (launchFusedKernels refuses the rest).
-  if (nccl_.available()) return Route::kNccl;
-  const Route other = route == Route::kPushOneShot ? Route::kPushTwoShot : Route::kPushOneShot;
-  return fusedLaunchRows(other, rowBytes) > 0 ? other : route;
+  // call, or else the other kernel if its slots hold one.
+  if (r != Route::kNccl && nranks_ > 1 && fusedLaunchRows(r, rowBytes) == 0) {
+    const Route other = r == Route::kPushOneShot ? Route::kPushTwoShot : Route::kPushOneShot;
+    if (nccl_.available()) {
+      r = Route::kNccl;
+    } else if (fusedLaunchRows(other, rowBytes) > 0) {
+      r = other;
+    } else {
+      return fail(tpcInvalidUsage,
+                  "rank %d: a row of %zu elements does not fit the push kernels' receive buffers "
+                  "(pushBytes %zu), and no NCCL carries the call instead; raise pushBytes",
+                  rank_, hidden, config_.pushBytes);
+    }
+  }
+  *route = r;
+  return tpcSuccess;
 }
 
 tpcResult_t Communicator::addRmsNormRouteFor(size_t rows, size_t hidden, tpcDataType_t type,
                                              Route* route) const {
   TPC_CHECK(checkNormRows(type, rows, hidden, rank_, "tpcCommGetAddRmsNormAlgorithm"));
-  *route = fusedRoute(rows, hidden * typeSize(type));
-  return tpcSuccess;
+  return fusedRoute(rows, hidden, hidden * typeSize(type), route);
 }
 
 tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {

@@ -129,8 +129,9 @@ class Communicator {
                             tpcDataType_t type, cudaStream_t stream, bool capturing);
   tpcResult_t launchPushKernels(Route route, const void* sendbuff, void* recvbuff, size_t count,
                                 tpcDataType_t type, cudaStream_t stream, bool capturing);
-  // The route of a fused call of `rows` rows of `rowBytes` bytes: a push kernel's, or NCCL's.
-  Route fusedRoute(size_t rows, size_t rowBytes) const;
+  // The route of a fused call of `rows` rows of `hidden` elements (`rowBytes` bytes): a push
+  // kernel whose receive slots hold a row, or NCCL; tpcInvalidUsage where neither can take it.
+  tpcResult_t fusedRoute(size_t rows, size_t hidden, size_t rowBytes, Route* route) const;
   // The most rows of `rowBytes` bytes a launch of push `route`'s fused kernel takes (0: none).
   size_t fusedLaunchRows(Route route, size_t rowBytes) const;
   tpcResult_t launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,

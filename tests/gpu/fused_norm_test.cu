@@ -433,6 +433,12 @@ TEST(FusedNorm, SmallPushBuffersTakeAnotherWay) {
   c.shape = {64, 8192};
   runAndVerify(&c, ranks, 80);
 
+  // A row of 16384 fits neither kernel's slots: NCCL carries it, or else the call is refused,
+  // and the question gets the call's answer.
+  const tpcResult_t asked =
+      tpcCommGetAddRmsNormAlgorithm(ranks.comms[0], 1, 16384, tpcBfloat16, &algo);
+  EXPECT_EQ(nccl ? tpcSuccess : tpcInvalidUsage, asked) << tpcCommGetLastError(ranks.comms[0]);
+  if (nccl) EXPECT_EQ(tpcAlgoNccl, algo);
   Call wide;
   wide.shape = {1, 16384};
   fillHost(&wide, 4, 81);
