@@ -580,13 +580,14 @@ tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stre
                 deferred ? " (a group of ranks of one process needs them all at once)" : "");
   }
   char* staging = local_->base() + layout_.stagingOffset + taken;
-  if (deferred) stagingTaken_ += call.rows * call.rowBytes();
   for (size_t first = 0; first < call.rows; first += chunkRows) {
     const size_t rows = std::min(chunkRows, call.rows - first);
     TPC_CHECK(ncclAllReduce(static_cast<const char*>(call.input) + first * call.rowBytes(), staging,
                             rows * call.hidden, call.type, tpcSum, stream));
     TPC_CHECK(normAfterNccl(staging, first, rows));
   }
+  // Only a call that NCCL took holds its rows there (one refused outside a group does not).
+  if (deferred) stagingTaken_ += call.rows * call.rowBytes();
   return tpcSuccess;
 }
 

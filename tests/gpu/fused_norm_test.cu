@@ -507,6 +507,14 @@ TEST(FusedNorm, Fp8CallsThroughNcclShareAGroup) {
   for (const Call& c : calls) {
     EXPECT_EQ("", verify(c, download(c, ranks), referenceResidual(c, c.residual)));
   }
+  // Outside a group such a call is refused for the want of one, and holds no staging: after more
+  // of them than the buffer has room for, the refusal still says why.
+  for (int k = 0; k < 6; ++k) {
+    EXPECT_EQ(tpcInvalidUsage, callOn(calls[0], ranks, 0));
+    EXPECT_NE(std::string::npos,
+              std::string(tpcCommGetLastError(ranks.comms[0])).find("tpcGroupStart"))
+        << "call " << k << ": " << tpcCommGetLastError(ranks.comms[0]);
+  }
   // A new group starts with the whole buffer.
   upload(large, ranks);
   std::string message;
