@@ -432,28 +432,29 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
 
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
-  bool capturing = false;
-  TPC_CHECK(checkStream(stream, &capturing));
+  CallStream on;
+  TPC_CHECK(checkStream(stream, &on));
+  const bool capturing = on.capturing;
   const bool kernelsCan = kernelSupports(type) && op == tpcSum;
   const Route route = kernelsCan ? chooseRoute(table_, policy_, nranks_, bytes,
                                                capturing ? CallKind::kGraph : CallKind::kEager)
                                  : Route::kNccl;
   TPC_TRACE("rank %d: all-reduce of %zu bytes (%s%s) on stream %p", rank_, bytes, routeName(route),
             capturing ? ", captured" : "", static_cast<void*>(stream));
-  if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
+  if (!capturing) TPC_CHECK(orderAfterPreviousCall(on));
   if (route == Route::kNccl && nccl_.available()) {
     TPC_CHECK(ncclAllReduce(sendbuff, recvbuff, count, type, op, stream));
     if (capturing) return tpcSuccess;
     // Inside a group NCCL issues its work at tpcGroupEnd: the call ends after that.
-    if (ranksInProcess_ > 1) return deferOnDevice([this, stream] { return noteCall(stream); });
-    return noteCall(stream);
+    if (ranksInProcess_ > 1) return deferOnDevice([this, on] { return noteCall(on); });
+    return noteCall(on);
   }
   if (nranks_ == 1) {
     // Every reduction over one rank is the identity.
     if (sendbuff != recvbuff) {
       TPC_CUDA_CHECK(cudaMemcpyAsync(recvbuff, sendbuff, bytes, cudaMemcpyDeviceToDevice, stream));
     }
-    return capturing ? tpcSuccess : noteCall(stream);
+    return capturing ? tpcSuccess : noteCall(on);
   }
   if (!kernelsCan) {
     return fail(tpcNotSupported,
@@ -462,23 +463,23 @@ tpcResult_t Communicator::allReduce(const void* sendbuff, void* recvbuff, size_t
                 rank_, opName(op), typeName(type), nccl_.description().c_str());
   }
   TPC_CHECK(launchKernels(route, sendbuff, recvbuff, count, type, stream, capturing));
-  return capturing ? tpcSuccess : noteEagerCall(stream);
+  return capturing ? tpcSuccess : noteEagerCall(on);
 }
 
-tpcResult_t Communicator::orderAfterPreviousCall(cudaStream_t stream) {
-  if (haveLastCall_ && stream != lastStream_) {
-    TPC_CUDA_CHECK(cudaStreamWaitEvent(stream, lastCall_, 0));
+tpcResult_t Communicator::orderAfterPreviousCall(const CallStream& stream) {
+  if (haveLastCall_ && stream.id != lastStream_) {
+    TPC_CUDA_CHECK(cudaStreamWaitEvent(stream.handle, lastCall_, 0));
     // A programmatic completion lets a kernel start before the previous call ends; this one waits
     // for the end, so that NCCL and whatever else follows on `stream` comes after that call.
-    if (dependentLaunch_) TPC_CUDA_CHECK(awaitProgrammaticCompletion(stream));
+    if (dependentLaunch_) TPC_CUDA_CHECK(awaitProgrammaticCompletion(stream.handle));
   }
   return tpcSuccess;
 }
 
-tpcResult_t Communicator::noteEagerCall(cudaStream_t stream) {
+tpcResult_t Communicator::noteEagerCall(const CallStream& stream) {
   // Programmatic dependents recorded their completion in lastCall_ as they launched.
   if (dependentLaunch_) {
-    lastStream_ = stream;
+    lastStream_ = stream.id;
     haveLastCall_ = true;
     return tpcSuccess;
   }
@@ -499,9 +500,9 @@ tpcResult_t Communicator::deferOnDevice(std::function<tpcResult_t()> work) {
   });
 }
 
-tpcResult_t Communicator::noteCall(cudaStream_t stream) {
-  TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream));
-  lastStream_ = stream;
+tpcResult_t Communicator::noteCall(const CallStream& stream) {
+  TPC_CUDA_CHECK(cudaEventRecord(lastCall_, stream.handle));
+  lastStream_ = stream.id;
   haveLastCall_ = true;
   return tpcSuccess;
 }
@@ -512,22 +513,23 @@ tpcResult_t Communicator::allReduceAddRmsNorm(const NormCall& call, cudaStream_t
   if (call.rows == 0) return tpcSuccess;
   DeviceScope scope;
   TPC_CHECK(scope.enter(device_));
-  bool capturing = false;
-  TPC_CHECK(checkStream(stream, &capturing));
+  CallStream on;
+  TPC_CHECK(checkStream(stream, &on));
+  const bool capturing = on.capturing;
   Route route = Route::kNccl;
   TPC_CHECK(fusedRoute(call.rows, call.hidden, call.rowBytes(), &route));
   TPC_TRACE("rank %d: all-reduce + RMSNorm of %zu rows of %zu (%s%s) on stream %p", rank_,
             call.rows, call.hidden, routeName(route), capturing ? ", captured" : "",
             static_cast<void*>(stream));
-  if (!capturing) TPC_CHECK(orderAfterPreviousCall(stream));
+  if (!capturing) TPC_CHECK(orderAfterPreviousCall(on));
   if (nranks_ == 1) {
     TPC_CHECK(launchNorm(call, call.input, 0, call.rows, stream, capturing));
   } else if (route == Route::kNccl && nccl_.available()) {
-    TPC_CHECK(ncclAddRmsNorm(call, stream, capturing));
+    TPC_CHECK(ncclAddRmsNorm(call, on));
   } else {
     TPC_CHECK(launchFusedKernels(route, call, stream, capturing));
   }
-  return capturing ? tpcSuccess : noteEagerCall(stream);
+  return capturing ? tpcSuccess : noteEagerCall(on);
 }
 
 tpcResult_t Communicator::launchNorm(const NormCall& call, const void* sum, size_t first,
@@ -542,16 +544,16 @@ tpcResult_t Communicator::launchNorm(const NormCall& call, const void* sum, size
   return tpcSuccess;
 }
 
-tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, cudaStream_t stream,
-                                         bool capturing) {
+tpcResult_t Communicator::ncclAddRmsNorm(const NormCall& call, const CallStream& on) {
+  const cudaStream_t stream = on.handle;
   // Inside a group NCCL issues its part at tpcGroupEnd: the norm must wait until then.
   const bool deferred = ranksInProcess_ > 1;
-  auto normAfterNccl = [this, call, stream, capturing, deferred](const void* sum, size_t first,
-                                                                 size_t rows) -> tpcResult_t {
-    if (!deferred) return launchNorm(call, sum, first, rows, stream, capturing);
-    return deferOnDevice([this, call, sum, first, rows, stream, capturing] {
-      TPC_CHECK(launchNorm(call, sum, first, rows, stream, capturing));
-      return capturing ? tpcSuccess : noteEagerCall(stream);
+  auto normAfterNccl = [this, call, on, deferred](const void* sum, size_t first,
+                                                  size_t rows) -> tpcResult_t {
+    if (!deferred) return launchNorm(call, sum, first, rows, on.handle, on.capturing);
+    return deferOnDevice([this, call, sum, first, rows, on] {
+      TPC_CHECK(launchNorm(call, sum, first, rows, on.handle, on.capturing));
+      return on.capturing ? tpcSuccess : noteEagerCall(on);
     });
   };
   if (call.outType == call.type) {
@@ -814,7 +816,7 @@ tpcResult_t Communicator::addRmsNormRouteFor(size_t rows, size_t hidden, tpcData
   return fusedRoute(rows, hidden, hidden * typeSize(type), route);
 }
 
-tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {
+tpcResult_t Communicator::checkStream(cudaStream_t stream, CallStream* call) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   const cudaError_t err = cudaStreamIsCapturing(stream, &capture);
   if (err == cudaErrorStreamCaptureImplicit) {
@@ -833,11 +835,13 @@ tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {
                 "capture (cudaStreamEndCapture) and capture again",
                 rank_);
   }
-  *capturing = capture != cudaStreamCaptureStatusNone;
-  // A capturing stream cannot be asked for its device; the check waits for its next eager use.
-  if (capture != cudaStreamCaptureStatusNone || (streamChecked_ && stream == checkedStream_)) {
-    return tpcSuccess;
-  }
+  call->handle = stream;
+  call->capturing = capture != cudaStreamCaptureStatusNone;
+  // A capturing stream cannot be asked for its id or device; the check waits for its next eager
+  // use.
+  if (call->capturing) return tpcSuccess;
+  TPC_CUDA_CHECK(cudaStreamGetId(stream, &call->id));
+  if (streamChecked_ && call->id == checkedStream_) return tpcSuccess;
   int streamDevice = -1;
   TPC_CUDA_CHECK(cudaStreamGetDevice(stream, &streamDevice));
   if (streamDevice != device_) {
@@ -858,7 +862,7 @@ tpcResult_t Communicator::checkStream(cudaStream_t stream, bool* capturing) {
           rank_, device_);
     }
   }
-  checkedStream_ = stream;
+  checkedStream_ = call->id;
   streamChecked_ = true;
   return tpcSuccess;
 }

@@ -91,16 +91,24 @@ class Communicator {
   // judge (its calls then go to NCCL).
   void mapPeers(const std::vector<RankInfo>& all);
   tpcResult_t decidePaths(const std::vector<RankInfo>& all);
+  // The stream a call was made on. Outside a capture, `id` is the driver's number for it, which
+  // tells streams apart where handles do not: cudaStreamPerThread names each thread's own
+  // stream, and a new stream may take a destroyed one's handle.
+  struct CallStream {
+    cudaStream_t handle = nullptr;
+    unsigned long long id = 0;
+    bool capturing = false;
+  };
   // Checks that `stream` belongs to this rank's device (once per stream, outside capture) and
   // says whether it is capturing a graph.
-  tpcResult_t checkStream(cudaStream_t stream, bool* capturing);
+  tpcResult_t checkStream(cudaStream_t stream, CallStream* call);
   // An eager call on another stream than the rank's previous eager call waits for that call.
-  tpcResult_t orderAfterPreviousCall(cudaStream_t stream);
+  tpcResult_t orderAfterPreviousCall(const CallStream& stream);
   // Marks the end of an eager call on `stream`, for the next call to order itself after.
-  tpcResult_t noteEagerCall(cudaStream_t stream);
+  tpcResult_t noteEagerCall(const CallStream& stream);
   // noteEagerCall for a call whose work launched no kernel of tpcomm's (NCCL's, a copy): its end
   // is recorded in lastCall_ on `stream`.
-  tpcResult_t noteCall(cudaStream_t stream);
+  tpcResult_t noteCall(const CallStream& stream);
   // The event in which an eager call's kernels record their programmatic completion where they
   // launch as programmatic dependents (null in a capture): the next call on another stream waits
   // for it. An event recorded after every call sat between the stream's kernels and ended their
@@ -136,7 +144,7 @@ class Communicator {
   size_t fusedLaunchRows(Route route, size_t rowBytes) const;
   tpcResult_t launchFusedKernels(Route route, const NormCall& call, cudaStream_t stream,
                                  bool capturing);
-  tpcResult_t ncclAddRmsNorm(const NormCall& call, cudaStream_t stream, bool capturing);
+  tpcResult_t ncclAddRmsNorm(const NormCall& call, const CallStream& on);
   // The norm kernel over rows [first, first + rows) of the call, whose all-reduced rows are at
   // `sum`.
   tpcResult_t launchNorm(const NormCall& call, const void* sum, size_t first, size_t rows,
@@ -181,9 +189,9 @@ class Communicator {
   uint64_t groupWithCalls_ = 0;  // the group that last took a call of this rank (inOpenGroup)
   cudaStream_t controlStream_ = nullptr;  // the copy engine's way to this rank's failure word
   cudaEvent_t lastCall_ = nullptr;        // the end of the rank's previous eager call
-  cudaStream_t lastStream_ = nullptr;
+  unsigned long long lastStream_ = 0;     // CallStream::id of the previous eager call
   bool haveLastCall_ = false;
-  cudaStream_t checkedStream_ = nullptr;
+  unsigned long long checkedStream_ = 0;  // CallStream::id of the stream checkStream last checked
   bool streamChecked_ = false;
   bool warnedBlockingStream_ = false;
   tpcResult_t stickyError_ = tpcSuccess;

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu_test_util.cuh"
@@ -223,6 +225,84 @@ TEST(ApiGpu, CallsOnSeveralStreamsAreOrdered) {
       EXPECT_EQ(0u, wrong[r].read()) << algorithmTestName(algorithm) << ", rank " << r;
       CUDA_OK(cudaStreamDestroy(second[r]));
     }
+  }
+}
+
+__global__ void waitOnDevice(unsigned long long ns) {
+  unsigned long long start = 0, now = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
+// Each rank's two calls come from two threads in turn, each on cudaStreamPerThread: one handle
+// that names each thread's own stream. The second call sums the first's output and must wait for
+// it, which a kernel of 200 ms holds back on the first thread's stream.
+TEST(ApiGpu, CallsFromTwoThreadsOnTheirOwnDefaultStreamsAreOrdered) {
+  SKIP_WITHOUT_GPU();
+  constexpr uint32_t kSeed = 17;
+  const size_t count = 50001;
+  tpcConfig_t config = TPC_CONFIG_INITIALIZER;
+  config.timeoutMs = 10000;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  // in -> mid by the first call, mid -> out by the second.
+  std::vector<std::vector<DeviceBuffer>> buf(2);
+  std::vector<Counter> wrong;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    for (int k = 0; k < 3; ++k) buf[r].emplace_back(count * sizeof(float));
+    wrong.emplace_back();
+    fillExact<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(buf[r][0].get<float>(), count, r,
+                                                              kSeed);
+    CUDA_OK(cudaMemsetAsync(buf[r][1].get(), 0, count * sizeof(float), ranks.streams[r]));
+  }
+  CUDA_OK(ranks.syncAll());
+  auto call = [&](int r, int k) {
+    return tpcAllReduce(buf[r][k].get(), buf[r][k + 1].get(), count, tpcFloat32, tpcSum,
+                        ranks.comms[r], cudaStreamPerThread);
+  };
+  // The first threads stay until the end, so that their streams outlive their work.
+  std::promise<void> finish;
+  const std::shared_future<void> finished = finish.get_future().share();
+  std::vector<std::promise<void>> issued(2);
+  std::vector<tpcResult_t> results(4, tpcInternalError);
+  std::vector<std::thread> first, second;
+  for (int r = 0; r < 2; ++r) {
+    first.emplace_back([&, r] {
+      ranks.use(r);
+      waitOnDevice<<<1, 1, 0, cudaStreamPerThread>>>(200000000ull);
+      results[r] = call(r, 0);
+      issued[r].set_value();
+      finished.wait();
+      cudaStreamSynchronize(cudaStreamPerThread);
+    });
+  }
+  for (std::promise<void>& p : issued) p.get_future().wait();
+  for (int r = 0; r < 2; ++r) {
+    second.emplace_back([&, r] {
+      ranks.use(r);
+      results[2 + r] = call(r, 1);
+      cudaStreamSynchronize(cudaStreamPerThread);
+    });
+  }
+  for (std::thread& t : second) t.join();
+  finish.set_value();
+  for (std::thread& t : first) t.join();
+  for (int k = 0; k < 4; ++k) EXPECT_EQ(tpcSuccess, results[k]) << "call " << k / 2 + 1;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    checkDoubled<<<checkGrid(count), 256, 0, ranks.streams[r]>>>(buf[r][2].get<float>(), count,
+                                                                 kSeed, 1, wrong[r].get());
+  }
+  CUDA_OK(ranks.syncAll());
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    EXPECT_EQ(0u, wrong[r].read()) << "rank " << r;
+    tpcResult_t async = tpcInternalError;
+    TPC_OK(tpcCommGetAsyncError(ranks.comms[r], &async));
+    EXPECT_EQ(tpcSuccess, async) << tpcCommGetLastError(ranks.comms[r]);
   }
 }
 

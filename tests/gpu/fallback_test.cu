@@ -34,17 +34,6 @@ __global__ void checkInts(const int* out, size_t count, unsigned long long* wron
   }
 }
 
-// Adds to *wrong the elements of `out` other than 2^doublings times the exact sum of two ranks.
-__global__ void checkDoubled(const float* out, size_t count, uint32_t seed, int doublings,
-                             unsigned long long* wrong) {
-  unsigned long long bad = 0;
-  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
-       i += size_t{gridDim.x} * blockDim.x) {
-    bad += out[i] != ldexpf(static_cast<float>(exactSum(2, i, seed)), doublings);
-  }
-  if (bad != 0) atomicAdd(wrong, bad);
-}
-
 const nccl::Library* ncclOrSkip() {
   std::string why;
   const nccl::Library* lib = nccl::library(&why);

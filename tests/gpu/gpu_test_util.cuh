@@ -183,6 +183,18 @@ inline tpcResult_t allReduceAll(const Ranks& ranks, const std::vector<const void
   return first;
 }
 
+// Adds to *wrong the elements of `out` other than 2^doublings times the exact sum of two ranks'
+// fillExact: the output of all-reduces of all-reduces.
+static __global__ void checkDoubled(const float* out, size_t count, uint32_t seed, int doublings,
+                                    unsigned long long* wrong) {
+  unsigned long long bad = 0;
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    bad += out[i] != ldexpf(static_cast<float>(exactSum(2, i, seed)), doublings);
+  }
+  if (bad != 0) atomicAdd(wrong, bad);
+}
+
 // A counter in device memory of the current device. Reset and read it only while no kernel that
 // updates it is in flight.
 class Counter {
