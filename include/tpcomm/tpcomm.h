@@ -180,7 +180,8 @@ tpcResult_t tpcCommDestroy(tpcComm_t comm);
  * leaves the rank's device memory allocated, since freeing it would wait for that work. The
  * handle must not be used afterwards. Inside a group of the calling thread that holds calls of
  * the rank for NCCL to issue, the rank stops at tpcGroupEnd instead, after those calls are issued
- * (as tpcCommDestroy). */
+ * (as tpcCommDestroy). A group of another thread that holds such calls uses the rank until its
+ * tpcGroupEnd: no other thread may abort or destroy the rank before then. */
 tpcResult_t tpcCommAbort(tpcComm_t comm);
 
 /* Number of ranks, this rank's index, and this rank's CUDA device. */
