@@ -266,7 +266,10 @@ tpcResult_t tpcAllReduce(const void* sendbuff, void* recvbuff, size_t count, tpc
  * all-reduces do (the sign of a zero sum; NCCL's summation order for more than two ranks). Ordered
  * on `stream` and capturable, like tpcAllReduce; with an FP8 output on a rank driven with others
  * from one thread, NCCL's path needs the rows of all such calls in one group to fit the staging
- * buffer together. Where a small pushBytes leaves a kernel's receive buffers no room for a row,
+ * buffer together (tpcInvalidUsage otherwise, and the call issues nothing: a rank of another
+ * process, alone there, chunks the same call through its staging buffer and waits in NCCL for
+ * this one without end, so size stagingBytes for such groups where processes hold different
+ * numbers of ranks). Where a small pushBytes leaves a kernel's receive buffers no room for a row,
  * NCCL carries the call, or else the other push kernel if its buffers hold a row (tpcInvalidUsage
  * if neither does). rows == 0 does nothing. */
 tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn, void* residualOut,
