@@ -3,8 +3,9 @@
 //
 // A receive buffer starts out "empty": every 32-bit word holds kEmpty, the bits of -0.0f (for
 // 16-bit types, +0 in the low half and -0 in the high half). A sender stores 16-byte vectors into
-// its slot of a peer's buffer after scrubbing them (-0 becomes +0, which changes no sum), so no
-// word it stores is ever kEmpty; the receiver polls its own memory until no word of a vector is
+// its slot of a peer's buffer after scrubbing them (-0 becomes +0, which changes no sum but one of
+// zeros that are all -0: +0 where IEEE gives -0, as tpcomm.h says), so no word it stores is ever
+// kEmpty; the receiver polls its own memory until no word of a vector is
 // kEmpty, and then has the data. Words are compared as bits, never as floating-point values
 // (under flush-to-zero a negative subnormal compares equal to -0).
 //
