@@ -283,11 +283,15 @@ tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn,
  * read only the rank's own input and need no registration.
  *
  * With config.zeroCopyGraphs set, every all-reduce a pull kernel carries that is captured into a
- * CUDA graph records its input and reads its peers' inputs through a slot of its own. After
- * capturing (one or several graphs, on one or several streams), every rank calls
- * tpcCommRegisterGraphBuffers, which exchanges the recorded inputs in call order (ranks may
- * allocate differently) and maps each peer allocation once. A graph launched before that fails:
- * its kernels stop at once and the communicator reports tpcInvalidUsage. Inputs in cudaMalloc
+ * CUDA graph records its input and reads its peers' inputs through a slot of its own (one whose
+ * input lies in a buffer registered with tpcCommRegister reads through that registration, at the
+ * same offsets on every rank, as an eager call does). After capturing (one or several graphs, on
+ * one or several streams), every rank calls tpcCommRegisterGraphBuffers, which exchanges the
+ * recorded inputs in call order (ranks may allocate differently) and maps each peer allocation.
+ * A graph launched before that fails: its kernels stop at once and the communicator reports
+ * tpcInvalidUsage, as do calls whose ranks read their peers differently (through registrations
+ * at different offsets, or a registration on one rank and a slot of its own on another). Inputs
+ * in cudaMalloc
  * memory and in cuMem memory exported as POSIX file descriptors (PyTorch's expandable segments)
  * are read in place; other memory is copied through staging for that call, with an INFO line.
  * The slots and the peer mappings are kept until tpcCommDestroy, also after the graphs are
@@ -296,7 +300,8 @@ tpcResult_t tpcCommRegisterGraphBuffers(tpcComm_t comm);
 
 /* Registers `size` bytes at `buff` for eager zero-copy calls: an out-of-place all-reduce whose
  * input lies inside a registered buffer reads every rank's registered buffer at the same offset,
- * so every rank must register its own buffer and call with the same offsets into it. A buffer
+ * so every rank must register its own buffer and call with the same offsets into it (a call
+ * whose ranks' offsets differ fails, and the communicator reports tpcInvalidUsage). A buffer
  * that overlaps one the rank registered before is refused (tpcInvalidUsage) on every rank.
  * Collective; *handle names the registration until tpcCommDeregister. */
 tpcResult_t tpcCommRegister(tpcComm_t comm, void* buff, size_t size, void** handle);

@@ -319,6 +319,16 @@ uint32_t callTag(int algorithm, tpcDataType_t type, size_t count, size_t hidden 
   return static_cast<uint32_t>(h);
 }
 
+// Where a zero-copy launch reads its peers' inputs: through a registration at this rank's offset
+// into it, which every rank's call must share, or through a captured call's slot of its own.
+// Mixed into the call's tag, so that ranks that read differently fail as ranks that made
+// different calls instead of summing what is not their peers' input.
+uint32_t sourceTag(bool registered, size_t offset) {
+  uint64_t h = (offset << 1 | (registered ? 1u : 0u)) * 0xd6e8feb86659fd93ull;
+  h ^= h >> 32;
+  return static_cast<uint32_t>(h) | 1u;
+}
+
 tpcResult_t resultOf(int failureKind) {
   switch (failureKind) {
     case device::kFailureTimeout:
@@ -374,9 +384,9 @@ std::string Communicator::describeFailure(const device::FailureRecord& record) c
     case device::kFailureMismatch:
       std::snprintf(text, sizeof(text),
                     "rank %d (device %d): rank %d made a different call at the same point as this "
-                    "rank's %s all-reduce (another size, type, algorithm or zero-copy mode; every "
-                    "rank must make the same calls in the same order); the communicator can no "
-                    "longer be used",
+                    "rank's %s all-reduce (another size, type, algorithm, zero-copy mode or "
+                    "offset into a registered buffer; every rank must make the same calls in the "
+                    "same order); the communicator can no longer be used",
                     record.rank, device_, record.peer, algorithm);
       break;
     default:
@@ -655,10 +665,12 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
   const device::SourceSlot* slot = nullptr;
   uint32_t generation = 0;
   size_t sourceOffset = 0;
+  bool registered = false;
   if (sendbuff != recvbuff) {
     int s = -1;
     if (registry_.findRegistered(sendbuff, bytes, &s, &sourceOffset)) {
-      if (sourceOffset % 16 == 0) slot = registry_.deviceSlot(s);
+      registered = sourceOffset % 16 == 0;
+      if (registered) slot = registry_.deviceSlot(s);
     } else if (capturing && config_.zeroCopyGraphs) {
       s = registry_.reserveGraphSlot(sendbuff, bytes);
       if (s >= 0) {
@@ -687,6 +699,7 @@ tpcResult_t Communicator::launchKernels(Route route, const void* sendbuff, void*
     p.outputAligned = reinterpret_cast<uintptr_t>(p.output) % 16 == 0;
     p.sourceOffset = sourceOffset + offset * elemBytes;
     p.tag = callTag(algorithm, type, p.count);
+    if (slot != nullptr) p.tag ^= sourceTag(registered, p.sourceOffset);
     const int blocks = gridBlocks(route, nranks_, p.count, elemBytes, pullBlockCap_);
     TPC_CUDA_CHECK(launchPull(type, algorithm, p, blocks, dependentLaunch_, stream,
                               completionEvent(capturing)));

@@ -370,6 +370,40 @@ TEST(ZeroCopyEager, RegisteredBuffersSkipTheCopy) {
   }
 }
 
+// Ranks that call at different offsets into their registered buffers would each read its peers at
+// its own offset, which is not where their inputs lie: the call fails as one whose ranks made
+// different calls, instead of summing the wrong elements.
+TEST(ZeroCopyEager, CallsAtDifferentOffsetsFailLoudly) {
+  SKIP_WITHOUT_GPU();
+  tpcConfig_t config = pullConfig();
+  config.timeoutMs = 10000;
+  Ranks ranks(2, config);
+  ASSERT_TRUE(ranks.ok()) << ranks.message;
+  const size_t elements = size_t{1} << 16, count = 4096;
+  std::vector<DeviceBuffer> in, out;
+  for (int r = 0; r < 2; ++r) {
+    ranks.use(r);
+    in.emplace_back(elements * sizeof(T));
+    out.emplace_back(count * sizeof(T));
+  }
+  std::vector<void*> handles;
+  ASSERT_EQ(tpcSuccess,
+            registerOnEveryRank(ranks, {in[0].get(), in[1].get()}, elements * sizeof(T), &handles));
+  for (int r = 0; r < 2; ++r) {
+    const size_t offset = r == 0 ? 0 : 8192;  // elements, 16-byte aligned on both ranks
+    ASSERT_EQ(tpcSuccess, tpcAllReduce(in[r].get<T>() + offset, out[r].get(), count, tpcBfloat16,
+                                       tpcSum, ranks.comms[r], ranks.streams[r]));
+  }
+  CUDA_OK(ranks.syncAll());
+  for (int r = 0; r < 2; ++r) {
+    tpcResult_t async = tpcSuccess;
+    TPC_OK(tpcCommGetAsyncError(ranks.comms[r], &async));
+    EXPECT_EQ(tpcInvalidUsage, async) << "rank " << r;
+    const std::string message = tpcCommGetLastError(ranks.comms[r]);
+    EXPECT_NE(std::string::npos, message.find("different")) << message;
+  }
+}
+
 // Memory that cannot be shared still gives right answers: its calls copy through staging.
 TEST(ZeroCopyEager, UnshareableMemoryFallsBackToStaging) {
   SKIP_WITHOUT_GPU();
