@@ -288,10 +288,12 @@ tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn,
  * same offsets on every rank, as an eager call does). After capturing (one or several graphs, on
  * one or several streams), every rank calls tpcCommRegisterGraphBuffers, which exchanges the
  * recorded inputs in call order (ranks may allocate differently) and maps each peer allocation.
- * A graph launched before that fails: its kernels stop at once and the communicator reports
- * tpcInvalidUsage, as do calls whose ranks read their peers differently (through registrations
- * at different offsets, or a registration on one rank and a slot of its own on another). Inputs
- * in cudaMalloc
+ * Where ranks captured different numbers of such calls since the last registration (a capture
+ * invalidated after a call, one ended and never instantiated on some rank), it fails on every rank
+ * and drops them all: capture again. A graph launched before that fails: its kernels stop at once
+ * and the communicator reports tpcInvalidUsage, as do calls whose ranks read their peers
+ * differently (through registrations at different offsets, or a registration on one rank and a
+ * slot of its own on another). Inputs in cudaMalloc
  * memory and in cuMem memory exported as POSIX file descriptors (PyTorch's expandable segments)
  * are read in place; other memory is copied through staging for that call, with an INFO line.
  * The slots and the peer mappings are kept until tpcCommDestroy, also after the graphs are

@@ -156,18 +156,6 @@ class ReceivedFds {
 
 tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>& requests,
                            std::vector<uint64_t>* refs) {
-  // Ranks match buffers by their order, so every rank must bring as many.
-  std::vector<std::string> counts;
-  TPC_CHECK(bootstrap.allGather(std::to_string(requests.size()), &counts));
-  for (int r = 0; r < nranks_; ++r) {
-    if (counts[r] != counts[rank_]) {
-      return fail(tpcInvalidUsage,
-                  "rank %d: ranks disagree on the buffers to register: rank %d has %s, rank %d "
-                  "has %s (every rank must capture or register the same calls in the same order)",
-                  rank_, rank_, counts[rank_].c_str(), r, counts[r].c_str());
-    }
-  }
-
   ExportPlan mine;
   tpcResult_t exported = tpcSuccess;
   for (const SlotRequest& request : requests) {
@@ -271,6 +259,22 @@ tpcResult_t Registry::fill(Bootstrap& bootstrap, const std::vector<SlotRequest>&
 }
 
 tpcResult_t Registry::registerGraphBuffers(Bootstrap& bootstrap) {
+  // Ranks match captured calls by their order, so every rank must bring as many. Where they do
+  // not, a capture that never became a graph may hold a slot on some rank (invalidated after its
+  // call, or ended and dropped): no later attempt could pair the calls, so every rank drops them
+  // all, and their graphs fail as unregistered if launched.
+  std::vector<std::string> counts;
+  TPC_CHECK(bootstrap.allGather(std::to_string(pending_.size()), &counts));
+  for (int r = 0; r < nranks_; ++r) {
+    if (counts[r] == counts[rank_]) continue;
+    for (const SlotRequest& request : pending_) free_.push_back(static_cast<int>(request.slot));
+    pending_.clear();
+    return fail(tpcInvalidUsage,
+                "rank %d: ranks disagree on the calls to register: rank %d captured %s, rank %d "
+                "%s since the last registration (every rank must capture the same calls in the "
+                "same order); these calls are dropped on every rank: capture them again",
+                rank_, rank_, counts[rank_].c_str(), r, counts[r].c_str());
+  }
   std::vector<uint64_t> refs;
   const tpcResult_t res = fill(bootstrap, pending_, &refs);
   if (res != tpcSuccess) {

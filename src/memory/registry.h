@@ -78,8 +78,9 @@ class Registry {
   uint32_t generation(int slot) const { return generations_[slot]; }
   size_t pendingGraphCalls() const { return pending_.size(); }
 
-  // Collective: fills the slots of every call captured since the last registration. On failure
-  // the calls stay pending, for another attempt.
+  // Collective: fills the slots of every call captured since the last registration. Where ranks
+  // captured different numbers of calls, every rank drops them; on other failures they stay
+  // pending, for another attempt.
   tpcResult_t registerGraphBuffers(Bootstrap& bootstrap);
   // Collective: registers `bytes` at `ptr` for eager zero-copy calls. Every rank must register
   // as many bytes (calls read every rank's buffer at the same offsets).
@@ -108,8 +109,8 @@ class Registry {
   };
 
   int takeSlot();
-  // Exports, exchanges and maps the requests' buffers and writes their slots; the peer mappings
-  // it opened go to *refs.
+  // Exports, exchanges and maps the requests' buffers (as many on every rank, matched by their
+  // order) and writes their slots; the peer mappings it opened go to *refs.
   tpcResult_t fill(Bootstrap& bootstrap, const std::vector<SlotRequest>& requests,
                    std::vector<uint64_t>* refs);
 
