@@ -86,6 +86,10 @@ class Error(RuntimeError):
         self.message = message
         super().__init__(f"{_tpcomm.error_string(int(code))} ({self.code.name}): {message}")
 
+    def __reduce__(self) -> Any:
+        # Raised in a worker process, it crosses back pickled (multiprocessing, Ray).
+        return (type(self), (int(self.code), self.message))
+
 
 @dataclasses.dataclass(frozen=True)
 class PathInfo:

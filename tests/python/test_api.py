@@ -30,6 +30,16 @@ def test_error_carries_code_and_sentence():
     assert "INVALID_ARGUMENT" in str(e) and "rank 1: count overflows" in str(e)
 
 
+def test_error_crosses_processes_and_copies_whole():
+    import copy
+
+    e = tpcomm.Error(7, "rank 0: timed out after 300 ms waiting for rank 2")
+    for back in (pickle.loads(pickle.dumps(e)), copy.copy(e)):
+        assert type(back) is tpcomm.Error
+        assert back.code is tpcomm.Result.TIMEOUT
+        assert back.message == e.message and str(back) == str(e)
+
+
 @pytest.mark.parametrize(
     "args, kind, words",
     [
