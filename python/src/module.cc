@@ -102,7 +102,10 @@ NB_MODULE(_tpcomm, m) {
         std::string why;
         {
           nb::gil_scoped_release release;
-          const cudaError_t err = cudaSetDevice(device);
+          // The rank joins on `device`; the thread's current device stays as it was.
+          int current = -1;
+          cudaError_t err = cudaGetDevice(&current);
+          if (err == cudaSuccess) err = cudaSetDevice(device);
           if (err != cudaSuccess) {
             cudaGetLastError();
             r = tpcUnhandledCudaError;
@@ -111,6 +114,7 @@ NB_MODULE(_tpcomm, m) {
           } else {
             r = tpcCommInitRank(&comm, nranks, uid, rank, &config);
             if (r != tpcSuccess) why = tpcCommGetLastError(nullptr);
+            cudaSetDevice(current);
           }
         }
         return std::make_tuple(static_cast<int>(r), reinterpret_cast<uintptr_t>(comm), why);

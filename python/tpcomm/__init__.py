@@ -218,7 +218,9 @@ def _stream_handle(stream: Any, x: Any, buf: _Buffer) -> int:
             return int(raw(buf.device))
         return int(torch.cuda.current_stream(buf.device).cuda_stream)
     if type(x).__module__.startswith("cupy"):
-        return int(sys.modules["cupy"].cuda.get_current_stream().ptr)
+        cupy = sys.modules["cupy"]
+        with cupy.cuda.Device(buf.device):  # CuPy keeps a current stream per device
+            return int(cupy.cuda.get_current_stream().ptr)
     return 0
 
 
@@ -257,17 +259,9 @@ class Communicator:
         if device is None:
             device = _default_device(rank)
         self._handle = 0
-        # Joining makes `device` current on this thread; PyTorch's current device stays as it was.
-        torch = sys.modules.get("torch")
-        current = (torch.cuda.current_device()
-                   if torch is not None and torch.cuda.is_initialized() else None)
-        try:
-            code, handle, why = _tpcomm.comm_init(size, bytes(unique_id), rank, int(device),
-                                                  int(timeout_ms), bool(nccl),
-                                                  bool(zero_copy_graphs))
-        finally:
-            if current is not None and current != int(device):
-                torch.cuda.set_device(current)
+        # The thread's current device stays as it was.
+        code, handle, why = _tpcomm.comm_init(size, bytes(unique_id), rank, int(device),
+                                              int(timeout_ms), bool(nccl), bool(zero_copy_graphs))
         if code != 0:
             raise Error(code, why)
         self._handle = handle
