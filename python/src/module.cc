@@ -121,6 +121,11 @@ NB_MODULE(_tpcomm, m) {
       },
       nb::arg("nranks"), nb::arg("id"), nb::arg("rank"), nb::arg("device"), nb::arg("timeout_ms"),
       nb::arg("nccl"), nb::arg("zero_copy_graphs"));
+  m.def("group_start", [] { return static_cast<int>(tpcGroupStart()); });
+  // The outermost end issues what NCCL carries, which waits for the group's other ranks.
+  m.def(
+      "group_end", [] { return static_cast<int>(tpcGroupEnd()); },
+      nb::call_guard<nb::gil_scoped_release>());
   m.def(
       "comm_destroy", [](uintptr_t comm) { return static_cast<int>(tpcCommDestroy(handle(comm))); },
       nb::call_guard<nb::gil_scoped_release>());

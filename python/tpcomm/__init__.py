@@ -13,8 +13,12 @@ with ``cuda_stream``, ``ptr`` or ``__cuda_stream__``).
         comm.all_reduce(x)                              # in place; works inside torch.cuda.graph
 
 Failures raise :class:`Error`, carrying the library's result code and its sentence on what failed,
-on which rank and why. Bad Python arguments raise ``TypeError`` or ``ValueError`` before anything
-reaches the GPU.
+on which rank and why; so do arguments only the library checks (buffers that overlap or are
+misaligned, sizes it does not take). Wrong Python types, shapes and devices raise ``TypeError`` or
+``ValueError`` before anything reaches the GPU.
+
+Where one process drives several ranks (a thread each) and a call goes to NCCL, each rank's
+thread brackets its call with :func:`group`, as C brackets it with tpcGroupStart and tpcGroupEnd.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "MemoryInfo",
     "PathInfo",
     "Result",
+    "group",
     "unique_id",
 ]
 
@@ -125,6 +130,25 @@ _ALGORITHMS = {
     4: "push-oneshot",
     5: "push-twoshot",
 }
+
+
+@contextlib.contextmanager
+def group() -> Iterator[None]:
+    """tpcGroupStart and tpcGroupEnd around the block, on this thread: where one process drives
+    several ranks, a call NCCL carries must be bracketed so on each rank's thread (NCCL issues
+    the calls at the group's end, which releases the GIL). Groups nest. Where the block raised,
+    the group still ends and the block's exception is the one that propagates."""
+    code = _tpcomm.group_start()
+    if code != 0:
+        raise Error(code, _tpcomm.last_error(0))
+    try:
+        yield
+    except BaseException:
+        _tpcomm.group_end()
+        raise
+    code = _tpcomm.group_end()
+    if code != 0:
+        raise Error(code, _tpcomm.last_error(0))
 
 
 def unique_id() -> bytes:

@@ -322,3 +322,56 @@ def cupy_arrays(rank, size, uid, queue):
     except Exception:  # noqa: BLE001
         check.failures.append(f"rank {rank}: {traceback.format_exc()}")
     queue.put((rank, check.failures))
+
+
+def ranks_on_threads(uid, queue):
+    """One process drives two ranks on two GPUs, a thread each: int32 sums go to NCCL, which each
+    rank's thread brackets with tpcomm.group(); outside a group they are refused with a sentence.
+    Reports ["no NCCL"] alone where there is none to test."""
+    check = _Checks(0)
+    try:
+        import threading
+
+        import torch
+        import tpcomm
+
+        size = 2
+        comms = [None] * size
+
+        def on_threads(fn):
+            def guarded(r):
+                try:
+                    fn(r)
+                except Exception:  # noqa: BLE001
+                    check.failures.append(f"rank {r}: {traceback.format_exc()}")
+            threads = [threading.Thread(target=guarded, args=(r,)) for r in range(size)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        def init(r):
+            comms[r] = tpcomm.Communicator(uid, r, size, device=r, timeout_ms=60000)
+
+        on_threads(init)
+        if check.failures:
+            raise RuntimeError("init failed")
+        if not comms[0].path_info().nccl_available:
+            check.failures = ["no NCCL"]
+        else:
+            def work(r):
+                torch.cuda.set_device(r)
+                x = torch.full((4096,), r + 1, dtype=torch.int32, device=r)
+                check.raises(f"rank {r}: int32 outside a group", tpcomm.Error, "tpcGroupStart",
+                             lambda: comms[r].all_reduce(x))
+                with tpcomm.group():
+                    comms[r].all_reduce(x)
+                torch.cuda.synchronize(r)
+                check.true(f"rank {r}: the int32 sum in a group", bool((x == 3).all().item()))
+
+            on_threads(work)
+        for comm in comms:
+            comm.close()
+    except Exception:  # noqa: BLE001
+        check.failures.append(traceback.format_exc())
+    queue.put((0, check.failures))

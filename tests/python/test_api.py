@@ -40,6 +40,21 @@ def test_error_crosses_processes_and_copies_whole():
         assert back.message == e.message and str(back) == str(e)
 
 
+def test_group_brackets_calls_and_nests():
+    with tpcomm.group():
+        with tpcomm.group():
+            pass
+    # Ended as often as started: one more end is refused, with the library's sentence.
+    assert _tpcomm.group_end() == tpcomm.Result.INVALID_USAGE
+
+
+def test_group_ends_when_its_block_raises():
+    with pytest.raises(KeyError):
+        with tpcomm.group():
+            raise KeyError("from the block")
+    assert _tpcomm.group_end() == tpcomm.Result.INVALID_USAGE, "the group was left open"
+
+
 @pytest.mark.parametrize(
     "args, kind, words",
     [

@@ -75,6 +75,23 @@ def test_a_group_over_two_hosts_is_refused(tmp_path):
     run_ranks(_workers.process_group, lambda r: (str(tmp_path / "store"), "elsewhere"))
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a GPU per rank")
+def test_one_process_drives_two_ranks_through_nccl_in_groups():
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_workers.ranks_on_threads, args=(tpcomm.unique_id(), queue))
+    proc.start()
+    try:
+        _, failures = queue.get(timeout=TIMEOUT_S)
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+    if failures == ["no NCCL"]:
+        pytest.skip("no NCCL here")
+    assert not failures, "\n".join(failures)
+
+
 def test_cupy_arrays():
     pytest.importorskip("cupy")
     uid = tpcomm.unique_id()
