@@ -317,7 +317,10 @@ typedef struct {
   size_t deviceBytes;  /* this rank's own: signals, staging, scratch, receive buffers, slots */
   size_t hostBytes;    /* pinned host memory */
   size_t peerBytes;    /* peers' memory mapped into this process (shared buffers, registered
-                          buffers); 0 for peers in the same process */
+                          buffers), summed over mappings: an allocation mapped for several
+                          registrations counts each time; peers in the same process count only
+                          with cuMem memory on another device, which is mapped as another
+                          process's */
   int slotsUsed;       /* zero-copy slots taken by captured calls and registrations */
   int slotsStaged;     /* ... of which copy through staging (memory that cannot be shared) */
   int slots;           /* all zero-copy slots */
