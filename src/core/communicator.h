@@ -100,7 +100,7 @@ class Communicator {
     bool capturing = false;
   };
   // Checks that `stream` belongs to this rank's device (once per stream, outside capture) and
-  // says whether it is capturing a graph.
+  // describes it in *call.
   tpcResult_t checkStream(cudaStream_t stream, CallStream* call);
   // An eager call on another stream than the rank's previous eager call waits for that call.
   tpcResult_t orderAfterPreviousCall(const CallStream& stream);
