@@ -293,11 +293,11 @@ tpcResult_t tpcAllReduceAddRmsNorm(const void* sendbuff, const void* residualIn,
  * and drops them all: capture again. A graph launched before that fails: its kernels stop at once
  * and the communicator reports tpcInvalidUsage, as do calls whose ranks read their peers
  * differently (through registrations at different offsets, or a registration on one rank and a
- * slot of its own on another). Inputs in cudaMalloc
- * memory and in cuMem memory exported as POSIX file descriptors (PyTorch's expandable segments)
- * are read in place; other memory is copied through staging for that call, with an INFO line.
- * The slots and the peer mappings are kept until tpcCommDestroy, also after the graphs are
- * destroyed: the peers keep a captured input's memory mapped until then. Collective. */
+ * slot of its own on another). Inputs in cudaMalloc memory and in cuMem memory exported as POSIX
+ * file descriptors (PyTorch's expandable segments) are read in place; other memory is copied
+ * through staging for that call, with an INFO line. The slots and the peer mappings are kept
+ * until tpcCommDestroy, also after the graphs are destroyed: the peers keep a captured input's
+ * memory mapped until then. Collective. */
 tpcResult_t tpcCommRegisterGraphBuffers(tpcComm_t comm);
 
 /* Registers `size` bytes at `buff` for eager zero-copy calls: an out-of-place all-reduce whose
