@@ -2,7 +2,10 @@
 #include "launch/launcher.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -63,6 +66,36 @@ TEST(Launcher, MissingProgramIsAnError) {
   std::string error;
   EXPECT_FALSE(spawnRanks({{"/nonexistent/tpcomm-perf"}}, &ranks, &error));
   EXPECT_NE(std::string::npos, error.find("cannot start rank 0"));
+}
+
+// A rank that cannot start would leave the ranks started before it waiting for it at the
+// rendezvous: they are stopped and reaped, so this process has no child left.
+TEST(Launcher, ARankThatCannotStartStopsTheOnesStarted) {
+  RankProcesses ranks;
+  std::string error;
+  EXPECT_FALSE(spawnRanks({shellRank("sleep 30"), {"/nonexistent/tpcomm-perf"}}, &ranks, &error));
+  EXPECT_NE(std::string::npos, error.find("cannot start rank 1")) << error;
+  EXPECT_TRUE(ranks.pids.empty() && ranks.fds.empty());
+  errno = 0;
+  EXPECT_EQ(-1, waitpid(-1, nullptr, WNOHANG)) << "a rank is still running";
+  EXPECT_EQ(ECHILD, errno);
+}
+
+// With SIGCHLD ignored (inherited that way from some parents) children are reaped unseen: a rank
+// whose exit status is lost counts as failed, not as one that exited 0.
+TEST(Launcher, ARankWhoseExitStatusIsLostFails) {
+  struct sigaction ignore = {}, before = {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(0, sigaction(SIGCHLD, &ignore, &before));
+  RankProcesses ranks;
+  std::string error;
+  const bool spawned = spawnRanks({shellRank("exit 3")}, &ranks, &error);
+  collectMessages(ranks.fds, [](int, const std::string&) { return true; });
+  const bool reaped = reapRanks(ranks, false, &error);
+  sigaction(SIGCHLD, &before, nullptr);
+  ASSERT_TRUE(spawned);
+  EXPECT_FALSE(reaped);
+  EXPECT_NE(std::string::npos, error.find("left no exit status")) << error;
 }
 
 TEST(Launcher, HexRoundTripsAndRejectsBadText) {

@@ -59,10 +59,19 @@ bool collectMessages(const std::vector<int>& fds, const MessageHandler& onMessag
 
 bool spawnRanks(const std::vector<std::vector<std::string>>& argv, RankProcesses* out,
                 std::string* error) {
+  // A rank that cannot start leaves the others waiting for it at the rendezvous: stop them.
+  auto stopStarted = [out] {
+    std::string ignored;
+    reapRanks(*out, true, &ignored);
+    for (int fd : out->fds) close(fd);
+    out->pids.clear();
+    out->fds.clear();
+  };
   for (size_t r = 0; r < argv.size(); ++r) {
     int pipeFds[2];
     if (pipe2(pipeFds, O_CLOEXEC) != 0) {
       *error = std::string("pipe: ") + std::strerror(errno);
+      stopStarted();
       return false;
     }
     posix_spawn_file_actions_t actions;
@@ -80,6 +89,7 @@ bool spawnRanks(const std::vector<std::vector<std::string>>& argv, RankProcesses
       close(pipeFds[0]);
       *error =
           "cannot start rank " + std::to_string(r) + " (" + argv[r][0] + "): " + std::strerror(err);
+      stopStarted();
       return false;
     }
     out->pids.push_back(pid);
@@ -95,14 +105,20 @@ bool reapRanks(const RankProcesses& ranks, bool kill, std::string* error) {
   }
   for (size_t r = 0; r < ranks.pids.size(); ++r) {
     int status = 0;
-    while (waitpid(ranks.pids[r], &status, 0) < 0 && errno == EINTR) {
+    pid_t waited = -1;
+    while ((waited = waitpid(ranks.pids[r], &status, 0)) < 0 && errno == EINTR) {
     }
-    const bool failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+    // Without its status (SIGCHLD ignored, say, which reaps children unseen) a rank counts as
+    // failed: its exit is unknown.
+    const int waitError = waited < 0 ? errno : 0;
+    const bool failed = waited < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0;
     if (failed && ok) {
       ok = false;
-      *error = "rank " + std::to_string(r) + " (pid " + std::to_string(ranks.pids[r]) + ") " +
-               (WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
-                                  : "was killed by signal " + std::to_string(WTERMSIG(status)));
+      *error =
+          "rank " + std::to_string(r) + " (pid " + std::to_string(ranks.pids[r]) + ") " +
+          (waited < 0 ? std::string("left no exit status: waitpid: ") + std::strerror(waitError)
+           : WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                               : "was killed by signal " + std::to_string(WTERMSIG(status)));
       for (size_t q = r + 1; q < ranks.pids.size(); ++q) ::kill(ranks.pids[q], SIGKILL);
     }
   }
