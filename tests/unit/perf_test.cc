@@ -114,6 +114,36 @@ TEST(PerfOptions, BadArgumentsAreOneLineErrors) {
   for (const std::string& e : {error}) EXPECT_EQ(std::string::npos, e.find('\n'));
 }
 
+// A sweep with no size to time, a factor that is not finite, and an -e no run could hold are
+// refused, where they printed an empty table, or overflowed the buffer sizes.
+TEST(PerfOptions, SweepsThatTimeNothingAreRefused) {
+  Options o;
+  std::string error;
+  EXPECT_FALSE(parse({"--fused", "8192", "-e", "8K"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("whole row (16384 bytes)")) << error;
+  EXPECT_FALSE(parse({"-b", "0", "-e", "1"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("whole element (2 bytes)")) << error;
+  EXPECT_FALSE(parse({"--fused", "8192", "-b", "10000", "-e", "16384", "-f", "2"}, &o, &error))
+      << "the first step jumps from under a row to beyond -e";
+  EXPECT_TRUE(parse({"-b", "1", "-e", "2"}, &o, &error)) << error;
+  EXPECT_FALSE(parse({"-f", "inf"}, &o, &error));
+  EXPECT_FALSE(parse({"-f", "1e999"}, &o, &error));
+  EXPECT_FALSE(parse({"-e", "9223372036854775808"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("beyond 1 TiB")) << error;
+}
+
+// A long option without its argument, or a flag given one, is named as it was typed.
+TEST(PerfOptions, AnIncompleteLongOptionIsNamed) {
+  Options o;
+  std::string error;
+  EXPECT_FALSE(parse({"--fused"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("'--fused'")) << error;
+  EXPECT_FALSE(parse({"--graph=1"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("'--graph=1'")) << error;
+  EXPECT_FALSE(parse({"-b"}, &o, &error));
+  EXPECT_NE(std::string::npos, error.find("'-b'")) << error;
+}
+
 TEST(PerfOptions, Sizes) {
   size_t v = 0;
   EXPECT_TRUE(parseSize("8", &v));

@@ -17,6 +17,9 @@ namespace {
 
 // Counts and ranks are ints; anything up to 2^30 is accepted where no smaller bound applies.
 constexpr int kMaxInt = 1 << 30;
+// The largest -e: far beyond any GPU's memory, and small enough that buffer sizes derived from it
+// cannot overflow.
+constexpr size_t kMostBytes = size_t{1} << 40;
 
 constexpr const char* kShort = "b:e:f:i:n:w:c:d:o:G:J:a:g:th";
 enum LongOnly { kGraph = 1000, kEager, kNccl, kProcesses, kZeroCopy, kFused, kWorker, kIds };
@@ -133,8 +136,9 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
       case 'f': {
         char* end = nullptr;
         o.stepFactor = std::strtod(arg.c_str(), &end);
-        if (end == arg.c_str() || *end != '\0' || !(o.stepFactor > 1.0)) {
-          return bad("bad -f factor '" + arg + "' (must be > 1)");
+        if (end == arg.c_str() || *end != '\0' || !(o.stepFactor > 1.0) ||
+            !std::isfinite(o.stepFactor)) {
+          return bad("bad -f factor '" + arg + "' (must be finite and > 1)");
         }
         break;
       }
@@ -221,14 +225,18 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
         *help = true;
         return true;
       default: {
+        // optopt holds a long option's value where that option lacks its argument: name it as
+        // typed instead.
+        const bool shortOption = optopt > 0 && optopt < 128 && std::strchr(kShort, optopt);
         const std::string which =
-            optopt != 0 ? std::string("-") + static_cast<char>(optopt) : argv[optind - 1];
+            shortOption ? std::string("-") + static_cast<char>(optopt) : argv[optind - 1];
         return bad("unknown or incomplete option '" + which + "'");
       }
     }
   }
   if (optind < argc) return bad(std::string("unexpected argument '") + argv[optind] + "'");
   if (o.minBytes > o.maxBytes) return bad("-b is larger than -e");
+  if (o.maxBytes > kMostBytes) return bad("-e is beyond 1 TiB");
   if (o.algo == "nccl" && !o.nccl) return bad("--algo nccl needs --nccl on");
   if (o.threads && o.processes) return bad("-t and --processes exclude each other");
   if (o.zeroCopy && o.algo == "nccl") return bad("--zero-copy is tpcomm's, not NCCL's");
@@ -236,6 +244,11 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
     if (o.dtype == tpcFloat32) return bad("--fused takes half or bfloat16 rows");
     if (o.zeroCopy) return bad("--fused reads its input locally: no --zero-copy");
     if (o.algo == "nccl") return bad("--fused times NCCL + norm beside tpcomm: no --algo nccl");
+  }
+  if (firstSweepSize(o, sweepUnit(o)) == 0) {
+    return bad("no size from -b to -e holds a whole " +
+               std::string(o.fusedHidden != 0 ? "row" : "element") + " (" +
+               std::to_string(sweepUnit(o)) + " bytes)");
   }
   *out = o;
   return true;
@@ -246,16 +259,34 @@ size_t sweepUnit(const Options& o) {
   return o.fusedHidden != 0 ? o.fusedHidden * elemBytes : elemBytes;
 }
 
+namespace {
+
+// The sweep's size after `size`, before rounding down to whole elements.
+double nextSweepSize(const Options& o, double size) {
+  const double next =
+      o.stepBytes != 0 ? size + static_cast<double>(o.stepBytes) : std::floor(size * o.stepFactor);
+  return next > size ? next : size + 1;
+}
+
+}  // namespace
+
 std::vector<size_t> sweepSizes(const Options& o, size_t elemBytes) {
   std::vector<size_t> sizes;
-  for (double size = static_cast<double>(o.minBytes); size <= static_cast<double>(o.maxBytes);) {
+  for (double size = static_cast<double>(o.minBytes); size <= static_cast<double>(o.maxBytes);
+       size = nextSweepSize(o, size)) {
     const size_t bytes = static_cast<size_t>(size) / elemBytes * elemBytes;
     if (bytes > 0 && (sizes.empty() || sizes.back() != bytes)) sizes.push_back(bytes);
-    const double next = o.stepBytes != 0 ? size + static_cast<double>(o.stepBytes)
-                                         : std::floor(size * o.stepFactor);
-    size = next > size ? next : size + 1;
   }
   return sizes;
+}
+
+size_t firstSweepSize(const Options& o, size_t elemBytes) {
+  for (double size = static_cast<double>(o.minBytes); size <= static_cast<double>(o.maxBytes);
+       size = nextSweepSize(o, size)) {
+    const size_t bytes = static_cast<size_t>(size) / elemBytes * elemBytes;
+    if (bytes > 0) return bytes;
+  }
+  return 0;
 }
 
 std::vector<std::string> workerArguments(int argc, char** argv, int rank, const std::string& ids) {
