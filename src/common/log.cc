@@ -4,6 +4,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -44,17 +45,32 @@ Sink& sink() {
     Sink* out = new Sink;  // never destroyed: logging may run during static destruction
     gethostname(out->host, sizeof(out->host) - 1);
     if (char* dot = std::strchr(out->host, '.')) *dot = '\0';
+    // Bad values cannot fail a call, as other switches do (no call has begun): they are said
+    // once, on stderr, and logging goes on as without them.
     if (const char* level = envValue(EnvVar::kDebug)) {
-      if (strcasecmp(level, "NONE") == 0) out->level = LogLevel::kNone;
-      if (strcasecmp(level, "WARN") == 0) out->level = LogLevel::kWarn;
-      if (strcasecmp(level, "INFO") == 0) out->level = LogLevel::kInfo;
-      if (strcasecmp(level, "TRACE") == 0) out->level = LogLevel::kTrace;
+      if (strcasecmp(level, "NONE") == 0) {
+        out->level = LogLevel::kNone;
+      } else if (strcasecmp(level, "WARN") == 0) {
+        out->level = LogLevel::kWarn;
+      } else if (strcasecmp(level, "INFO") == 0) {
+        out->level = LogLevel::kInfo;
+      } else if (strcasecmp(level, "TRACE") == 0) {
+        out->level = LogLevel::kTrace;
+      } else {
+        std::fprintf(stderr,
+                     "tpcomm: TPCOMM_DEBUG=%s is none of NONE, WARN, INFO and TRACE; logging "
+                     "stays at WARN\n",
+                     level);
+      }
     }
     if (const char* pattern = envValue(EnvVar::kDebugFile)) {
       const std::string path = expandPath(pattern, out->host);
       if (FILE* f = std::fopen(path.c_str(), "a")) {
         setvbuf(f, nullptr, _IOLBF, 0);
         out->file = f;
+      } else {
+        std::fprintf(stderr, "tpcomm: cannot open TPCOMM_DEBUG_FILE %s (%s); logging to stderr\n",
+                     path.c_str(), std::strerror(errno));
       }
     }
     return out;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/env.h"
+#include "common/log.h"
 #include "tpcomm/device/params.cuh"
 
 namespace tpcomm {
@@ -323,6 +324,43 @@ TEST(Config, ExplicitFieldsWinOverTheEnvironment) {
   ResolvedConfig expected;
   expected.algorithm = tpcAlgoOneShot;
   EXPECT_EQ(0, runProbe("TPCOMM_ALGO", "twoshot", expected.digest().c_str(), "oneshot"));
+}
+
+// What a fresh process with `variable` set to `value` writes on stderr once it first logs.
+std::string logProbeStderr(const char* variable, const char* value) {
+  int fds[2];
+  if (pipe(fds) != 0) return "pipe failed";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    setenv(variable, value, 1);
+    execl("/proc/self/exe", "probe", "--gtest_filter=LogEnvProbe.DISABLED_Log",
+          "--gtest_also_run_disabled_tests", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof(buf))) > 0;)
+    out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  waitpid(pid, nullptr, 0);
+  return out;
+}
+
+TEST(LogEnvProbe, DISABLED_Log) { EXPECT_NE(LogLevel::kTrace, logLevel()); }
+
+// TPCOMM_DEBUG and TPCOMM_DEBUG_FILE are read when the first line is logged, where no call can
+// fail for them: a value they cannot take is said on stderr instead of passing unseen.
+TEST(LogEnv, ValuesItCannotTakeAreSaid) {
+  EXPECT_NE(std::string::npos,
+            logProbeStderr("TPCOMM_DEBUG", "INFOO")
+                .find("TPCOMM_DEBUG=INFOO is none of NONE, WARN, INFO and TRACE"));
+  EXPECT_NE(std::string::npos, logProbeStderr("TPCOMM_DEBUG_FILE", "/nonexistent/dir/log")
+                                   .find("cannot open TPCOMM_DEBUG_FILE /nonexistent/dir/log"));
+  EXPECT_EQ(std::string::npos, logProbeStderr("TPCOMM_DEBUG", "info").find("TPCOMM_DEBUG"));
 }
 
 }  // namespace
