@@ -111,7 +111,8 @@ typedef struct {
   void* ncclComm;       /* an ncclComm_t of the same ranks for the fallback, borrowed: tpcomm
                            never destroys it; NULL: see ncclFallback */
   int ncclFallback;     /* TPC_NCCL_AUTO or TPC_NCCL_OFF */
-  size_t maxBytes;      /* larger messages always go to NCCL when it is there; 0: table only */
+  size_t maxBytes;      /* larger messages go to NCCL when it is there, unless `algorithm`
+                           forces one of tpcomm's kernels; 0: table only */
   int zeroCopyGraphs;   /* 1: captured all-reduces of the pull kernels read their peers' inputs
                            in place; the graph may run only after tpcCommRegisterGraphBuffers */
   int graphSlots;       /* captured zero-copy calls a communicator can hold; 0: 65536 */
