@@ -77,22 +77,26 @@ tpcResult_t joinNcclGroup(const nccl::Library* lib) {
   return tpcSuccess;
 }
 
-tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work) {
-  GroupState& s = state();
-  if (s.depth == 0) {
-    return fail(tpcInternalError, "work deferred to the end of a group outside one");
+namespace {
+
+// Appends `fn` to one of the open group's lists; `what` names it where no group is open.
+tpcResult_t appendInGroup(std::vector<std::function<tpcResult_t()>>& list,
+                          std::function<tpcResult_t()> fn, const char* what) {
+  if (state().depth == 0) {
+    return fail(tpcInternalError, "%s deferred to the end of a group outside one", what);
   }
-  s.deferred.push_back(std::move(work));
+  list.push_back(std::move(fn));
   return tpcSuccess;
 }
 
+}  // namespace
+
+tpcResult_t deferUntilGroupEnd(std::function<tpcResult_t()> work) {
+  return appendInGroup(state().deferred, std::move(work), "work");
+}
+
 tpcResult_t deferEndUntilGroupEnd(std::function<tpcResult_t()> end) {
-  GroupState& s = state();
-  if (s.depth == 0) {
-    return fail(tpcInternalError, "an end deferred to the end of a group outside one");
-  }
-  s.ends.push_back(std::move(end));
-  return tpcSuccess;
+  return appendInGroup(state().ends, std::move(end), "an end");
 }
 
 }  // namespace tpcomm
