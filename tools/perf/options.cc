@@ -245,7 +245,7 @@ bool parseOptions(int argc, char** argv, Options* out, std::string* error, bool*
     if (o.zeroCopy) return bad("--fused reads its input locally: no --zero-copy");
     if (o.algo == "nccl") return bad("--fused times NCCL + norm beside tpcomm: no --algo nccl");
   }
-  if (firstSweepSize(o, sweepUnit(o)) == 0) {
+  if (sweepSizes(o, sweepUnit(o), 1).empty()) {
     return bad("no size from -b to -e holds a whole " +
                std::string(o.fusedHidden != 0 ? "row" : "element") + " (" +
                std::to_string(sweepUnit(o)) + " bytes)");
@@ -259,34 +259,17 @@ size_t sweepUnit(const Options& o) {
   return o.fusedHidden != 0 ? o.fusedHidden * elemBytes : elemBytes;
 }
 
-namespace {
-
-// The sweep's size after `size`, before rounding down to whole elements.
-double nextSweepSize(const Options& o, double size) {
-  const double next =
-      o.stepBytes != 0 ? size + static_cast<double>(o.stepBytes) : std::floor(size * o.stepFactor);
-  return next > size ? next : size + 1;
-}
-
-}  // namespace
-
-std::vector<size_t> sweepSizes(const Options& o, size_t elemBytes) {
+std::vector<size_t> sweepSizes(const Options& o, size_t elemBytes, size_t most) {
   std::vector<size_t> sizes;
-  for (double size = static_cast<double>(o.minBytes); size <= static_cast<double>(o.maxBytes);
-       size = nextSweepSize(o, size)) {
+  for (double size = static_cast<double>(o.minBytes);
+       size <= static_cast<double>(o.maxBytes) && sizes.size() < most;) {
     const size_t bytes = static_cast<size_t>(size) / elemBytes * elemBytes;
     if (bytes > 0 && (sizes.empty() || sizes.back() != bytes)) sizes.push_back(bytes);
+    const double next = o.stepBytes != 0 ? size + static_cast<double>(o.stepBytes)
+                                         : std::floor(size * o.stepFactor);
+    size = next > size ? next : size + 1;
   }
   return sizes;
-}
-
-size_t firstSweepSize(const Options& o, size_t elemBytes) {
-  for (double size = static_cast<double>(o.minBytes); size <= static_cast<double>(o.maxBytes);
-       size = nextSweepSize(o, size)) {
-    const size_t bytes = static_cast<size_t>(size) / elemBytes * elemBytes;
-    if (bytes > 0) return bytes;
-  }
-  return 0;
 }
 
 std::vector<std::string> workerArguments(int argc, char** argv, int rank, const std::string& ids) {

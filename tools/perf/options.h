@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -53,9 +54,8 @@ size_t sweepUnit(const Options& options);
 
 // Message sizes of the sweep in bytes, each a whole number of elements of `elemBytes`, from
 // minBytes to maxBytes by stepBytes or stepFactor. Sizes smaller than one element are skipped.
-std::vector<size_t> sweepSizes(const Options& options, size_t elemBytes);
-// The first of them, or 0 where there is none.
-size_t firstSweepSize(const Options& options, size_t elemBytes);
+// At most `most` of them (the first ones).
+std::vector<size_t> sweepSizes(const Options& options, size_t elemBytes, size_t most = SIZE_MAX);
 
 // The arguments a rank process gets: the user's arguments plus its rank and the ids.
 std::vector<std::string> workerArguments(int argc, char** argv, int rank, const std::string& ids);
