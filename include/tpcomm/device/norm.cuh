@@ -252,9 +252,23 @@ __device__ __forceinline__ float sumWarpSums(const float* sums, uint32_t warps) 
   return __fadd_rn(__fadd_rn(s[0].x, s[0].z), __fadd_rn(s[0].y, s[0].w));
 }
 
-// The sum of a row's squares (`squares[k]` those of this thread's vector k), the same bits on
-// every thread: each warp's vectors in a butterfly (a butterfly gives every lane the same bits,
-// since each addition meets its mirror image), every warp sum stored where every block of the row
+// warpButterfly of `x` for threads that hold one vector of a row, the same bits: each lane stores
+// its `x` in shared memory and every lane adds the warp's 32 in the butterfly's order
+// (sumWarpSums), eight loads and a tree of additions where the butterfly is five dependent
+// shuffles. The warp's lanes meet at its previous vote (rowSum's warpOk) before they overwrite
+// what they read for a row before. Kernels that do not call it have no such array.
+__device__ __forceinline__ float warpSumThroughShared(float x) {
+  __shared__ __align__(16) float lanes[kBlockThreads];
+  float* warp = lanes + (threadIdx.x & ~31u);
+  warp[threadIdx.x % 32] = x;
+  __syncwarp();
+  return sumWarpSums(warp, 32);
+}
+
+// The sum of a row's squares (`squares[k]` those of this thread's vector k, k < kVectors), the same
+// bits on every thread: each warp's vectors in a butterfly (a butterfly gives every lane the same
+// bits, since each addition meets its mirror image; where a thread holds one vector, kVectors 1,
+// through shared memory: warpSumThroughShared), every warp sum stored where every block of the row
 // reads it, then lane l adds warp sums l and l + 32 and the lanes meet in a butterfly, or where
 // kEveryThreadAdds every thread adds them all itself (sumWarpSums: the same bits, in 32 more
 // registers, which only kernels that hold one vector a thread have to spare; the unused sums must
@@ -266,7 +280,7 @@ __device__ __forceinline__ float sumWarpSums(const float* sums, uint32_t warps) 
 // In a cluster, each block waits for the bytes of the row's warp sums to arrive in its own shared
 // memory. A cluster barrier per row instead (its release orders all of a thread's earlier stores,
 // to the peers too) made one row of 8192 0.3 us slower, 4.5 against 4.2 us (2 H200s).
-template <bool kEveryThreadAdds, typename WhileWaiting>
+template <bool kEveryThreadAdds, int kVectors, typename WhileWaiting>
 __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
                                        uint32_t hiddenVectors, bool ok, RowNorm* state,
                                        float* total, const WhileWaiting& whileWaiting) {
@@ -283,13 +297,18 @@ __device__ __forceinline__ bool rowSum(const float (&squares)[kMaxRowVectors],
   const bool warpOk = __all_sync(0xffffffffu, ok);
   static_assert(kMaxRowVectors % 2 == 0, "vectors in pairs");
 #pragma unroll
-  for (int k = 0; k < kMaxRowVectors; k += 2) {
+  for (int k = 0; k < kVectors; k += 2) {
     // The warp's first vector of its k-th and (k + 1)-th; lanes 16-31 store the second's sum.
     const uint32_t first = state->lane.vector(k) - lane;
     const uint32_t second = state->lane.vector(k + 1) - lane;
     if (first >= hiddenVectors) continue;
-    const bool pair = second < hiddenVectors;
-    float x = pair ? warpButterflyPair(squares[k], squares[k + 1]) : warpButterfly(squares[k]);
+    const bool pair = k + 1 < kVectors && second < hiddenVectors;
+    float x = 0.0f;
+    if constexpr (kVectors == 1) {
+      x = warpSumThroughShared(squares[k]);
+    } else {
+      x = pair ? warpButterflyPair(squares[k], squares[k + 1]) : warpButterfly(squares[k]);
+    }
     if (!warpOk) x = kFailedWarp;
     const unsigned half = lane % 16;
     if (lane >= 16 && !pair) continue;
@@ -355,13 +374,15 @@ __device__ __forceinline__ void storeNormalized(const NormParams& n, size_t at, 
 // The inverse RMS of a row once every thread of the row holds each of its vectors' squares: the
 // same bits on every thread. False on every thread if any thread of the row failed to gather its
 // part. kEveryThreadAdds and `whileWaiting`: as rowSum.
-template <bool kEveryThreadAdds = false, typename WhileWaiting = NoWork>
+template <bool kEveryThreadAdds = false, int kVectors = kMaxRowVectors,
+          typename WhileWaiting = NoWork>
 __device__ __forceinline__ bool rowInverseRms(const NormParams& n,
                                               const float (&squares)[kMaxRowVectors], bool ok,
                                               RowNorm* state, float* inverseRms,
                                               const WhileWaiting& whileWaiting = {}) {
   float total = 0.0f;
-  if (!rowSum<kEveryThreadAdds>(squares, n.hiddenVectors, ok, state, &total, whileWaiting)) {
+  if (!rowSum<kEveryThreadAdds, kVectors>(squares, n.hiddenVectors, ok, state, &total,
+                                          whileWaiting)) {
     return false;
   }
   const float meanSquare = __fmul_rn(total, state->inverseHidden);
@@ -371,12 +392,12 @@ __device__ __forceinline__ bool rowInverseRms(const NormParams& n,
 
 // Stores this thread's part of row `row`: the new residual (`kept`) and the normalised output.
 // `weights` is the weight row (in global or shared memory).
-template <typename T>
+template <typename T, int kVectors = kMaxRowVectors>
 __device__ __forceinline__ void storeRow(const NormParams& n, size_t row, const uint4* weights,
                                          const uint4 (&kept)[kMaxRowVectors], float inverseRms,
                                          const RowNorm& state) {
 #pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
+  for (int k = 0; k < kVectors; ++k) {
     const uint32_t v = state.lane.vector(k);
     if (v >= n.hiddenVectors) continue;
     const size_t at = row * n.hiddenVectors + v;
@@ -389,16 +410,18 @@ __device__ __forceinline__ void storeRow(const NormParams& n, size_t row, const 
 // each vector's squares: stores the residual and the normalised output. False on every thread,
 // with nothing stored, if any thread of the row failed to gather its part. kEveryThreadAdds and
 // `whileWaiting`: as rowSum.
-template <typename T, bool kEveryThreadAdds = false, typename WhileWaiting = NoWork>
+template <typename T, bool kEveryThreadAdds = false, int kVectors = kMaxRowVectors,
+          typename WhileWaiting = NoWork>
 __device__ __forceinline__ bool finishRow(const NormParams& n, size_t row, const uint4* weights,
                                           const uint4 (&kept)[kMaxRowVectors],
                                           const float (&squares)[kMaxRowVectors], bool ok,
                                           RowNorm* state, const WhileWaiting& whileWaiting = {}) {
   float inverseRms = 0.0f;
-  if (!rowInverseRms<kEveryThreadAdds>(n, squares, ok, state, &inverseRms, whileWaiting)) {
+  if (!rowInverseRms<kEveryThreadAdds, kVectors>(n, squares, ok, state, &inverseRms,
+                                                 whileWaiting)) {
     return false;
   }
-  storeRow<T>(n, row, weights, kept, inverseRms, *state);
+  storeRow<T, kVectors>(n, row, weights, kept, inverseRms, *state);
   return true;
 }
 
@@ -412,9 +435,10 @@ struct RowPrefetch {
   uint4 residual[kMaxRowVectors];
 
   // Loads this thread's part of row `row` of the residual.
+  template <int kVectors = kMaxRowVectors>
   __device__ __forceinline__ void loadResidual(const NormParams& n, RowLane lane, size_t row) {
 #pragma unroll
-    for (int k = 0; k < kMaxRowVectors; ++k) {
+    for (int k = 0; k < kVectors; ++k) {
       const uint32_t v = lane.vector(k);
       if (v < n.hiddenVectors) residual[k] = loadRowVector(n.residualIn, row * n.hiddenVectors + v);
     }
@@ -433,9 +457,10 @@ using WeightRow = uint4[kMaxRowVectors * kBlockThreads];
 // The copy is PTX rather than cuda_pipeline.h's __pipeline_memcpy_async: the same cp.async.cg,
 // but its commit and wait carry no memory clobber, so nothing would stop the compiler from moving
 // this thread's reads of `shared` ahead of the wait (no barrier follows it here).
+template <int kVectors = kMaxRowVectors>
 __device__ __forceinline__ void copyWeights(const NormParams& n, RowLane lane, WeightRow& shared) {
 #pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
+  for (int k = 0; k < kVectors; ++k) {
     const uint32_t v = lane.vector(k);
     if (v >= n.hiddenVectors) continue;
     const uint4* from = static_cast<const uint4*>(n.weight) + v;

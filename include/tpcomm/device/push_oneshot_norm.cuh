@@ -105,12 +105,13 @@ __device__ __forceinline__ bool gatherRowVector(const PushParams& p, const PushR
   return true;
 }
 
-// This thread's vectors of the input from `at` on, `step` apart, scrubbed.
-template <typename T>
+// This thread's vectors of the input from `at` on, `step` apart (kVectors of them at most),
+// scrubbed.
+template <typename T, int kVectors>
 __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size_t step,
                                            size_t nvec, uint4 (&x)[kMaxRowVectors]) {
 #pragma unroll
-  for (int k = 0; k < kMaxRowVectors; ++k) {
+  for (int k = 0; k < kVectors; ++k) {
     const size_t i = at + k * step;
     if (i < nvec) x[k] = scrub<T>(loadRowVector(p.input, i));
   }
@@ -119,7 +120,11 @@ __device__ __forceinline__ void loadToSend(const FusedParams& p, size_t at, size
 // kOneVector: no thread holds more than one vector of a row (oneVectorRows); a kernel of its own,
 // so that the code of launches with more vectors a thread stays as it was (with both ways in one
 // kernel, 128 rows of 5120 took 8.91 -> 9.05 us, 2 H100s; at four ranks 2 to 8 rows of 8192 took
-// 0.2-0.37 us longer, 4 H200s).
+// 0.2-0.37 us longer, 4 H200s). Its loops over a thread's vectors stop after the first
+// (kVectors: the sends, too, take one vector a thread a step), and each warp sums its squares
+// through shared memory (rowSum). With the loops running on to kMaxRowVectors, each vector beyond
+// the first skipped by a branch, the stores of one row took about 200 cycles longer (cycle stamps
+// of one thread, 2 H200s).
 //
 // kOwnerSends: each block sends the vectors of the rows it normalises, each thread those it holds,
 // instead of the grid sending by its stride; for calls in place (the output over the input) where
@@ -141,6 +146,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     pushOneShotAddRmsNorm(const __grid_constant__ FusedParams p) {
   static_assert(!kEveryThreadAdds || (kOneVector && kRanks == 2), "see kEveryThreadAdds");
   static_assert(!kOwnerSends || !kOneVector, "see kOwnerSends");
+  constexpr int kVectors = kOneVector ? 1 : kMaxRowVectors;
   __shared__ RowSums sums;
   __shared__ WeightRow weights;
   const unsigned blocks = RowBlocks::count();
@@ -167,7 +173,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // 3.14, 4 rows 3.61 -> 3.44, 8 rows 3.79 -> 3.75, 64 rows 6.84 -> 6.74; rows of 5120, 1 row
   // 3.07 -> 3.11, 4 rows 3.40 -> 3.17, 8 rows 3.65 -> 3.51, 64 rows 5.40 -> 5.31).
   uint4 x[kMaxRowVectors];
-  if constexpr (!kOwnerSends) loadToSend<T>(p, s.first, s.step, nvec, x);
+  if constexpr (!kOwnerSends) loadToSend<T, kVectors>(p, s.first, s.step, nvec, x);
   allowNextKernel();
   RowPrefetch next;
   if (ok) {
@@ -175,7 +181,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     if constexpr (kOwnerSends) {
       for (size_t row = group; row < n.rows; row += groups) {
         const size_t first = row * hv;
-        loadToSend<T>(p, first + lane.thread, lane.threads, first + hv, x);
+        loadToSend<T, kVectors>(p, first + lane.thread, lane.threads, first + hv, x);
         for (int j = 1; j < p.nranks; ++j) {
           const int peer = rankAfter(p, j);
 #pragma unroll
@@ -186,12 +192,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         }
       }
     } else {
-      for (size_t at = s.first; at < nvec; at += s.step * kMaxRowVectors) {
-        if (at != s.first) loadToSend<T>(p, at, s.step, nvec, x);
+      for (size_t at = s.first; at < nvec; at += s.step * kVectors) {
+        if (at != s.first) loadToSend<T, kVectors>(p, at, s.step, nvec, x);
         for (int j = 1; j < p.nranks; ++j) {
           const int peer = rankAfter(p, j);
 #pragma unroll
-          for (int k = 0; k < kMaxRowVectors; ++k) {
+          for (int k = 0; k < kVectors; ++k) {
             const size_t i = at + k * s.step;
             if (i < nvec) *sentSlotData(p, round, peer, i) = x[k];
           }
@@ -204,8 +210,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     // 3.70 -> 3.55, 64 rows 6.84 -> 6.77; rows of 5120, 2 rows 3.17 -> 3.08, 4 rows 3.41 -> 3.30,
     // 64 rows 5.41 -> 5.34).
     if (group < n.rows) {
-      copyWeights(n, lane, weights);
-      next.loadResidual(n, lane, group);
+      copyWeights<kVectors>(n, lane, weights);
+      next.template loadResidual<kVectors>(n, lane, group);
     }
     resetStale(p, round, p.nranks - 1);
   }
@@ -233,7 +239,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   for (size_t row = group; row < n.rows; row += groups) {
     uint4 kept[kMaxRowVectors] = {};
     float squares[kMaxRowVectors] = {};
-    if (row != group) next.loadResidual(n, lane, row);
+    if (row != group) next.template loadResidual<kVectors>(n, lane, row);
     if constexpr (kOneVector) {
       ok = ok && gatherRowVector<T, kRanks>(p, round, n, lane, row * hv, next.residual, &patience,
                                             &tagsChecked, kept, squares);
@@ -251,7 +257,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         tagsStarted = true;
       }
     };
-    ok = finishRow<T, kEveryThreadAdds>(n, row, weights, kept, squares, ok, &state, startTags);
+    ok = finishRow<T, kEveryThreadAdds, kVectors>(n, row, weights, kept, squares, ok, &state,
+                                                  startTags);
     if (!ok) break;
   }
   if (tagsApart && ok && !tagsChecked) {
