@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
         for (int j = 1; j < p.nranks; ++j) {
           const int peer = rankAfter(p, j);
 #pragma unroll
-          for (int k = 0; k < kMaxRowVectors; ++k) {
+          for (int k = 0; k < kVectors; ++k) {
             const uint32_t v = lane.vector(k);
             if (v < hv) *sentSlotData(p, round, peer, first + v) = x[k];
           }
